@@ -1,0 +1,255 @@
+"""Experiment configuration: one table of presets per dataset, overridable from the command line.
+
+Edit PRESETS to run ablations; every key can also be overridden as `--key value`
+(lists as `--key v1 v2 ...`, booleans as `--key true|false`). Unknown keys are an error.
+Attribute names follow the released ASM-Loc code (SPEC.md section 2).
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from utils import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent
+CLASS_LIST_DIR = REPO_ROOT / "classes"
+
+# ---------------------------------------------------------------------------------------------
+# Presets. One line per knob; values are the released code's (SPEC.md sections 2 and 8).
+# ---------------------------------------------------------------------------------------------
+COMMON = dict(
+    seed=2,                       # python / numpy / torch seed
+    feature_dim=2048,             # I3D RGB (1024) || flow (1024)
+    dropout=0.7,                  # snippet / embedding dropout rate
+    frames_per_sec=25,            # video frame rate of the feature extraction
+    segment_frames_num=16,        # frames per I3D snippet
+    test_upgrade_scale=20,        # temporal upsampling of the CAS before grouping
+    num_heads=8,                  # heads of the intra / inter segment attention
+    eval_freq=5,                  # evaluate every N epochs (and in the last 10)
+    num_workers=0,                # DataLoader workers
+    lr=1e-4,                      # Adam learning rate (betas 0.9, 0.999)
+    # ablation switches (all on = the paper's model; state_dict unchanged when all on)
+    use_intra_attention=True,     # intra-segment attention block
+    use_inter_attention=True,     # inter-segment attention block
+    use_uncertainty=True,         # uncertainty head weighting the pseudo instance loss
+    use_pseudo_instance_loss=True,  # pseudo instance loss in steps >= 1
+    use_dynamic_sampling=True,    # dynamic segment sampling in steps >= 1
+    # data pipeline
+    skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
+    feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
+    # run folder / logging
+    outdir="default",             # run folder name under checkpoints/{dataset}/
+    suffix="",                    # appended to the run folder name
+    checkpoint_root="checkpoints",  # root of all run folders
+    pred_segment_path="",         # where to write the evaluation result JSON (default: run folder)
+    visualize_videos=8,           # --visualize: how many test videos to plot (0 = all)
+)
+
+PRESETS = {
+    "THUMOS": dict(
+        data_dir="data/THUMOS14",
+        class_list="THUMOS14.txt",
+        eval_subset="test",           # gt.json subset used for evaluation
+        epochs=800, epochs_per_step=100, num_steps=3,
+        weight_decay=5e-5,
+        sample_segments_num=750,      # S: snippets fed to the model
+        max_segments_num=200,         # K: proposals per video for segment attention
+        cls_threshold=0.25,           # video-level class score threshold at test time
+        tiou_thresholds=np.arange(0.1, 1.0, 0.1),
+        num_tiou_for_average=7,       # average mAP over the first N thresholds
+        nms_thresh=0.45,
+        fg_topk_seg=8, bg_topk_seg=3,
+        lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5,
+        delta=0.5, alpha=0.7, gamma=6.0, beta=0.2,
+        batch_size=16,
+        embed_dropout=False,          # dropout before the embedding / attention / uncertainty
+        # proposal generation (SPEC section 8)
+        cas_thresh=np.arange(0.15, 0.25, 0.05),      # evaluation, CAS branch
+        att_thresh=np.arange(0.1, 0.925, 0.025),     # evaluation, attention branch
+        pseudo_cas_thresh=[],                        # pseudo proposals, CAS branch (unused)
+        pseudo_att_thresh=np.arange(0.4, 0.925, 0.025),  # pseudo proposals, attention branch
+        fusion_cas_weight=1.0,        # score map = w_cas * cas + w_att * att
+        fusion_att_weight=0.0,
+        oic_lamb=0.2,                 # outer region length / inner length
+        oic_gamma_cas=0.0,            # weight of the video score in the CAS-branch proposal score
+        oic_gamma_att=0.0,            # same, attention branch
+    ),
+    "ActivityNet": dict(
+        data_dir="data/ActivityNet13",
+        class_list="ActivityNet13.txt",
+        eval_subset="val",
+        epochs=100, epochs_per_step=50, num_steps=1,
+        weight_decay=1e-3,
+        sample_segments_num=150,
+        max_segments_num=100,
+        cls_threshold=0.10,
+        tiou_thresholds=np.arange(0.5, 1.0, 0.05),
+        num_tiou_for_average=10,
+        nms_thresh=0.90,
+        fg_topk_seg=2, bg_topk_seg=10,
+        lamb_fg=5.0, lamb_bg=0.5, lamb_abg=0.5,
+        delta=0.0, alpha=0.3, gamma=10.0, beta=0.2,
+        batch_size=64,
+        embed_dropout=True,
+        cas_thresh=[0.005, 0.01, 0.015, 0.02],
+        att_thresh=[0.005, 0.01, 0.015, 0.02],
+        pseudo_cas_thresh=np.arange(0.1, 0.305, 0.005),
+        pseudo_att_thresh=[],
+        fusion_cas_weight=0.7,
+        fusion_att_weight=0.3,
+        oic_lamb=0.15,
+        oic_gamma_cas=0.0,
+        oic_gamma_att=0.25,
+    ),
+}
+
+# The demo: a small synthetic THUMOS-like dataset (generated on first use) and a schedule
+# that runs the whole multi-step pipeline in a few minutes on a 2-core CPU.
+DEMO = dict(
+    data_dir="data/synthetic_THUMOS14",
+    outdir="demo",
+    feature_dim=256,
+    epochs=60, epochs_per_step=20, num_steps=2,
+    sample_segments_num=256,
+    batch_size=16,
+    eval_freq=5,
+    lr=1e-3,
+)
+
+# Flags that take no value (released CLI switches and run modes).
+SWITCHES = {
+    "test": "evaluate the checkpoints in --checkpoint instead of training",
+    "visualize": "write per-video plots of CAS, attention and proposals",
+    "no_resume": "start from scratch even if model_latest.pth exists",
+    "reset_epoch": "restart the epoch counter when loading --checkpoint",
+    "demo": "run on the synthetic dataset with the small demo schedule",
+    "debug": "show full tracebacks on errors",
+    "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
+}
+# Options of the released CLI that are not preset keys.
+EXTRA_OPTIONS = dict(checkpoint="", start_epoch=0, gpu="", device="")
+SHORT_FLAGS = {"num_workers": "-j", "batch_size": "-b"}
+
+
+class ConfigError(UserError):
+    """A configuration problem the user can fix (bad key, bad value, missing class list)."""
+
+
+def _parse_bool(text):
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_option(parser, key, default):
+    flags = [f"--{key}"] + ([SHORT_FLAGS[key]] if key in SHORT_FLAGS else [])
+    if isinstance(default, bool):
+        parser.add_argument(*flags, type=_parse_bool, metavar="BOOL")
+    elif isinstance(default, (list, tuple, np.ndarray)):
+        parser.add_argument(*flags, type=float, nargs="*", metavar="X")
+    elif isinstance(default, int):
+        parser.add_argument(*flags, type=int)
+    elif isinstance(default, float):
+        parser.add_argument(*flags, type=float)
+    else:
+        parser.add_argument(*flags, type=str)
+
+
+def make_parser(dataset):
+    defaults = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
+    parser = argparse.ArgumentParser(
+        prog=f"main_{dataset}.py", allow_abbrev=False,
+        description=f"ASM-Loc on {dataset}. Any preset key of config.py can be overridden.")
+    for key, help_text in SWITCHES.items():
+        parser.add_argument(f"--{key}", action="store_true", help=help_text)
+    for key, default in defaults.items():
+        _add_option(parser, key, default)
+    parser.set_defaults(**{key: None for key in defaults})
+    return parser
+
+
+def load_class_names(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"class list {path} not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"class list {path} has duplicate names")
+    return names
+
+
+def run_folder_name(args):
+    name = (f"t{args.sample_segments_num}_step{args.num_steps}_e{args.epochs_per_step}"
+            f"_gamma{args.gamma:g}_alpha{args.alpha:g}_delta{args.delta:g}")
+    return f"{name}_{args.suffix}" if args.suffix else name
+
+
+def _validate(args):
+    positive = ["batch_size", "epochs", "epochs_per_step", "sample_segments_num", "max_segments_num",
+                "feature_dim", "test_upgrade_scale", "fg_topk_seg", "bg_topk_seg", "eval_freq",
+                "frames_per_sec", "segment_frames_num", "num_heads"]
+    for key in positive:
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key} must be at least 1, got {getattr(args, key)}")
+    if args.num_steps < 0 or args.num_workers < 0 or args.start_epoch < 0:
+        raise ConfigError("--num_steps, --num_workers and --start_epoch must be >= 0")
+    if args.feature_dim % args.num_heads:
+        raise ConfigError(f"--feature_dim {args.feature_dim} must be divisible by --num_heads {args.num_heads}")
+    if not 0 <= args.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if len(args.tiou_thresholds) == 0:
+        raise ConfigError("--tiou_thresholds needs at least one value")
+    if args.test and not args.checkpoint:
+        raise ConfigError("--test needs --checkpoint DIR (a folder of model_step*.pth files)")
+
+
+def build_args(dataset, argv=None):
+    """Resolve preset + (demo) + command line into one namespace (SPEC.md section 14)."""
+    if dataset not in PRESETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(PRESETS)}")
+    parser = make_parser(dataset)
+    cli = parser.parse_args([] if argv is None else argv)
+    values = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
+    if cli.demo:
+        values.update(DEMO)
+    values.update({key: val for key, val in vars(cli).items() if val is not None})
+    args = argparse.Namespace(**values)
+    args.dataset = dataset
+    for key in ("tiou_thresholds", "cas_thresh", "att_thresh", "pseudo_cas_thresh", "pseudo_att_thresh"):
+        setattr(args, key, np.asarray(getattr(args, key), dtype=np.float64))
+    # derived values
+    args.class_name_lst = load_class_names(CLASS_LIST_DIR / args.class_list)
+    args.action_cls_num = len(args.class_name_lst)
+    args.snippets_per_sec = args.frames_per_sec / args.segment_frames_num   # r = 25/16
+    args.save_dir = os.path.join(args.checkpoint_root, dataset, args.outdir, run_folder_name(args))
+    args.log_path = os.path.join(args.save_dir, "log.txt")
+    if args.gpu != "":
+        # must happen before CUDA is initialised (the released code misspelled this variable)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    if not args.device:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    _validate(args)
+    return args
+
+
+def config_to_dict(args):
+    """JSON-friendly copy of the resolved config (arrays become lists)."""
+    out = {}
+    for key, val in sorted(vars(args).items()):
+        if isinstance(val, np.ndarray):
+            val = val.tolist()
+        if key == "class_name_lst":
+            continue
+        out[key] = val
+    return out
+
+
+def save_config(args, path):
+    from utils import atomic_write_text
+    atomic_write_text(path, json.dumps(config_to_dict(args), indent=2) + "\n")
