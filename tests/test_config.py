@@ -1,0 +1,72 @@
+"""Config presets, command-line overrides and their errors."""
+import json
+
+import numpy as np
+import pytest
+
+import config
+from config import ConfigError, build_args
+
+
+def test_presets_match_spec_table():
+    thumos = build_args("THUMOS")
+    assert (thumos.epochs, thumos.epochs_per_step, thumos.num_steps) == (800, 100, 3)
+    assert (thumos.sample_segments_num, thumos.max_segments_num) == (750, 200)
+    assert (thumos.fg_topk_seg, thumos.bg_topk_seg, thumos.nms_thresh) == (8, 3, 0.45)
+    assert (thumos.delta, thumos.alpha, thumos.gamma, thumos.beta) == (0.5, 0.7, 6, 0.2)
+    assert thumos.action_cls_num == 20 and thumos.snippets_per_sec == 25 / 16
+    np.testing.assert_array_equal(thumos.tiou_thresholds, np.arange(0.1, 1.0, 0.1))
+    np.testing.assert_array_equal(thumos.att_thresh, np.arange(0.1, 0.925, 0.025))
+    anet = build_args("ActivityNet")
+    assert (anet.epochs, anet.epochs_per_step, anet.num_steps) == (100, 50, 1)
+    assert (anet.lamb_fg, anet.weight_decay, anet.cls_threshold) == (5.0, 1e-3, 0.10)
+    assert anet.action_cls_num == 200 and anet.embed_dropout and not thumos.embed_dropout
+    np.testing.assert_array_equal(anet.pseudo_cas_thresh, np.arange(0.1, 0.305, 0.005))
+    assert anet.save_dir.endswith("t150_step1_e50_gamma10_alpha0.3_delta0")
+    assert thumos.save_dir.endswith("t750_step3_e100_gamma6_alpha0.7_delta0.5")
+
+
+def test_overrides_released_flags_and_any_key():
+    args = build_args("THUMOS", ["-b", "4", "-j", "2", "--lr", "0.001", "--epochs", "20", "--feature_dim", "256",
+                                 "--use_inter_attention", "false", "--tiou_thresholds", "0.3", "0.5",
+                                 "--suffix", "abl", "--test", "--checkpoint", "some/dir"])
+    assert (args.batch_size, args.num_workers, args.lr, args.epochs, args.feature_dim) == (4, 2, 1e-3, 20, 256)
+    assert args.use_inter_attention is False and args.test and args.checkpoint == "some/dir"
+    np.testing.assert_array_equal(args.tiou_thresholds, [0.3, 0.5])
+    assert args.save_dir.endswith("_abl")
+
+
+def test_demo_preset_then_cli_wins():
+    args = build_args("THUMOS", ["--demo", "--epochs", "3"])
+    assert args.data_dir == config.DEMO["data_dir"] and args.feature_dim == config.DEMO["feature_dim"]
+    assert args.epochs == 3
+
+
+@pytest.mark.parametrize("argv", [["--no_such_key", "1"], ["--epochs", "ten"], ["--use_uncertainty", "maybe"],
+                                  ["--epoch", "3"]])
+def test_unknown_key_or_wrong_type_is_an_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_args("THUMOS", argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["-b", "0"], "--batch_size must be at least 1"),
+                                           (["--epochs", "0"], "--epochs must be at least 1"),
+                                           (["--test"], "--test needs --checkpoint"),
+                                           (["--feature_dim", "30"], "divisible by --num_heads")])
+def test_invalid_values_raise_config_error(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        build_args("THUMOS", argv)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        build_args("Charades")
+
+
+def test_resolved_config_is_saved_as_json(tmp_path):
+    args = build_args("THUMOS", ["--epochs", "7"])
+    config.save_config(args, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["epochs"] == 7 and saved["tiou_thresholds"] == list(np.arange(0.1, 1.0, 0.1))
