@@ -1,0 +1,258 @@
+"""Synthetic I3D-like features in the real on-disk layout (SPEC.md §1), for tests and the --demo run.
+
+Each video mixes, in a low-rank latent space projected to D dims and passed through a ReLU:
+a class scene context present through the whole video (confusable classes share part of it),
+a two-phase action signal inside each instance with soft (sigmoid) boundaries, a slowly drifting
+background, temporally smooth noise and white noise. RGB (first half) carries more scene,
+flow (second half) more motion. Deterministic for a seed (per-video generators).
+
+CLI: python synthetic_data.py --out DIR --kind THUMOS --num_train 40 --num_test 40 --feature_dim 2048 --seed 0
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from utils import UserError, atomic_write_json, atomic_write_text
+
+R = 25 / 16
+MARKER = "SYNTHETIC.json"            # written last: its presence means the set is complete
+DEMO_SIZES = {"THUMOS": (100, 60), "ActivityNet": (100, 60)}
+DEMO_DURATIONS = (20.0, 160.0)       # seconds: 31..250 snippets, below the demo's S = 256
+KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"), ("HammerThrow", "ThrowDiscus"),
+               ("HighJump", "LongJump"), ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
+               ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
+SUBSETS = {"THUMOS": ("validation", "test"), "ActivityNet": ("train", "val")}
+
+
+def _default_classes(kind):
+    path = Path(__file__).resolve().parent / "classes" / ("THUMOS14.txt" if kind == "THUMOS" else "ActivityNet13.txt")
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [f"class_{i:03d}" for i in range(20 if kind == "THUMOS" else 200)]
+
+
+def _partners(class_names):
+    """Confusable partner of each class (known pairs, then neighbours in list order)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    partner = np.full(len(class_names), -1)
+    for a, b in KNOWN_PAIRS:
+        if a in index and b in index:
+            partner[index[a]], partner[index[b]] = index[b], index[a]
+    free = np.flatnonzero(partner < 0)
+    for a, b in zip(free[0::2], free[1::2]):
+        partner[a], partner[b] = b, a
+    return partner
+
+
+def _bank(class_names, D, seed, n_bg=8, n_noise=24):
+    """Projection rows (latent → D): action phases A/B, scene context, background, smooth noise."""
+    rng = np.random.default_rng([seed, 7919])
+    C = len(class_names)
+    partner = _partners(class_names)
+    group = np.where(partner >= 0, np.minimum(np.arange(C), partner), np.arange(C))   # pair id
+    rgb = np.r_[np.ones(D // 2), np.zeros(D - D // 2)]
+
+    def mixed(shared_frac):
+        shared, own = rng.standard_normal((C, D)), rng.standard_normal((C, D))
+        return np.sqrt(shared_frac) * shared[group] + np.sqrt(1 - shared_frac) * own
+
+    act_a, act_b, ctx = mixed(0.5), mixed(0.5), mixed(0.6)
+    motion, scene = 0.55 + 0.45 * (1 - rgb), 0.35 + 0.65 * rgb          # flow carries motion, RGB scene
+    rows = [0.45 * act_a * motion, 0.45 * act_b * motion, 0.40 * ctx * scene,
+            0.35 * rng.standard_normal((n_bg, D)) * (0.5 + 0.5 * rgb), 0.25 * rng.standard_normal((n_noise, D))]
+    bias = -0.3 + 0.1 * rng.standard_normal(D)
+    return np.concatenate(rows).astype(np.float32), bias.astype(np.float32), partner
+
+
+def _smooth(x, sigma):
+    """Gaussian smoothing along time (axis 0) by FFT-free convolution with a short kernel."""
+    half = max(int(3 * sigma), 1)
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, len(k), axis=0)   # (T, L, k)
+    return windows @ k
+
+
+def _features(T, annotations, bank, rng):
+    """(T, D) float32 features of one video from its annotations [(start_s, end_s, class_id)]."""
+    W, bias, partner = bank
+    C, D = len(partner), W.shape[1]
+    t = np.arange(T, dtype=np.float64)[None, :] + 0.5                          # snippet centres
+    env_a, env_b = np.zeros((T, C)), np.zeros((T, C))
+    if annotations:
+        s, e, cls = (np.array(v) for v in zip(*annotations))
+        s, e = s[:, None] * R, e[:, None] * R
+        tau = rng.uniform(0.4, 1.2, (len(cls), 1))
+        box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4   # (N, T) soft sigmoid edges
+        box *= rng.uniform(0.4, 1.4, (len(cls), 1))                             # weak and strong instances
+        phase = np.clip((t - s) / np.maximum(e - s, 1e-3), 0, 1)
+        onehot = np.eye(C)[cls]                                                  # (N, C)
+        env_a, env_b = (box * (1 - phase)).T @ onehot, (box * phase).T @ onehot  # (T, C)
+    ctx = np.zeros(C)
+    present = sorted({c for _, _, c in annotations})
+    ctx[present] = rng.uniform(0.6, 1.2, len(present))
+    for c in present:                                   # scenes of confusable classes look alike
+        if partner[c] >= 0 and rng.random() < 0.3:
+            ctx[partner[c]] = max(ctx[partner[c]], rng.uniform(0.2, 0.5))
+    ctx = ctx[None, :] * (1 + 0.3 * _smooth(rng.standard_normal((T, 1)), 6.0))
+    n_bg, n_noise = W.shape[0] - 3 * C - 24, 24
+    bg = np.maximum(_smooth(rng.standard_normal((T, n_bg)), 8.0) * 3 + 0.3, 0)
+    noise = _smooth(rng.standard_normal((T, n_noise)), 1.5) * 1.5
+    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1).astype(np.float32)   # (T, L)
+    pre = latent @ W + bias + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45)
+    pre[1:-1] = 0.5 * pre[1:-1] + 0.25 * (pre[:-2] + pre[2:])                     # overlapping snippets
+    return np.maximum(pre, 0, out=pre)
+
+
+def _one_timeline(kind, rng, durations):
+    d = float(np.exp(rng.uniform(*np.log(durations))))
+    if kind == "THUMOS":
+        n_cls = 1 if rng.random() < 0.85 else 2
+        coverage, mean_len = rng.uniform(0.1, 0.4), rng.uniform(1.5, 8.0)
+        n = max(1, int(round(coverage * d / mean_len)))
+        lengths = np.clip(mean_len * rng.lognormal(0, 0.35, n), 0.6, 30.0)
+    else:
+        n_cls, n = 1, int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
+        lengths = rng.dirichlet(np.ones(n)) * rng.uniform(0.3, 0.9) * d
+    if lengths.sum() > 0.9 * d:
+        lengths *= 0.9 * d / lengths.sum()
+    gaps = rng.dirichlet(np.ones(n + 1)) * (d - lengths.sum())
+    starts = np.cumsum(gaps[:-1]) + np.concatenate([[0], np.cumsum(lengths[:-1])])
+    return d, starts, starts + lengths, n_cls
+
+
+def generate_synthetic_dataset(out_dir, kind="THUMOS", num_train=40, num_test=40, feature_dim=2048, seed=0,
+                               class_names=None, timeline_gt=None, durations=(30.0, 240.0)):
+    """Write gt.json, split_{train,test}.txt and {train,test}/VID.npy under out_dir; returns the database."""
+    if kind not in SUBSETS:
+        raise ValueError(f"kind must be THUMOS or ActivityNet, got {kind!r}")
+    class_names = list(class_names or _default_classes(kind))
+    index = {name: i for i, name in enumerate(class_names)}
+    bank = _bank(class_names, feature_dim, seed)
+    out = Path(out_dir)
+    database, splits = {}, {"train": [], "test": []}
+    videos = _real_timeline(timeline_gt, kind, num_train, num_test, index) if timeline_gt is not None \
+        else _generated_videos(kind, num_train, num_test, seed, class_names, durations)
+    for number, (vid, folder, duration, anns) in enumerate(videos):
+        rng = np.random.default_rng([seed, number])
+        T = max(int(round(duration * R)), 1)
+        feats = _features(T, [(s, e, index[c]) for s, e, c in anns], bank, rng)
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        np.save(out / folder / f"{vid}.npy", feats)
+        subset = SUBSETS[kind][folder == "test"]
+        database[vid] = {"duration": duration, "subset": subset,
+                         "annotations": [{"segment": [s, e], "label": c} for s, e, c in anns]}
+        splits[folder].append(vid)
+    for folder, names in splits.items():
+        atomic_write_text(out / f"split_{folder}.txt", "".join(f"{vid}\n" for vid in names))
+    atomic_write_json(out / "gt.json", {"version": f"synthetic-{kind} (seed {seed})", "taxonomy": [],
+                                        "database": database})
+    return database
+
+
+def _generated_videos(kind, num_train, num_test, seed, class_names, durations):
+    C = len(class_names)
+    rng = np.random.default_rng([seed, 104729])
+    class_len_rank = rng.permutation(C)        # each class its own typical length
+    for number in range(num_train + num_test):
+        folder = "train" if number < num_train else "test"
+        i = number if folder == "train" else number - num_train
+        vid = (f"video_{'validation' if folder == 'train' else 'test'}_{i:07d}" if kind == "THUMOS"
+               else f"v_synth{number:06d}")
+        d, starts, ends, n_cls = _one_timeline(kind, rng, durations)
+        classes = rng.choice(C, n_cls, replace=False)
+        main = classes[np.argsort(class_len_rank[classes])]
+        labels = main[rng.integers(0, n_cls, len(starts))]
+        T = max(int(round(d * R)), 1)
+        duration = T / R                           # the features cover exactly the annotated time
+        step = 10 if kind == "THUMOS" else 100
+        anns = [(round(s * step) / step, max(round(e * step), round(s * step) + 1) / step, class_names[c])
+                for s, e, c in zip(starts, ends, labels)]
+        yield vid, folder, duration, anns
+
+
+def _real_timeline(gt, kind, num_train, num_test, index):
+    """Videos (names, durations, annotations) from a real gt.json (path or dict)."""
+    if not isinstance(gt, dict):
+        with open(gt) as handle:
+            gt = json.load(handle)
+    database = gt["database"]
+    names = {v: sorted(n for n, e in database.items() if e.get("subset") == s)
+             for v, s in zip(("train", "test"), SUBSETS[kind])}
+    for folder, count in (("train", num_train), ("test", num_test)):
+        for vid in names[folder][:count]:
+            entry = database[vid]
+            anns = [(float(a["segment"][0]), float(a["segment"][1]), a["label"]) for a in entry["annotations"]
+                    if a["label"] in index]
+            yield vid, folder, float(entry["duration"]), anns
+
+
+def _demo_params(args):
+    kind = getattr(args, "dataset", "THUMOS")
+    num_train, num_test = DEMO_SIZES[kind]
+    return {"kind": kind, "num_train": num_train, "num_test": num_test, "feature_dim": int(args.feature_dim),
+            "seed": 0, "class_names": list(args.class_name_lst), "durations": list(DEMO_DURATIONS)}
+
+
+def ensure_demo_dataset(args):
+    """Generate the demo set at args.data_dir unless a complete one (marker, same parameters) is there.
+
+    Written into a temporary sibling folder that is renamed into place after its marker, so an
+    interrupted generation never leaves a half-written set at data_dir.
+    """
+    target = Path(args.data_dir)
+    params = _demo_params(args)
+    marker = target / MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == params:
+                return target
+        except ValueError:
+            pass
+        shutil.rmtree(target)                              # ours (it has the marker) but stale
+    elif target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not a synthetic dataset (no {MARKER}); "
+                        f"remove it or pass another --data_dir for the demo")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        generate_synthetic_dataset(tmp, **params)
+        atomic_write_json(tmp / MARKER, params)
+        if target.exists():
+            target.rmdir()                                 # empty folder
+        os.replace(tmp, target)
+    except OSError:
+        if not (marker.is_file() and json.loads(marker.read_text()) == params):
+            raise                                          # (else another process finished first)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a synthetic THUMOS-/ActivityNet-like feature dataset.")
+    parser.add_argument("--out", required=True, help="output folder (the data_dir)")
+    parser.add_argument("--kind", default="THUMOS", choices=sorted(SUBSETS))
+    parser.add_argument("--num_train", type=int, default=40)
+    parser.add_argument("--num_test", type=int, default=40)
+    parser.add_argument("--feature_dim", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min_duration", type=float, default=30.0, help="seconds")
+    parser.add_argument("--max_duration", type=float, default=240.0, help="seconds")
+    parser.add_argument("--timeline_gt", default=None, help="take videos and annotations from this real gt.json")
+    opts = parser.parse_args(argv)
+    database = generate_synthetic_dataset(opts.out, opts.kind, opts.num_train, opts.num_test, opts.feature_dim,
+                                          opts.seed, timeline_gt=opts.timeline_gt,
+                                          durations=(opts.min_duration, opts.max_duration))
+    print(f"wrote {len(database)} videos to {opts.out}")
+
+
+if __name__ == "__main__":
+    main()
