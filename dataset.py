@@ -29,15 +29,24 @@ class DataError(UserError):
 
 # ----------------------------------------------------------------------------- temporal sampling
 def _lerp_rows(x, pos):
-    """Rows of x (T, D) linearly interpolated at float positions `pos` on the grid 0..T-1, extrapolating."""
+    """Rows of x (T, D) linearly interpolated at float positions `pos` on the grid 0..T-1, extrapolating.
+
+    Positions on grid nodes are plain row copies (exact; most rows under dynamic sampling).
+    """
     T = x.shape[0]
+    pos = np.asarray(pos, dtype=np.float64)
     if T == 1:
         return np.repeat(np.asarray(x[:1]), len(pos), axis=0)
-    i0 = np.clip(np.floor(pos), 0, T - 2).astype(np.int64)
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    frac = (pos - i0).astype(dtype)[:, None]                             # (N, 1)
-    out = np.asarray(x[i0 + 1], dtype=dtype) * frac                      # (N, D)
-    out += np.asarray(x[i0], dtype=dtype) * (1 - frac)                   # exact at the grid nodes
+    node = np.rint(pos)
+    on_node = (np.abs(pos - node) < 1e-9) & (node >= 0) & (node <= T - 1)  # 1e-9: cumsum round-off
+    i0 = np.clip(np.floor(pos), 0, T - 2).astype(np.int64)
+    i0[on_node] = node[on_node]
+    out = np.asarray(x[i0], dtype=dtype)                                 # (N, D)
+    between = np.flatnonzero(~on_node)
+    if len(between):
+        frac = (pos[between] - i0[between]).astype(dtype)[:, None]       # (n, 1)
+        out[between] = out[between] * (1 - frac) + np.asarray(x[i0[between] + 1], dtype=dtype) * frac
     return out
 
 
