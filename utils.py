@@ -93,3 +93,100 @@ class Logger:
         if self.log_path:
             with open(self.log_path, "a") as handle:
                 handle.write(message + "\n")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class CheckpointError(UserError):
+    """A checkpoint file that is missing, unreadable, or does not fit the model being built."""
+
+
+def _numpy_safe_globals():
+    """numpy objects that released checkpoints pickle (best_test_mAP is a numpy float64).
+
+    A numpy scalar pickles as multiarray.scalar(dtype, bytes): the scalar function (named
+    numpy.core.multiarray.scalar by numpy 1.x, numpy._core.multiarray.scalar by numpy 2.x),
+    np.dtype and the dtype's class (numpy >= 1.25, e.g. np.dtypes.Float64DType) for BUILD.
+    """
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    items = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"):
+        items.append(type(np.dtype(getattr(np, name))))
+    return items
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
+    with torch.load(weights_only=True); only numpy scalars are allow-listed (SPEC section 13).
+
+    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found; check --checkpoint or the run folder")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt zip, truncated file, disallowed pickled objects, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(err).__name__}: {reason}); "
+                              f"the file is corrupt, truncated or not a torch checkpoint") from err
+    if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
+        state = {"model_state_dict": state}
+    if not isinstance(state, dict) or not isinstance(state.get("model_state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path} has no model_state_dict; it is not an ASM-Loc checkpoint")
+    return state
+
+
+def _describe_mismatch(expected, given, args):
+    """One sentence on why a state_dict does not fit: other dataset, model kind, feature dim,
+    ablation switches, else the first differing keys/shapes. expected/given: name -> shape."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    cls = given.get("snippet_cls.weight")
+    if cls is not None and cls[0] != expected["snippet_cls.weight"][0]:
+        other = {21: "a THUMOS", 201: "an ActivityNet"}.get(cls[0], "another dataset's")
+        return (f"looks like {other} checkpoint: its classifier has {cls[0]} outputs, "
+                f"{args.dataset} needs {expected['snippet_cls.weight'][0]} (classes + background)")
+    if ("feature_embedding.1.weight" in given) != ("feature_embedding.1.weight" in expected):
+        style = "an ActivityNet" if "feature_embedding.1.weight" in given else "a THUMOS"
+        return (f"looks like {style} checkpoint (embedding conv at feature_embedding."
+                f"{1 if 'feature_embedding.1.weight' in given else 0}); the {args.dataset} model has "
+                f"embed_dropout={args.embed_dropout}")
+    full_given = any(k.startswith("MHSA_") for k in given)
+    full_expected = any(k.startswith("MHSA_") for k in expected)
+    if full_given != full_expected:
+        kinds = ("full ASM-Loc model (step >= 1)", "base model (step 0)")
+        return (f"the checkpoint holds a {kinds[0] if full_given else kinds[1]} but a "
+                f"{kinds[0] if full_expected else kinds[1]} is being loaded")
+    emb = given.get("att_branch.weight")
+    if emb is not None and emb[1] != expected["att_branch.weight"][1]:
+        return f"feature_dim differs: checkpoint {emb[1]}, config {expected['att_branch.weight'][1]}"
+    prefixes = {k.split(".")[0] for k in missing + unexpected}
+    if prefixes and prefixes <= {"MHSA_Intra", "MHSA_Inter", "uncertainty_branch"}:
+        return (f"modules {sorted(prefixes)} are {'missing from' if missing else 'extra in'} the "
+                f"checkpoint; check use_intra_attention / use_inter_attention / use_uncertainty")
+    shapes = [f"{k} {tuple(given[k])} vs {tuple(expected[k])}" for k in sorted(set(given) & set(expected))
+              if given[k] != expected[k]]
+    parts = [f"missing keys {missing[:4]}" if missing else "", f"unexpected keys {unexpected[:4]}" if unexpected
+             else "", f"shape differs: {shapes[:3]}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_model_state(model, state, path, args):
+    """Check a checkpoint against `model` before loading, then load with strict=True.
+
+    `state` is a model_state_dict or the whole checkpoint dict; in the latter case a stored
+    `dataset` that differs from args.dataset is an error too. Raises CheckpointError with one
+    line naming the file and what differs.
+    """
+    if "model_state_dict" in state:
+        stored = state.get("dataset")
+        if stored is not None and stored != args.dataset:
+            raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}")
+        state = state["model_state_dict"]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != given:
+        raise CheckpointError(f"checkpoint {path} does not fit the {type(model).__name__} model: "
+                              f"{_describe_mismatch(expected, given, args)}")
+    model.load_state_dict(state, strict=True)
+    return model

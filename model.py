@@ -1,0 +1,284 @@
+"""ASM-Loc models (SPEC.md section 5): the base model of step 0 and the full model of steps >= 1.
+
+Shape legend: B batch, T snippets, D feature channels, C action classes (+1 background),
+K proposals per video (zero padded), h heads, dh = D / h head channels, N snippets inside
+at least one proposal (per video, padded to the batch maximum).
+
+Parameter names and shapes are those of the released checkpoints (strict loading works).
+The full model has two exact ways to compute segment attention:
+- dense (`fast_attention = False`): every snippet goes through q/k/v/out and T x T masked
+  attention, as the released code does;
+- fast (default): only snippets inside some proposal are projected and attend to each other
+  (others get zero attention output, so conv_out gives them just its bias), and inter-segment
+  attention runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its
+  batch statistics are unchanged; outputs and gradients equal the dense path up to rounding.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ModelOutput(NamedTuple):
+    fg_cls: torch.Tensor                                                # (B, C+1) softmaxed video scores, foreground branch
+    bg_cls: torch.Tensor                                                # (B, C+1) softmaxed video scores, background branch
+    temp_att: torch.Tensor                                              # (B, T, 2) softmax over (foreground, background)
+    cas: torch.Tensor                                                   # (B, T, C+1) softmax(cas_logits)
+    fg_cas: torch.Tensor                                                # (B, T, C+1)
+    bg_cas: torch.Tensor                                                # (B, T, C+1)
+    uncertainty: Optional[torch.Tensor]                                 # (B, T, 1); None for the base model / use_uncertainty off
+
+
+def conv1x1(x, conv, bias=True):
+    """Apply a kernel-1 Conv1d to channels-last rows (..., D) as a matmul."""
+    return F.linear(x, conv.weight[..., 0], conv.bias if bias else None)
+
+
+def topk_mean(x, divisor):
+    """Mean of the top max(T // divisor, 1) values along T, per class; x (B, T, C+1)."""
+    k = max(x.shape[1] // divisor, 1)
+    return x.topk(k, dim=1).values.mean(dim=1)                          # (B, C+1)
+
+
+# ----------------------------------------------------------------------------- proposal masks
+def proposal_membership(proposal_bbox, proposal_count, T):
+    """P (B, T, K) bool: snippet t lies in valid proposal k (k < count, [start, end] inclusive).
+
+    Also returns valid (B, K) bool. Broadcasting only, no loops.
+    """
+    K = proposal_bbox.shape[1]
+    device = proposal_bbox.device
+    t = torch.arange(T, device=device)[None, :, None]                   # (1, T, 1)
+    start = proposal_bbox[..., 0][:, None, :]                           # (B, 1, K)
+    end = proposal_bbox[..., 1][:, None, :]                             # (B, 1, K)
+    valid = torch.arange(K, device=device)[None] < proposal_count.to(device)[:, None]  # (B, K)
+    return (t >= start) & (t <= end) & valid[:, None, :], valid         # (B, T, K), (B, K)
+
+
+def attention_masks(membership, valid):
+    """Intra mask (B, T, T): both snippets in one proposal; inter mask (B, K, K): both valid."""
+    p = membership.float()
+    intra = (p @ p.transpose(1, 2)) > 0                                 # (B, T, T)
+    inter = valid[:, :, None] & valid[:, None, :]                       # (B, K, K)
+    return intra, inter
+
+
+def masked_attention(q, k, v, mask):
+    """softmax(q k^T) v with mask (B, Nq, Nk) bool; fully masked rows give 0 (not NaN).
+
+    q (B, h, Nq, dh) already scaled, k/v (B, h, Nk, dh). Empty rows are softmaxed unmasked and
+    then zeroed, so no NaN appears in the forward or backward pass.
+    """
+    empty = ~mask.any(dim=-1, keepdim=True)                             # (B, Nq, 1)
+    logits = q @ k.transpose(-1, -2)                                    # (B, h, Nq, Nk)
+    logits = logits.masked_fill(~(mask | empty)[:, None], float("-inf"))
+    attn = torch.softmax(logits, dim=-1).masked_fill(empty[:, None], 0.0)
+    return attn @ v                                                     # (B, h, Nq, dh)
+
+
+# ----------------------------------------------------------------------------- attention blocks
+class AttentionBlock(nn.Module):
+    """y = x + BN(conv_out(attention)); BN weight/bias start at 0 so the block starts as identity."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.conv_query = nn.Conv1d(dim, dim, 1)
+        self.conv_key = nn.Conv1d(dim, dim, 1)
+        self.conv_value = nn.Conv1d(dim, dim, 1)
+        self.conv_out = nn.Conv1d(dim, dim, 1)
+        self.bn = nn.BatchNorm1d(dim)
+        nn.init.zeros_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+
+    def split_heads_cf(self, x):
+        """Channels-first (B, D, N) -> (B, h, N, dh); channel c belongs to head c // dh."""
+        B, _, N = x.shape
+        return x.view(B, self.heads, self.head_dim, N).transpose(2, 3)  # (B, h, N, dh)
+
+    def qkv_rows(self, rows):
+        """Query (scaled), key, value of channels-last rows (B, N, D), each (B, h, N, dh)."""
+        B, N, D = rows.shape
+        weight = torch.cat([self.conv_query.weight, self.conv_key.weight, self.conv_value.weight])[..., 0]
+        bias = torch.cat([self.conv_query.bias, self.conv_key.bias, self.conv_value.bias])
+        qkv = F.linear(rows, weight, bias).view(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, h, dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B, h, N, dh)
+        return q * self.scale, k, v
+
+    def dense_attend(self, x, mask):
+        """Released-style attention over all N positions of channels-first x (B, D, N)."""
+        B, D, N = x.shape
+        q = self.split_heads_cf(self.conv_query(x)) * self.scale        # (B, h, N, dh)
+        k = self.split_heads_cf(self.conv_key(x))
+        v = self.split_heads_cf(self.conv_value(x))
+        out = masked_attention(q, k, v, mask)                           # (B, h, N, dh)
+        return out.transpose(2, 3).reshape(B, D, N)                     # (B, D, N)
+
+
+class IntraSegmentAttention(AttentionBlock):
+    """Snippets attend to the snippets sharing a proposal with them."""
+
+    def forward_dense(self, x, intra_mask):
+        """x (B, T, D), intra_mask (B, T, T) -> (B, T, D); all snippets through every projection."""
+        xc = x.transpose(1, 2)                                          # (B, D, T)
+        y = xc + self.bn(self.conv_out(self.dense_attend(xc, intra_mask)))
+        return y.transpose(1, 2)                                        # (B, T, D)
+
+    def forward_fast(self, x, membership):
+        """Same result, projecting and attending among the covered snippets only."""
+        B, T, D = x.shape
+        rows = x.reshape(B * T, D)                                      # (B*T, D)
+        covered = membership.any(dim=2)                                 # (B, T)
+        sel = covered.reshape(-1).nonzero().squeeze(1)                  # (n,) covered row indices
+        n_max = int(covered.sum(dim=1).max())                           # N; 0 gives empty tensors
+        rank = covered.cumsum(dim=1) - 1                                # (B, T) position among covered
+        slot = (torch.arange(B, device=x.device)[:, None] * n_max + rank).reshape(-1)[sel]  # (n,)
+        packed = rows.new_zeros(B * n_max, D).index_copy(0, slot, rows[sel]).view(B, n_max, D)
+        K = membership.shape[2]
+        member = membership.reshape(B * T, K)[sel].float()              # (n, K)
+        member = member.new_zeros(B * n_max, K).index_copy(0, slot, member).view(B, n_max, K)  # (B, N, K)
+        mask = (member @ member.transpose(1, 2)) > 0                    # (B, N, N); padding rows empty
+        q, k, v = self.qkv_rows(packed)                                 # 3 x (B, h, N, dh)
+        att = masked_attention(q, k, v, mask)                           # (B, h, N, dh)
+        att = att.transpose(1, 2).reshape(B * n_max, D)[slot]           # (n, D)
+        out_rows = rows.new_zeros(B * T, D).index_copy(0, sel, conv1x1(att, self.conv_out, bias=False))
+        out_rows = out_rows + self.conv_out.bias                        # conv_out(0) = bias outside
+        return (rows + self.bn(out_rows)).view(B, T, D)                 # (B, T, D)
+
+
+class InterSegmentAttention(AttentionBlock):
+    """Proposals (mean snippet features) attend to each other; results spread back to snippets."""
+
+    @staticmethod
+    def pooling(membership, dtype):
+        """Column-normalised P (mean over a proposal's snippets), row-normalised P (mean over
+        the proposals covering a snippet; 0 where none). Both (B, T, K)."""
+        p = membership.to(dtype)
+        return p / p.sum(dim=1, keepdim=True).clamp(min=1e-5), p / p.sum(dim=2, keepdim=True).clamp(min=1e-5)
+
+    def forward_dense(self, x, membership, inter_mask):
+        """x (B, T, D), membership (B, T, K), inter_mask (B, K, K) -> (B, T, D)."""
+        xc = x.transpose(1, 2)                                          # (B, D, T)
+        col, row = self.pooling(membership, x.dtype)
+        segments = xc @ col                                             # (B, D, K)
+        att = self.dense_attend(segments, inter_mask)                   # (B, D, K)
+        spread = att @ row.transpose(1, 2)                              # (B, D, T)
+        return (xc + self.bn(self.conv_out(spread))).transpose(1, 2)    # (B, T, D)
+
+    def forward_fast(self, x, membership, valid):
+        """Same result over the first max(count) proposals, with conv_out applied per proposal
+        before spreading (linear, so it commutes with the spread; its bias is added after)."""
+        B, T, D = x.shape
+        k_max = int(valid.sum(dim=1).max()) if valid.numel() else 0     # K'; 0 gives empty tensors
+        col, row = self.pooling(membership[:, :, :k_max], x.dtype)      # (B, T, K')
+        segments = col.transpose(1, 2) @ x                              # (B, K', D)
+        q, k, v = self.qkv_rows(segments)                               # 3 x (B, h, K', dh)
+        mask = valid[:, :k_max, None] & valid[:, None, :k_max]          # (B, K', K')
+        att = masked_attention(q, k, v, mask).transpose(1, 2).reshape(B, k_max, D)  # (B, K', D)
+        out = row @ conv1x1(att, self.conv_out, bias=False)             # (B, T, D)
+        out = (out + self.conv_out.bias).reshape(B * T, D)              # (B*T, D)
+        return x + self.bn(out).view(B, T, D)                           # (B, T, D)
+
+
+# ----------------------------------------------------------------------------- models
+class ASMLocBase(nn.Module):
+    """Step-0 model: embedding, foreground/background attention, snippet classifier.
+
+    `args.embed_dropout` (ActivityNet preset) adds Dropout before the embedding conv (so the
+    conv is feature_embedding.1) and dropout before the attention and uncertainty heads.
+    """
+
+    def __init__(self, args):
+        super().__init__()
+        D, C = args.feature_dim, args.action_cls_num
+        self.embed_dropout = bool(args.embed_dropout)
+        self.fg_topk_seg, self.bg_topk_seg = args.fg_topk_seg, args.bg_topk_seg
+        self.dropout = nn.Dropout(args.dropout)
+        layers = [nn.Dropout(args.dropout)] if self.embed_dropout else []
+        self.feature_embedding = nn.Sequential(*layers, nn.Conv1d(D, D, 3, padding=1), nn.ReLU())
+        self.att_branch = nn.Conv1d(D, 2, 1)
+        self.snippet_cls = nn.Linear(D, C + 1)
+        self.uncertainty_branch = None
+
+    def embed(self, features):
+        """features (B, T, D) -> embedding (B, T, D), contiguous channels-last."""
+        return self.feature_embedding(features.transpose(1, 2)).transpose(1, 2).contiguous()
+
+    def head_input(self, emb):
+        return self.dropout(emb) if self.embed_dropout else emb
+
+    def heads(self, emb):
+        """Attention, snippet dropout, classifier, top-k pooling (SPEC section 5) -> ModelOutput."""
+        emb = emb.contiguous()                                          # dropout masks follow memory order: same layout on every path
+        B, T, _ = emb.shape
+        temp_att = torch.softmax(conv1x1(self.head_input(emb), self.att_branch), dim=2)  # (B, T, 2)
+        select = self.dropout(emb.new_ones(B, T, 1))                    # (B, T, 1) whole snippets
+        cas_logits = self.snippet_cls(self.dropout(emb * select))       # (B, T, C+1)
+        fg = cas_logits * temp_att[:, :, 0:1]                           # (B, T, C+1)
+        bg = cas_logits * temp_att[:, :, 1:2]
+        fg_cls = torch.softmax(topk_mean(fg, self.fg_topk_seg), dim=1)  # (B, C+1)
+        bg_cls = torch.softmax(topk_mean(bg, self.bg_topk_seg), dim=1)
+        uncertainty = None
+        if self.uncertainty_branch is not None:
+            uncertainty = conv1x1(self.head_input(emb), self.uncertainty_branch)  # (B, T, 1)
+        return ModelOutput(fg_cls, bg_cls, temp_att, torch.softmax(cas_logits, dim=2),
+                           torch.softmax(fg, dim=2), torch.softmax(bg, dim=2), uncertainty)
+
+    def forward(self, features, proposal_bbox=None, proposal_count=None):
+        """features (B, T, D); proposals are ignored by the base model."""
+        return self.heads(self.embed(features))
+
+
+class ASMLoc(ASMLocBase):
+    """Full model: intra- and inter-segment attention between embedding and heads, plus the
+    uncertainty head. Switches use_intra_attention / use_inter_attention / use_uncertainty
+    drop the corresponding modules (and their state_dict keys); all on = the paper's model.
+    With use_uncertainty off the output's uncertainty is None (the loss then uses u = 0)."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        D = args.feature_dim
+        self.fast_attention = True
+        self.MHSA_Intra = IntraSegmentAttention(D, args.num_heads) if args.use_intra_attention else None
+        self.MHSA_Inter = InterSegmentAttention(D, args.num_heads) if args.use_inter_attention else None
+        if args.use_uncertainty:
+            self.uncertainty_branch = nn.Conv1d(D, 1, 1, bias=False)
+            nn.init.normal_(self.uncertainty_branch.weight, 0.0, 1e-4)
+
+    def forward(self, features, proposal_bbox=None, proposal_count=None):
+        """features (B, T, D), proposal_bbox (B, K, 2) long, proposal_count (B,) long.
+        Missing proposals mean an empty proposal set (the attention blocks then add only
+        BN(bias) terms)."""
+        B, T, _ = features.shape
+        if proposal_bbox is None:
+            proposal_bbox = torch.zeros(B, 1, 2, dtype=torch.long, device=features.device)
+            proposal_count = torch.zeros(B, dtype=torch.long, device=features.device)
+        membership, valid = proposal_membership(proposal_bbox, proposal_count, T)
+        if self.fast_attention:
+            emb = self.embed(features)                                  # (B, T, D)
+            if self.MHSA_Intra is not None:
+                emb = self.MHSA_Intra.forward_fast(emb, membership)
+            if self.MHSA_Inter is not None:
+                emb = self.MHSA_Inter.forward_fast(emb, membership, valid)
+            return self.heads(emb)
+        intra, inter = attention_masks(membership, valid)
+        return self.forward_masks(features, membership, intra, inter)
+
+    def forward_masks(self, features, membership, intra_mask, inter_mask):
+        """Dense released-style forward from explicit masks (the oracle for the fast path):
+        membership P (B, T, K), intra_mask (B, T, T), inter_mask (B, K, K)."""
+        emb = self.embed(features)                                      # (B, T, D)
+        if self.MHSA_Intra is not None:
+            emb = self.MHSA_Intra.forward_dense(emb, intra_mask)
+        if self.MHSA_Inter is not None:
+            emb = self.MHSA_Inter.forward_dense(emb, membership, inter_mask)
+        return self.heads(emb)
+
+
+def count_snippets_in_proposals(proposal_bbox, proposal_count, T):
+    """Share of the B x T snippets inside at least one valid proposal (benchmark statistic)."""
+    membership, _ = proposal_membership(proposal_bbox, proposal_count, T)
+    return membership.any(dim=2).float().mean().item()
+
