@@ -63,7 +63,7 @@ def _bank(class_names, D, seed, n_bg=8, n_noise=24):
 
     act_a, act_b, ctx = mixed(0.5), mixed(0.5), mixed(0.6)
     motion, scene = 0.55 + 0.45 * (1 - rgb), 0.35 + 0.65 * rgb          # flow carries motion, RGB scene
-    rows = [0.45 * act_a * motion, 0.45 * act_b * motion, 0.40 * ctx * scene,
+    rows = [0.6 * act_a * motion, 0.6 * act_b * motion, 0.35 * ctx * scene,
             0.35 * rng.standard_normal((n_bg, D)) * (0.5 + 0.5 * rgb), 0.25 * rng.standard_normal((n_noise, D))]
     bias = -0.3 + 0.1 * rng.standard_normal(D)
     return np.concatenate(rows).astype(np.float32), bias.astype(np.float32), partner
@@ -90,7 +90,7 @@ def _features(T, annotations, bank, rng):
         s, e = s[:, None] * R, e[:, None] * R
         tau = rng.uniform(0.4, 1.2, (len(cls), 1))
         box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4   # (N, T) soft sigmoid edges
-        box *= rng.uniform(0.4, 1.4, (len(cls), 1))                             # weak and strong instances
+        box *= rng.uniform(0.5, 1.5, (len(cls), 1))                             # weak and strong instances
         phase = np.clip((t - s) / np.maximum(e - s, 1e-3), 0, 1)
         onehot = np.eye(C)[cls]                                                  # (N, C)
         env_a, env_b = (box * (1 - phase)).T @ onehot, (box * phase).T @ onehot  # (T, C)
