@@ -1,0 +1,235 @@
+"""eval.detection: array evaluator vs the loop oracle of SPEC §10, hand-computed AP, edge cases, CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval import ANETDetection, EvaluationInputError
+from eval.reference import loop_evaluate
+from utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GT = REPO / ".." / "shared" / "data" / "THUMOS14" / "gt.json"
+PRED_FIELDS = {"version": "VERSION 1.3", "external_data": {"used": True}}
+
+
+def make_gt(tmp_path, videos, extra_subset=()):
+    """videos: {vid: [(label, start, end), ...]} in subset 'test'; extra_subset: vids in 'train'."""
+    db = {vid: {"subset": "test", "duration": 100.0,
+                "annotations": [{"label": lab, "segment": [s, e]} for lab, s, e in anns]}
+          for vid, anns in videos.items()}
+    for vid in extra_subset:
+        db[vid] = {"subset": "train", "duration": 100.0, "annotations": [{"label": "A", "segment": [0, 5]}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"version": "x", "database": db}))
+    return path
+
+
+def make_pred(results):
+    """results: {vid: [(label, score, start, end), ...]}."""
+    return {"results": {vid: [{"label": lab, "score": sc, "segment": [s, e]} for lab, sc, s, e in plist]
+                        for vid, plist in results.items()}, **PRED_FIELDS}
+
+
+# ----------------------------------------------------------------------------- hand-computed AP
+def test_hand_case_duplicate_detection(tmp_path):
+    # GT A: v1 [0,10]. p1 [0,10] .9 -> tIoU 1, TP. p2 [0,5] .8 -> tIoU .5 >= .5 but GT taken -> FP.
+    # precision [1, .5], recall [1, 1]; padded prec [0,1,.5,0] -> right max [1,1,.5,0];
+    # recall steps only at 0 -> 1 (x 1) -> AP = 1.
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.8, 0, 5)]}), [0.5], "test", "X")
+    assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_hand_case_two_thresholds(tmp_path):
+    # GT A: v1 [0,10], [20,30]. p1 [20,30] .9 TP; p2 [50,60] .8 FP; p3 [0,8] .7 tIoU 8/10 = .8.
+    # thr .5: hits 1,0,1: prec [1,.5,2/3] rec [.5,.5,1] -> .5*1 + .5*2/3 = 5/6.
+    # thr .9: hits 1,0,0: prec [1,.5,1/3] rec [.5,.5,.5] -> .5*1 (+ the final 0.5 step x 0) = .5.
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 20, 30)]})
+    pred = make_pred({"v1": [("A", 0.9, 20, 30), ("A", 0.8, 50, 60), ("A", 0.7, 0, 8)]})
+    det = ANETDetection(gt, pred, [0.5, 0.9], "test", "X")
+    det.evaluate()
+    np.testing.assert_allclose(det.mAP, [5 / 6, 0.5], atol=1e-15)
+
+
+def test_hand_case_classes_videos_and_next_gt(tmp_path):
+    # A: GT v1 [0,10] and [0,8]. p1 [0,10] .9 -> tIoU 1 / .8 -> TP on [0,10].
+    #    p2 [0,10] .8 -> [0,10] taken -> next GT [0,8] (.8): TP at .5, FP at .9.
+    #    thr .5: AP 1. thr .9: hits 1,0 of 2 GT: prec [1,.5] rec [.5,.5] -> .5.
+    # B: GT v2 [5,15]. p [5,15] .95 in v1 (no B GT there) -> FP; p [6,15] .5 in v2, tIoU .9 -> TP
+    #    at both. hits 0,1: prec [0,.5] rec [0,1] -> padded prec right-max .5 -> AP .5.
+    # C: GT v3, no predictions -> AP 0. Outside-subset video and unknown label: ignored / FP-free.
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 0, 8)], "v2": [("B", 5, 15)], "v3": [("C", 1, 2)]},
+                 extra_subset=["w"])
+    pred = make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.8, 0, 10), ("B", 0.95, 5, 15)],
+                      "v2": [("B", 0.5, 6, 15), ("Z", 0.99, 6, 15)]})
+    with pytest.warns(UserWarning, match="1 predictions"):
+        det = ANETDetection(gt, pred, [0.5, 0.9], "test", "X")
+    assert det.evaluate() == pytest.approx(np.mean([(1 + 0.5 + 0) / 3, (0.5 + 0.5 + 0) / 3]), abs=1e-15)
+    assert list(det.activity_index) == ["A", "B", "C"]
+    np.testing.assert_allclose(det.ap, [[1, 0.5, 0], [0.5, 0.5, 0]], atol=1e-15)
+    text = det.report()
+    assert "mAP" in text and "per-class AP" in text and "C" in text.splitlines()[-1]
+
+
+def test_hand_case_equal_tiou_visits_gt_in_file_order(tmp_path):
+    # GT A: g0 [0,10], g1 [10,20]. p1 [5,15] .9 has tIoU 5/15 with both -> takes g0 (file order).
+    # p2 [0,10] .8: g0 (tIoU 1) taken, g1 tIoU 0 < .3 -> FP. hits 1,0 of 2 GT -> AP .5
+    # (visiting g1 first would give p2 a TP and AP 1).
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 10, 20)]})
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 15), ("A", 0.8, 0, 10)]}), [0.3], "test", "X")
+    assert det.evaluate() == pytest.approx(0.5, abs=1e-15)
+
+
+def test_hand_case_tied_scores_keep_file_order(tmp_path):
+    # two predictions of equal score for one GT [0,10]: the first in the file, [0,4] (tIoU .4), is
+    # an FP at .5, the second [0,10] a TP: hits 0,1 -> prec [0,.5] rec [0,1] -> AP .5.
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.7, 0, 4), ("A", 0.7, 0, 10)]}), [0.5], "test", "X")
+    assert det.evaluate() == pytest.approx(0.5, abs=1e-15)
+
+
+# ----------------------------------------------------------------------------- oracle agreement
+def random_case(rng):
+    classes = ["A", "B", "C", "D", "E"][: int(rng.integers(1, 6))]
+    grid = lambda size: rng.integers(0, 8, size=size) * 2.5           # noqa: E731  (exact tIoU ties)
+    videos = {}
+    for v in range(int(rng.integers(1, 7))):
+        anns = []
+        for _ in range(int(rng.integers(0, 6))):
+            s = float(grid(1)[0])
+            e = s + float(rng.choice([0.0, 2.5, 5.0, 7.5, 12.5, 20.0]))     # zero-length GT too
+            anns.append((str(rng.choice(classes)), s, e))
+        if anns and rng.random() < 0.3:
+            anns.append(anns[0])                                            # duplicate GT
+        videos[f"v{v}"] = anns
+    if not any(videos.values()):
+        videos["v0"] = [(classes[0], 0.0, 5.0)]
+    results = {}
+    pred_videos = list(videos) + ["unseen", "w"]
+    for _ in range(int(rng.integers(0, 60))):
+        vid = str(rng.choice(pred_videos))
+        label = str(rng.choice(classes + ["Z"]))                            # Z: not a GT class
+        s = float(grid(1)[0]) + float(rng.choice([0.0, 0.3]))
+        e = s + float(rng.choice([0.0, 2.5, 5.0, 7.5, 10.0, 3.1]))
+        score = float(np.round(rng.random(), 1))                            # many tied scores
+        results.setdefault(vid, []).append((label, score, s, e))
+    return videos, results
+
+
+@pytest.mark.filterwarnings("ignore:.*not a ground-truth class")
+def test_fast_equals_loop_oracle_random(tmp_path):
+    rng = np.random.default_rng(2022)
+    thresholds = np.arange(0.1, 1.0, 0.1)
+    n_compared = 0
+    for case in range(60):
+        videos, results = random_case(rng)
+        gt_path = make_gt(tmp_path, videos, extra_subset=["w"])
+        pred = make_pred(results)
+        det = ANETDetection(gt_path, pred, thresholds, "test", "THUMOS")
+        det.evaluate()
+        classes, ap = loop_evaluate(json.loads(gt_path.read_text()), pred, thresholds, "test")
+        assert list(det.activity_index) == classes
+        np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12, err_msg=f"case {case}")
+        n_compared += 1
+    assert n_compared >= 50
+
+
+@pytest.mark.skipif(not SHARED_GT.is_file(), reason="shared THUMOS14 annotations not available")
+@pytest.mark.filterwarnings("ignore:.*not a ground-truth class")
+def test_fast_equals_loop_oracle_real_thumos_gt():
+    gt = json.loads(SHARED_GT.read_text())
+    test_videos = {v: info for v, info in gt["database"].items() if info["subset"] == "test"}
+    assert len(test_videos) == 212
+    rng = np.random.default_rng(7)
+    vids = list(test_videos)
+    labels = sorted({a["label"] for info in test_videos.values() for a in info["annotations"]})
+    results = {}
+    for _ in range(3000):
+        vid = vids[rng.integers(len(vids))]
+        anns = test_videos[vid]["annotations"]
+        if rng.random() < 0.6:                                  # near a GT instance
+            ann = anns[rng.integers(len(anns))]
+            s, e = ann["segment"]
+            s, e = s + rng.normal(0, 1), e + rng.normal(0, 1)
+            label = ann["label"]
+        else:
+            s = rng.uniform(0, test_videos[vid]["duration"])
+            e = s + rng.exponential(5)
+            label = labels[rng.integers(len(labels))]
+        results.setdefault(vid, []).append((label, float(rng.random()), float(s), float(max(s, e))))
+    pred = make_pred(results)
+    thresholds = np.arange(0.1, 1.0, 0.1)
+    det = ANETDetection(SHARED_GT, pred, thresholds, "test", "THUMOS")
+    det.evaluate()
+    classes, ap = loop_evaluate(gt, pred, thresholds, "test")
+    assert list(det.activity_index) == classes and len(classes) == 20
+    np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12)
+    assert det.average_mAP == pytest.approx(det.mAP[:7].mean())
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_empty_predictions_give_zero(tmp_path):
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)], "v2": [("B", 3, 4)]})
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps({"results": {}, **PRED_FIELDS}))
+    det = ANETDetection(gt, path, np.arange(0.5, 1.0, 0.05), "test", "ActivityNet")
+    assert det.evaluate() == 0.0
+    assert det.ap.shape == (10, 2) and not det.ap.any() and det.mAP.shape == (10,)
+
+
+@pytest.mark.parametrize("field", ["results", "version", "external_data"])
+def test_missing_field_is_named(tmp_path, field):
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    data = make_pred({"v1": [("A", 0.5, 0, 10)]})
+    del data[field]
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(EvaluationInputError, match=f"'{field}'") as info:
+        ANETDetection(gt, path, [0.5], "test", "X")
+    assert str(path) in str(info.value) and isinstance(info.value, UserError)
+
+
+def test_malformed_prediction_and_missing_files(tmp_path):
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    bad = {"results": {"v1": [{"label": "A", "segment": [0, 1]}]}, **PRED_FIELDS}
+    with pytest.raises(EvaluationInputError, match="score"):
+        ANETDetection(gt, bad, [0.5], "test", "X")
+    with pytest.raises(EvaluationInputError, match="not found"):
+        ANETDetection(gt, tmp_path / "nope.json", [0.5], "test", "X")
+    with pytest.raises(EvaluationInputError, match="subset 'val'"):
+        ANETDetection(gt, make_pred({}), [0.5], "val", "X")
+
+
+def test_unknown_labels_ignored_and_counted(tmp_path):
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    pred = make_pred({"v1": [("Q", 0.99, 0, 10), ("A", 0.5, 0, 10), ("R", 0.9, 0, 1)]})
+    with pytest.warns(UserWarning, match="2 predictions"):
+        det = ANETDetection(gt, pred, [0.5], "test", "X")
+    assert det.evaluate() == 1.0
+
+
+def test_zero_length_segments_have_tiou_zero(tmp_path):
+    # a zero-length prediction on a zero-length GT: empty union -> tIoU 0 (not NaN) -> FP
+    gt = make_gt(tmp_path, {"v1": [("A", 5, 5), ("A", 0, 10)]})
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5), ("A", 0.8, 0, 10)]}), [0.1], "test", "X")
+    det.evaluate()
+    # hits 0, 1 of 2 GT: prec [0, .5] rec [0, .5] -> .5 * .5
+    assert det.ap[0, 0] == pytest.approx(0.25, abs=1e-15)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_prints_table_and_fails_cleanly(tmp_path):
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(make_pred({"v1": [("A", 0.9, 0, 10)]})))
+    run = [sys.executable, "-m", "eval", "--gt", str(gt), "--pred", str(pred), "--subset", "test"]
+    ok = subprocess.run(run + ["--tiou", "0.5", "0.7"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "mAP" in ok.stdout and "100.00" in ok.stdout
+    bad = subprocess.run(run[:6] + [str(tmp_path / "missing.json"), "--subset", "test"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "missing.json" in bad.stderr
