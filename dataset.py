@@ -6,6 +6,7 @@ Random sampling draws from numpy's global RNG (seeded by the engine: `set_seed` 
 `seed_worker` in DataLoader workers), so a run is reproducible for a given seed.
 """
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -368,7 +369,8 @@ class VideoDataset(Dataset):
         path = self.paths[vid]
         array = _CACHE.get(path)
         if array is None:
-            load = self.cache_gb > 0 and _CACHE_BYTES[0] < self.cache_gb * 2**30
+            load = self.cache_gb > 0 and os.path.isfile(path) and \
+                _CACHE_BYTES[0] + os.path.getsize(path) <= self.cache_gb * 2**30   # fits: read it whole once
             array = check_feature_file(path, self.feature_dim, full=check, load=load)
             if load:
                 _cache_put(path, array, self.cache_gb)
