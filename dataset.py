@@ -347,9 +347,10 @@ class VideoDataset(Dataset):
                 self.video_names.append(vid)
                 self.paths[vid] = str(self.root / folder / f"{vid}.npy")
         index = {name: i for i, name in enumerate(self.class_names)}
-        self.gt_labels, self.video_labels = {}, {}
+        self.gt_labels, self.video_labels, self.gt_segments = {}, {}, {}
         for vid in self.video_names:
-            labels = {ann["label"] for ann in database[vid].get("annotations", [])}
+            self.gt_segments[vid] = database[vid].get("annotations", [])
+            labels = {ann["label"] for ann in self.gt_segments[vid]}
             unknown = sorted(labels - set(index))
             if unknown:
                 raise DataError(f"{self.root / 'gt.json'}: video {vid} has label {unknown[0]!r}, which is not in "
@@ -416,6 +417,10 @@ class VideoDataset(Dataset):
 
     def save_proposals(self, path):
         save_proposals(path, self.pseudo_results, self.weights)
+
+    def dynamic_weights(self, vid):
+        """The dynamic sampling weights in use for `vid` (None at step 0)."""
+        return None if self.weights is None else self.weights.get(vid)
 
     # -- items
     def __len__(self):

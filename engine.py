@@ -142,8 +142,32 @@ def evaluate(model, dataset, args, step, result_path):
     detector = ANETDetection(os.path.join(args.data_dir, "gt.json"), result_path, args.tiou_thresholds,
                              args.eval_subset, args.dataset)
     detector.evaluate()
-    detector.outputs = outputs
+    detector.outputs, detector.predictions = outputs, results
     return detector
+
+
+def report_evaluation(detector, args, step, dataset, tag, log):
+    """Per-class AP (log + CSV), the per-step summary JSON, and --visualize plots."""
+    import visualize
+    folder = args.save_dir
+    log(visualize.format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
+                                         args.num_tiou_for_average))
+    visualize.write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"), detector.activity_index,
+                                     args.tiou_thresholds, detector.ap, args.num_tiou_for_average)
+    visualize.write_summary_json(os.path.join(folder, f"{tag}summary.json"), {f"step {step}": {
+        "mAP": detector.mAP, "average_mAP": detector.average_mAP, "tiou_thresholds": args.tiou_thresholds}})
+    if not args.visualize:
+        return
+    names = list(detector.outputs)
+    names = names[:args.visualize_videos] if args.visualize_videos > 0 else names
+    for vid_name in tqdm(names, desc="visualize", leave=False, disable=None):
+        out = detector.outputs[vid_name]
+        visualize.plot_video(
+            os.path.join(folder, "visualize", f"{tag}step{step}", f"{vid_name}.png"), vid_name, out["vid_len"],
+            args.class_name_lst, out["fg_cas"], out["temp_att"], detector.predictions[vid_name],
+            dataset.gt_segments[vid_name], args.frames_per_sec, args.segment_frames_num,
+            weights=dataset.dynamic_weights(vid_name), cum=out["cum"],
+            title_extra=f"step {step}, avg mAP {100 * detector.average_mAP:.2f}")
 
 
 def generate_pseudo_proposals(model, full_dataset, args, step):
@@ -282,7 +306,8 @@ class Refinement:
             self.best_mAP[step] = detector.average_mAP
             self.save_checkpoint(epoch, step_file(step, args, "best"))
         self.log(format_map_line(detector, f"step {step} epoch {epoch}")
-                 + f" | best {self.best_mAP[step]:.4f}{' *' if improved else ''}")
+                 + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}")
+        report_evaluation(detector, args, step, self.test_set, "", self.log)
         self.writer.add_scalar("mAP/average", detector.average_mAP, epoch)
         for tiou, value in zip(args.tiou_thresholds, detector.mAP):
             self.writer.add_scalar(f"mAP/tIoU_{tiou:.2f}", value, epoch)
@@ -322,7 +347,7 @@ def test_cascade(args):
         load_model_state(model, load_checkpoint(path, map_location=args.device)["model_state_dict"], path, args)
         detector = evaluate(model, test_set, args, step, os.path.join(args.save_dir, f"test_result_step{step}.json"))
         log(format_map_line(detector, f"test step {step} ({os.path.basename(path)})"))
-        log(detector.report())
+        report_evaluation(detector, args, step, test_set, "test_", log)
         detectors.append(detector)
         if step < args.num_steps:
             results, weights = generate_pseudo_proposals(model, full_set, args, step)

@@ -1,0 +1,99 @@
+"""End to end: the refinement pipeline on a tiny synthetic dataset, resume, and test mode."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import engine
+from config import build_args
+from conftest import REPO_ROOT
+from synthetic_data import generate_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data_dir = root / "THUMOS14"
+    class_names = build_args("THUMOS").class_name_lst
+    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=12, num_test=8, feature_dim=32, seed=0,
+                               class_names=class_names, durations=(20.0, 60.0))
+    return data_dir
+
+
+def tiny_argv(data_dir, checkpoint_root, epochs=6):
+    return ["--data_dir", str(data_dir), "--checkpoint_root", str(checkpoint_root), "--feature_dim", "32",
+            "--epochs", str(epochs), "--epochs_per_step", "2", "--num_steps", "2", "--eval_freq", "2",
+            "--sample_segments_num", "48", "--max_segments_num", "16", "--batch_size", "4", "--lr", "0.001",
+            "--device", "cpu"]
+
+
+def final_state(save_dir):
+    state = torch.load(os.path.join(save_dir, "model_latest.pth"), weights_only=False)
+    return state
+
+
+def test_entry_point_runs_all_steps(tiny_data, tmp_path):
+    argv = tiny_argv(tiny_data, tmp_path)
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "main_THUMOS.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    save_dir = build_args("THUMOS", argv).save_dir
+    files = set(os.listdir(save_dir))
+    for name in ["model_latest.pth", "model_step0_last_epoch.pth", "model_step1_last_epoch.pth",
+                 "model_step2_best_epoch.pth", "pseudo_proposals_step1.json", "pseudo_proposals_step2.json",
+                 "config.json", "log.txt", "tensorboard"]:
+        assert name in files, f"{name} missing from {sorted(files)}"
+    assert final_state(save_dir)["epoch"] == 6
+    assert final_state(save_dir)["step"] == 2
+    log = open(os.path.join(save_dir, "log.txt")).read()
+    assert "step 2 epoch 5" in log and "avg" in log
+    with open(os.path.join(save_dir, "pseudo_proposals_step1.json")) as handle:
+        assert set(json.load(handle)["results"]) == set(engine.VideoDataset(build_args("THUMOS", argv), "full",
+                                                                            "uniform").video_names)
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    straight = tiny_argv(tiny_data, tmp_path / "straight")
+    best_straight = engine.run("THUMOS", straight)
+    interrupted = tiny_argv(tiny_data, tmp_path / "interrupted")
+
+    original = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def stop_in_step_one(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:                # epoch 3: second epoch of step 1
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_step_one)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run("THUMOS", interrupted)
+    monkeypatch.setattr(engine, "train_one_epoch", original)
+    best_resumed = engine.run("THUMOS", interrupted)
+
+    assert best_resumed == best_straight
+    a = final_state(build_args("THUMOS", straight).save_dir)
+    b = final_state(build_args("THUMOS", interrupted).save_dir)
+    assert a["epoch"] == b["epoch"] == 6
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+
+
+def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
+    argv = tiny_argv(tiny_data, tmp_path)
+    best = engine.run("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    detectors = engine.run("THUMOS", argv + ["--test", "--checkpoint", save_dir])
+    assert len(detectors) == 3
+    assert detectors[-1].average_mAP == pytest.approx(best[-1], abs=1e-12)
+
+
+def test_test_mode_names_missing_step_file(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        engine.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--test", "--checkpoint", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "model_step0_last_epoch.pth" in capsys.readouterr().err
