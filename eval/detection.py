@@ -109,88 +109,159 @@ def pair_tiou(pred_seg, gt_seg):
     return out
 
 
+def _small_int(x):
+    """x as int16 when it fits, so that numpy's stable sort can use radix sort."""
+    return x.astype(np.int16) if x.max(initial=0) < 2**15 and x.min(initial=0) >= 0 else x
+
+
 def _segment_positions(counts):
     """For groups of sizes counts (n,), the position of each element inside its group."""
     starts = np.cumsum(counts) - counts
     return np.arange(counts.sum()) - np.repeat(starts, counts)
 
 
-def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_seg, thresholds):
+def class_order(p_label, p_score):
+    """Predictions by class ascending, score descending, file order on ties -> (P,) indices."""
+    by_score = np.argsort(-p_score)                                    # fast, not stable ...
+    sorted_score = p_score[by_score]
+    if np.any(sorted_score[1:] == sorted_score[:-1]):                   # ... so redo it on ties
+        by_score = np.argsort(-p_score, kind="stable")
+    return by_score[np.argsort(_small_int(p_label)[by_score], kind="stable")]
+
+
+def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tiou):
+    """(prediction, GT, tIoU, GT slot) of the same class and video with tIoU >= min_tiou.
+
+    Pairs come grouped by prediction index, then by slot = position of the GT in the
+    (class, video, start) order of all GT.
+
+    For min_tiou > 0 only GT overlapping the prediction can qualify: with the GT of each
+    (class, video) sorted by start, those start in (pred start - longest GT, pred end), a
+    window found by searchsorted (widened by a few ulps; the exact tIoU filters afterwards).
+    """
+    n_vid = int(max(gt_video.max(), p_video.max()) + 1)
+    gt_key = gt_label * n_vid + gt_video
+    gt_order = np.lexsort((gt_seg[:, 0], gt_key))                      # by (class, video), start
+    keys, g_first, g_count = np.unique(gt_key[gt_order], return_index=True, return_counts=True)
+    p_key = np.where(p_video >= 0, p_label * n_vid + p_video, -1)
+    if int(max(gt_label.max(), p_label.max()) + 1) * n_vid <= 1 << 24:  # dense key -> group table
+        table = np.full(int(max(gt_label.max(), p_label.max()) + 1) * n_vid + 1, -1, dtype=np.int64)
+        table[keys] = np.arange(len(keys))
+        grp = table[p_key]                                             # -1 key -> last entry, -1
+        has_gt = grp >= 0
+        grp = np.maximum(grp, 0)
+    else:
+        grp = np.minimum(np.searchsorted(keys, p_key), len(keys) - 1)   # (P,) GT group of each pred
+        has_gt = keys[grp] == p_key
+    lo, hi = g_first[grp], g_first[grp] + g_count[grp]
+    if min_tiou > 0:
+        gt_len = gt_seg[gt_order, 1] - gt_seg[gt_order, 0]
+        longest = np.maximum.reduceat(gt_len, g_first)                 # (groups,)
+        span = np.abs(gt_seg).max() + max(np.abs(p_seg).max(initial=0.0), longest.max()) + 1.0
+        width = 2.0 ** np.ceil(np.log2(2 * span + 1))                  # group stride, power of 2
+        gt_pos = np.repeat(np.arange(len(keys)), g_count) * width + gt_seg[gt_order, 0]
+        slack = 8 * np.spacing(len(keys) * width)
+        sel = np.flatnonzero(has_gt)
+        base = grp[sel] * width
+        lo[sel] = np.searchsorted(gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]]) - slack, "left")
+        hi[sel] = np.searchsorted(gt_pos, base + p_seg[sel, 1] + slack, "right")
+    n_cand = np.where(has_gt, np.maximum(hi - lo, 0), 0)                # (P,)
+    pair_pred = np.repeat(np.arange(len(p_key)), n_cand)                # (N,)
+    pair_slot = np.repeat(lo, n_cand) + _segment_positions(n_cand)     # position in GT sort order
+    pair_iou = pair_tiou(p_seg[pair_pred], gt_seg[gt_order[pair_slot]])
+    keep = pair_iou >= min_tiou
+    pair_slot = pair_slot[keep]
+    return pair_pred[keep], gt_order[pair_slot], pair_iou[keep], pair_slot
+
+
+def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_seg, thresholds,
+                      order=None):
     """Greedy matching of SPEC section 10 for every class and threshold at once -> tp (P, H) bool.
 
-    Per (class, video) the predictions are processed in score order; one loop step handles
-    the j-th candidate-holding prediction of every (class, video) group and every threshold
-    together, so the Python loop runs max-predictions-per-group times, not P times.
+    Predictions interact only through shared candidate GT (tIoU >= the lowest threshold), so
+    the sequential rule runs per component of the prediction-GT candidate graph:
+    one loop step handles the j-th prediction (score order) of every component and every
+    threshold together; the loop runs max-component-size times, not P times.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     n_pred, n_thr = len(p_score), len(thresholds)
     tp = np.zeros((n_pred, n_thr), dtype=bool)
     if n_pred == 0 or len(gt_video) == 0:
         return tp
-    n_vid = int(max(gt_video.max(), p_video.max()) + 1)
-    # rank of each prediction in its class list (label asc, score desc, file order on ties)
-    order = np.lexsort((-p_score, p_label))
+    order = class_order(p_label, p_score) if order is None else order
     rank = np.empty(n_pred, dtype=np.int64)
     rank[order] = np.arange(n_pred)
-    # candidate (prediction, GT) pairs: same class and video
-    gt_key = gt_label * n_vid + gt_video
-    gt_order = np.argsort(gt_key, kind="stable")
-    gt_key_sorted = gt_key[gt_order]
-    p_key = np.where(p_video >= 0, p_label * n_vid + p_video, -1)
-    lo = np.searchsorted(gt_key_sorted, p_key, side="left")
-    n_cand = np.searchsorted(gt_key_sorted, p_key, side="right") - lo                  # (P,)
-    pair_pred = np.repeat(np.arange(n_pred), n_cand)                                    # (N,)
-    pair_gt = gt_order[np.repeat(lo, n_cand) + _segment_positions(n_cand)]              # (N,)
-    pair_iou = pair_tiou(p_seg[pair_pred], gt_seg[pair_gt])
-    keep = pair_iou >= thresholds.min()
-    pair_pred, pair_gt, pair_iou = pair_pred[keep], pair_gt[keep], pair_iou[keep]
+    pair_pred, pair_gt, pair_iou, pair_slot = candidate_pairs(p_video, p_label, p_seg, gt_video,
+                                                              gt_label, gt_seg, thresholds.min())
     if len(pair_pred) == 0:
         return tp
-    # active predictions (>= 1 candidate), their step = position in their group's score order
-    active = np.unique(pair_pred)
-    by_group = active[np.lexsort((rank[active], p_key[active]))]
-    _, group_sizes = np.unique(p_key[by_group], return_counts=True)
-    step = np.empty(n_pred, dtype=np.int64)
-    step[by_group] = _segment_positions(group_sizes)
-    act = by_group[np.argsort(step[by_group], kind="stable")]          # active preds, by step
+    # components: a prediction joins the GT slots [first, last] of its candidates (a superset of
+    # its candidates, so components may merge, never split: still exact); 1D interval sweep
+    n_pairs = np.bincount(pair_pred, minlength=n_pred)                  # (P,)
+    first_pair = np.cumsum(n_pairs) - n_pairs
+    has = np.flatnonzero(n_pairs)
+    lo_slot, hi_slot = pair_slot[first_pair[has]], pair_slot[first_pair[has] + n_pairs[has] - 1]
+    sweep = np.argsort(_small_int(lo_slot), kind="stable")
+    reach = np.maximum.accumulate(hi_slot[sweep])
+    new_comp = np.concatenate([[True], lo_slot[sweep][1:] > reach[:-1]])
+    comp = np.empty(n_pred, dtype=np.int64)
+    comp[has[sweep]] = np.cumsum(new_comp) - 1
+    active = order[n_pairs[order] > 0]                                  # (A,) in class/score order
+    by_comp = np.argsort(_small_int(comp[active]), kind="stable")       # rank order inside
+    step = np.empty(len(active), dtype=np.int64)
+    step[by_comp] = _segment_positions(np.bincount(comp[active]))
+    act = active[np.argsort(_small_int(step), kind="stable")]          # active preds, by step
+    step = np.sort(step)
     act_pos = np.empty(n_pred, dtype=np.int64)
     act_pos[act] = np.arange(len(act))
-    # pairs grouped by prediction (in act order), then tIoU descending, then GT file order
-    pord = np.lexsort((pair_gt, -pair_iou, act_pos[pair_pred]))
-    pair_pred, pair_gt, pair_iou = pair_pred[pord], pair_gt[pord], pair_iou[pord]
-    pairs_per_act = np.bincount(act_pos[pair_pred], minlength=len(act))
-    pair_start = np.concatenate([[0], np.cumsum(pairs_per_act)])                       # (A+1,)
-    act_bounds = np.searchsorted(step[act], np.arange(step[act].max() + 2))
+    # pairs grouped by prediction (in act order), then tIoU descending, then GT file order;
+    # candidate_pairs returns them grouped by prediction index, so only move whole groups
+    multi = np.flatnonzero(n_pairs[pair_pred] > 1)
+    if len(multi):
+        pref = np.lexsort((pair_gt[multi], -pair_iou[multi], pair_pred[multi]))
+        pair_gt[multi], pair_iou[multi] = pair_gt[multi[pref]], pair_iou[multi[pref]]
+    pair_start = np.concatenate([[0], np.cumsum(n_pairs[act])])         # (A+1,)
+    dest = pair_start[act_pos[pair_pred]] + np.arange(len(pair_pred)) - first_pair[pair_pred]
+    for arr in (pair_gt, pair_iou):
+        arr[dest] = arr.copy()
+    pair_pred = act[np.repeat(np.arange(len(act)), n_pairs[act])]
+    act_bounds = np.searchsorted(step, np.arange(step[-1] + 2))
     matched = np.zeros((len(gt_video), n_thr), dtype=bool)                              # (G, H)
     ge_thr = pair_iou[:, None] >= thresholds[None, :]                                   # (N, H)
+    index = np.arange(len(pair_gt))[:, None]                                            # (N, 1)
     big = np.iinfo(np.int64).max
     for j in range(len(act_bounds) - 1):
         a0, a1 = act_bounds[j], act_bounds[j + 1]
         p0, p1 = pair_start[a0], pair_start[a1]
         ok = ge_thr[p0:p1] & ~matched[pair_gt[p0:p1]]                                  # (n, H)
-        pos = np.where(ok, np.arange(p1 - p0)[:, None], big)
-        first = np.minimum.reduceat(pos, pair_start[a0:a1] - p0, axis=0)                # (m, H)
-        row, col = np.nonzero(first != big)
-        matched[pair_gt[p0 + first[row, col]], col] = True
+        first = np.minimum.reduceat(np.where(ok, index[p0:p1], big), pair_start[a0:a1] - p0, axis=0)
+        row, col = np.nonzero(first != big)                                             # (m, H) hits
+        matched[pair_gt[first[row, col]], col] = True
         tp[act[a0 + row], col] = True
     return tp
 
 
-def interpolated_ap(tp_sorted, n_pos):
-    """VOC-style AP per threshold from score-sorted hits tp_sorted (H, n) -> (H,)."""
-    n_thr, n = tp_sorted.shape
-    if n == 0:
-        return np.zeros(n_thr)
-    tp_cum = np.cumsum(tp_sorted, axis=1, dtype=np.float64)                            # (H, n)
-    fp_cum = np.cumsum(~tp_sorted, axis=1, dtype=np.float64)
-    recall = tp_cum / n_pos
-    precision = tp_cum / (tp_cum + fp_cum)
-    zeros, ones = np.zeros((n_thr, 1)), np.ones((n_thr, 1))
-    mprec = np.hstack([zeros, precision, zeros])                                        # (H, n+2)
-    mrec = np.hstack([zeros, recall, ones])
-    mprec = np.maximum.accumulate(mprec[:, ::-1], axis=1)[:, ::-1]
-    step = mrec[:, 1:] - mrec[:, :-1]                                                   # (H, n+1)
-    return np.where(step != 0, step * mprec[:, 1:], 0.0).sum(axis=1)
+def average_precision(hits, bounds, n_pos):
+    """VOC-style AP (SPEC section 10) for every threshold and class -> (H, C).
+
+    hits (P, H) bool in class order (class ascending, score descending); bounds (C+1,) start of
+    each class in that order; n_pos (C,) GT count per class. Recall only rises at hits, and
+    precision only rises at hits, so AP = sum over hits of (k/n - (k-1)/n) * (max precision
+    over this and later hits), k = hits so far: the padded right-maximum of the spec, exactly.
+    """
+    n_thr, n_cls = hits.shape[1], len(n_pos)
+    thr, pos = np.nonzero(hits.T)                                      # by threshold, then position
+    cls = np.searchsorted(bounds, pos, side="right") - 1
+    seg = thr * n_cls + cls                                            # nondecreasing
+    counts = np.bincount(seg, minlength=n_thr * n_cls)
+    k = _segment_positions(counts) + 1                                 # true positives so far
+    precision = k / (pos - bounds[cls] + 1)
+    grid = np.zeros((n_thr * n_cls, counts.max(initial=0)))            # (H*C, max hits)
+    grid[seg, k - 1] = precision
+    right_max = np.maximum.accumulate(grid[:, ::-1], axis=1)[:, ::-1][seg, k - 1]
+    npos = n_pos[cls].astype(np.float64)
+    ap = np.bincount(seg, weights=(k / npos - (k - 1) / npos) * right_max, minlength=n_thr * n_cls)
+    return ap.reshape(n_thr, n_cls)
 
 
 # ----------------------------------------------------------------------------- evaluator
@@ -222,15 +293,12 @@ class ANETDetection:
     def evaluate(self):
         """Compute .ap (H, C), .mAP (H,) and .average_mAP; return the average."""
         n_cls = len(self.class_names)
-        tp = match_predictions(self.p_video, self.p_label, self.p_seg, self.p_score,
-                               self.gt_video, self.gt_label, self.gt_seg, self.tiou_thresholds)
-        order = np.lexsort((-self.p_score, self.p_label))           # class asc, score desc, stable
-        tp_sorted = tp[order].T                                         # (H, P)
+        order = class_order(self.p_label, self.p_score)               # class asc, score desc
+        tp = match_predictions(self.p_video, self.p_label, self.p_seg, self.p_score, self.gt_video,
+                               self.gt_label, self.gt_seg, self.tiou_thresholds, order=order)
         bounds = np.searchsorted(self.p_label[order], np.arange(n_cls + 1))
         n_pos = np.bincount(self.gt_label, minlength=n_cls)
-        self.ap = np.zeros((len(self.tiou_thresholds), n_cls))      # (H, C)
-        for c in range(n_cls):
-            self.ap[:, c] = interpolated_ap(tp_sorted[:, bounds[c]:bounds[c + 1]], n_pos[c])
+        self.ap = average_precision(tp[order], bounds, n_pos)          # (H, C)
         self.mAP = self.ap.mean(axis=1)
         self.average_mAP = float(self.mAP[:self.num_tiou_for_average].mean())
         if self.verbose:

@@ -50,24 +50,25 @@ def loop_evaluate(gt_data, pred_data, thresholds, subset):
     for ci, cls in enumerate(classes):
         n_pos = sum(len(v) for (_, label), v in gt.items() if label == cls)
         ranked = sorted(preds[cls], key=lambda p: -p[1])          # stable: ties keep file order
-        for ti, thr in enumerate(thresholds):
-            used = set()
-            hits = []
-            for vid, _, seg in ranked:
-                segs = gt.get((vid, cls), [])
-                tious = [loop_tiou(seg, g) for g in segs]
-                visit = sorted(range(len(segs)), key=lambda j: -tious[j])
+        used = [set() for _ in thresholds]                         # matched GT per threshold
+        hits = [[] for _ in thresholds]
+        for vid, _, seg in ranked:
+            segs = gt.get((vid, cls), [])
+            tious = [loop_tiou(seg, g) for g in segs]
+            visit = sorted(range(len(segs)), key=lambda j: -tious[j])
+            for ti, thr in enumerate(thresholds):
                 hit = 0
                 for j in visit:
                     if tious[j] < thr:
                         break
-                    if (vid, j) in used:
+                    if (vid, j) in used[ti]:
                         continue
-                    used.add((vid, j))
+                    used[ti].add((vid, j))
                     hit = 1
                     break
-                hits.append(hit)
-            ap[ti][ci] = loop_average_precision(hits, n_pos) if hits else 0.0
+                hits[ti].append(hit)
+        for ti in range(len(thresholds)):
+            ap[ti][ci] = loop_average_precision(hits[ti], n_pos) if ranked else 0.0
     return classes, ap
 
 
