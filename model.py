@@ -21,13 +21,13 @@ from torch import nn
 
 
 class ModelOutput(NamedTuple):
-    fg_cls: torch.Tensor                                                # (B, C+1) softmaxed video scores, foreground branch
-    bg_cls: torch.Tensor                                                # (B, C+1) softmaxed video scores, background branch
-    temp_att: torch.Tensor                                              # (B, T, 2) softmax over (foreground, background)
-    cas: torch.Tensor                                                   # (B, T, C+1) softmax(cas_logits)
-    fg_cas: torch.Tensor                                                # (B, T, C+1)
-    bg_cas: torch.Tensor                                                # (B, T, C+1)
-    uncertainty: Optional[torch.Tensor]                                 # (B, T, 1); None for the base model / use_uncertainty off
+    fg_cls: torch.Tensor  # (B, C+1) softmaxed video scores, foreground branch
+    bg_cls: torch.Tensor  # (B, C+1) softmaxed video scores, background branch
+    temp_att: torch.Tensor  # (B, T, 2) softmax over (foreground, background)
+    cas: torch.Tensor  # (B, T, C+1) softmax(cas_logits)
+    fg_cas: torch.Tensor  # (B, T, C+1)
+    bg_cas: torch.Tensor  # (B, T, C+1)
+    uncertainty: Optional[torch.Tensor]  # (B, T, 1); None for the base model / use_uncertainty off
 
 
 def conv1x1(x, conv, bias=True):
@@ -143,7 +143,8 @@ class IntraSegmentAttention(AttentionBlock):
         q, k, v = self.qkv_rows(packed)                                 # 3 x (B, h, N, dh)
         att = masked_attention(q, k, v, mask)                           # (B, h, N, dh)
         att = att.transpose(1, 2).reshape(B * n_max, D)[slot]           # (n, D)
-        out_rows = rows.new_zeros(B * T, D).index_copy(0, sel, conv1x1(att, self.conv_out, bias=False))
+        att = conv1x1(att, self.conv_out, bias=False)                   # (n, D)
+        out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)      # (B*T, D); dtype of att (autocast)
         out_rows = out_rows + self.conv_out.bias                        # conv_out(0) = bias outside
         return (rows + self.bn(out_rows)).view(B, T, D)                 # (B, T, D)
 
@@ -211,7 +212,7 @@ class ASMLocBase(nn.Module):
 
     def heads(self, emb):
         """Attention, snippet dropout, classifier, top-k pooling (SPEC section 5) -> ModelOutput."""
-        emb = emb.contiguous()                                          # dropout masks follow memory order: same layout on every path
+        emb = emb.contiguous()  # dropout masks follow memory order: same layout on every path
         B, T, _ = emb.shape
         temp_att = torch.softmax(conv1x1(self.head_input(emb), self.att_branch), dim=2)  # (B, T, 2)
         select = self.dropout(emb.new_ones(B, T, 1))                    # (B, T, 1) whole snippets
@@ -275,10 +276,4 @@ class ASMLoc(ASMLocBase):
         if self.MHSA_Inter is not None:
             emb = self.MHSA_Inter.forward_dense(emb, membership, inter_mask)
         return self.heads(emb)
-
-
-def count_snippets_in_proposals(proposal_bbox, proposal_count, T):
-    """Share of the B x T snippets inside at least one valid proposal (benchmark statistic)."""
-    membership, _ = proposal_membership(proposal_bbox, proposal_count, T)
-    return membership.any(dim=2).float().mean().item()
 

@@ -134,10 +134,11 @@ def main():
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--proposals", type=int, default=20, help="proposals per video")
     parser.add_argument("--iters", type=int, default=2, help="timed iterations per version")
-    parser.add_argument("--quick", action="store_true", help="B=4, T=300, D=512, 1 iteration")
+    parser.add_argument("--check_dim", type=int, default=256, help="D of the float64 exactness check")
+    parser.add_argument("--quick", action="store_true", help="B=4, T=300, D=512: seconds")
     opts = parser.parse_args()
     if opts.quick:
-        opts.batch, opts.snippets, opts.dim, opts.iters = 4, 300, 512, 1
+        opts.batch, opts.snippets, opts.dim, opts.iters = 4, 300, 512, 2
     device = torch.device(opts.device)
     B, T, D, per_video = opts.batch, opts.snippets, opts.dim, opts.proposals
     args = config.build_args("THUMOS", ["--feature_dim", str(D), "--device", opts.device])
@@ -152,24 +153,34 @@ def main():
     pseudo = pseudo / pseudo.sum(dim=2, keepdim=True)
     batch = (features, bbox.to(device), count.to(device), label.to(device), pseudo.to(device))
 
-    fast = ASMLoc(args).to(device)
-    with torch.no_grad():  # a trained-like state, so the attention blocks are not the identity
-        for block in (fast.MHSA_Intra, fast.MHSA_Inter):
-            block.bn.weight.normal_(0.0, 0.5)
-            block.bn.bias.normal_(0.0, 0.5)
-    dense = copy.deepcopy(fast)
-    dense.fast_attention = False
-    loss_fn = ASMLocLoss(args)
+    def build(model_args, dtype):
+        model = ASMLoc(model_args).to(device=device, dtype=dtype)
+        with torch.no_grad():  # a trained-like state, so the attention blocks are not the identity
+            for block in (model.MHSA_Intra, model.MHSA_Inter):
+                block.bn.weight.normal_(0.0, 0.5)
+                block.bn.bias.normal_(0.0, 0.5)
+        dense_model = copy.deepcopy(model)
+        dense_model.fast_attention = False
+        return model, dense_model
 
+    loss_fn = ASMLocLoss(args)
     membership, _ = proposal_membership(bbox, count, T)
     covered = membership.any(dim=2)                                     # (B, T)
     n_pad = int(covered.sum(dim=1).max())
     print(f"device {device}  B={B} T={T} D={D} K={K} proposals/video={per_video}  "
           f"snippets inside proposals: {covered.float().mean().item():.1%}")
 
+    # exactness in float64 (same B, T, proposals; smaller D to keep it quick), then float32 rounding
+    check_args = config.build_args("THUMOS", ["--feature_dim", str(opts.check_dim), "--device", opts.device])
+    check_batch = (torch.randn(B, T, opts.check_dim, generator=generator, dtype=torch.float64).to(device),
+                   *batch[1:3], batch[3].double(), batch[4].double())
+    out_err, grad_err, noise = check_equal(*build(check_args, torch.float64), check_batch, loss_fn)
+    print(f"fast vs dense, float64, D={opts.check_dim} (max |diff| / max |dense| per tensor): "
+          f"outputs {out_err:.1e}, gradients {grad_err:.1e}; zero-gradient biases {noise:.1e} (absolute)")
+    fast, dense = build(args, torch.float32)
     out_err, grad_err, noise = check_equal(fast, dense, batch, loss_fn)
-    print(f"fast vs dense (max |diff| / max |dense| per tensor): outputs {out_err:.2e}, "
-          f"gradients {grad_err:.2e}; zero-gradient biases differ by {noise:.1e} (absolute)")
+    print(f"fast vs dense, float32, D={D}: outputs {out_err:.1e}, gradients {grad_err:.1e} "
+          f"(float32 rounding of different summation orders); zero-gradient biases {noise:.1e}")
 
     matmul_rate = matmul_gflops(device, D)
     times = {}

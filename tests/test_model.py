@@ -218,3 +218,13 @@ def test_uncertainty_init_and_no_pseudo_loss_gradient():
     loss, _ = ASMLocLoss(args)(torch.eye(20)[:2], out)
     loss.backward()
     assert model.uncertainty_branch.weight.grad is None  # only the pseudo instance loss trains it
+
+
+def test_fast_path_runs_under_autocast():
+    """--amp uses bf16 autocast: mixed dtypes must not break the index_copy packing."""
+    model = ASMLoc(small_args()).train()
+    bbox, count = random_proposals(3, 20, 5, torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(3, 20, 32), bbox, count)
+    sum(o.float().sum() for o in out).backward()
+    assert all(torch.isfinite(o.float()).all() for o in out)
