@@ -131,33 +131,65 @@ def warp_times(t, cum, duration):
     return np.interp(np.asarray(t) / duration, cum / cum[-1], np.linspace(0, 1, len(cum))) * duration
 
 
+def _overlap_pairs(start, end, groups, thresh):
+    """Index pairs (a, b), a != b, same group, that may reach IoU >= thresh > 0 -> (E,), (E,).
+
+    A superset (callers test the exact IoU): per group, sort by start; for b starting after a,
+    inter <= e_a - s_b + 1 and union >= L_a, so IoU >= thresh needs s_b <= e_a + 1 - thresh*L_a.
+    """
+    pa, pb = [], []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        idx = idx[np.argsort(start[idx], kind="stable")]
+        s_sorted = start[idx]
+        reach = end[idx] + 1 - thresh * (end[idx] - start[idx] + 1)
+        stop = np.searchsorted(s_sorted, reach + 1e-9 * (1 + np.abs(reach)), side="right")   # (n,)
+        count = np.maximum(stop - np.arange(len(idx)) - 1, 0)
+        a = np.repeat(np.arange(len(idx)), count)
+        pa.append(idx[a])
+        pb.append(idx[a + 1 + _positions(count)])
+    if not pa:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(pa), np.concatenate(pb)
+
+
 def nms(segments, scores, thresh, groups=None):
     """Greedy NMS within each group (score descending, ties in input order) -> kept indices.
 
     IoU uses the released +1 convention: length = e - s + 1, inter = max(0, min e - max s + 1);
-    a segment with IoU >= thresh to a kept one of its group is dropped. Kept indices come
-    sorted by (group, score descending). One loop step keeps the best live segment of every
-    group at once (groups are independent), so the loop runs max-kept-per-group times.
+    a segment with IoU >= thresh to a kept, better-ranked one of its group is dropped. Kept
+    indices come sorted by (group, score descending). Instead of visiting kept segments one by
+    one, the greedy result is found in rounds over the sparse suppression graph: a segment is
+    kept once every better-ranked neighbour is decided and none of them is kept (same result).
     """
     segments = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     groups = np.zeros(len(scores), dtype=np.int64) if groups is None else np.asarray(groups)
     order = np.lexsort((-scores, groups))                                  # group asc, score desc
-    start, end, grp = segments[order, 0], segments[order, 1], groups[order]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    if len(order) == 0 or thresh <= 0:                                     # everything overlaps
+        return order[np.concatenate([[True], groups[order][1:] != groups[order][:-1]])] if len(order) \
+            else order
+    start, end = segments[:, 0], segments[:, 1]
     length = end - start + 1
-    live = np.arange(len(order))                                           # positions in `order`
-    kept = []
-    while live.size:
-        g = grp[live]
-        head = np.ones(live.size, dtype=bool)
-        head[1:] = g[1:] != g[:-1]                                         # best live one per group
-        kept.append(live[head])
-        top = live[head][np.cumsum(head) - 1]                              # its group's head
-        inter = np.maximum(0.0, np.minimum(end[top], end[live]) - np.maximum(start[top], start[live]) + 1)
-        iou = inter / (length[top] + length[live] - inter)
-        live = live[(iou < thresh) & ~head]
-    kept = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-    return order[kept]
+    a, b = _overlap_pairs(start, end, groups, thresh)
+    inter = np.maximum(0.0, np.minimum(end[a], end[b]) - np.maximum(start[a], start[b]) + 1)
+    hit = inter / (length[a] + length[b] - inter) >= thresh               # symmetric IoU
+    a, b = a[hit], b[hit]
+    up, down = np.where(rank[a] < rank[b], a, b), np.where(rank[a] < rank[b], b, a)   # better -> worse
+    state = np.zeros(len(order), dtype=np.int8)                            # 0 open, 1 kept, 2 dropped
+    while len(up):
+        blocked = np.zeros(len(order), dtype=bool)
+        blocked[down] = True                                               # an open better neighbour
+        state[(state == 0) & ~blocked] = 1
+        state[down[state[up] == 1]] = 2
+        live = (state[up] == 0) & (state[down] == 0)
+        up, down = up[live], down[live]
+    state[state == 0] = 1
+    kept = np.zeros(len(order), dtype=bool)
+    kept[order] = state[order] == 1
+    return order[kept[order]]
 
 
 def _branch_settings(args, pseudo):
@@ -247,11 +279,10 @@ def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=N
         duration = args.segment_frames_num * vid_len / args.frames_per_sec
         start, end = warp_times(start, cum, duration), warp_times(end, cum, duration)
     segs = np.stack([start, end], axis=1)                                  # (G, 2)
-    out = []
-    for i in nms(segs, score, args.nms_thresh, groups=cls_pos):
-        out.append({"label": args.class_name_lst[classes[cls_pos[i]]], "score": float(score[i]),
-                    "segment": [float(segs[i, 0]), float(segs[i, 1])]})
-    return out
+    kept = nms(segs, score, args.nms_thresh, groups=cls_pos)
+    names = [args.class_name_lst[c] for c in classes[cls_pos[kept]].tolist()]
+    return [{"label": name, "score": sc, "segment": seg}
+            for name, sc, seg in zip(names, score[kept].tolist(), segs[kept].tolist())]
 
 
 def write_results_json(path, results_by_video, version="VERSION 1.3", external_data=None):

@@ -85,6 +85,38 @@ def test_nms_hand_case():
     assert nms(np.zeros((0, 2)), np.zeros(0), 0.5).tolist() == []
 
 
+def loop_nms(segs, scores, thresh):
+    """Released-style greedy NMS, one kept segment at a time (stable order on ties)."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        rest = []
+        for j in order:
+            inter = max(0.0, min(segs[i, 1], segs[j, 1]) - max(segs[i, 0], segs[j, 0]) + 1)
+            if inter / ((segs[i, 1] - segs[i, 0] + 1) + (segs[j, 1] - segs[j, 0] + 1) - inter) < thresh:
+                rest.append(j)
+        order = rest
+    return keep
+
+
+def test_nms_equals_greedy_loop_random():
+    rng = np.random.default_rng(3)
+    for case in range(60):
+        n = int(rng.integers(0, 120))
+        start = np.round(rng.uniform(0, 30, n), int(rng.integers(0, 3)))
+        segs = np.stack([start, start + np.round(rng.exponential(4, n), 1)], axis=1)
+        scores = np.round(rng.random(n), 2)                        # ties
+        groups = rng.integers(0, 3, n)
+        thresh = float(rng.choice([0.0, 0.2, 0.45, 0.9, 1.0, 1.5]))
+        want = []
+        for g in range(3):
+            idx = np.flatnonzero(groups == g)
+            want += idx[loop_nms(segs[idx], scores[idx], thresh)].tolist()
+        assert nms(segs, scores, thresh, groups=groups).tolist() == want, case
+
+
 def test_seconds_and_warp():
     start, end = segments_to_seconds(np.array([0, 10]), np.array([4, 19]), 0.5)
     assert start.tolist() == [0.0, 5.0] and end.tolist() == [2.5, 10.0]
