@@ -55,30 +55,32 @@ def load_ground_truth(gt_file, subset):
             segments.append(ann["segment"][:2])
     if not video_names:
         raise EvaluationInputError(f"ground-truth file {gt_file} has no video in subset {subset!r}")
+    if not class_index:
+        raise EvaluationInputError(f"ground-truth file {gt_file} has no annotation in subset {subset!r}")
     gt_seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)   # (G, 2)
     return (video_names, list(class_index), np.asarray(videos, dtype=np.int64),
             np.asarray(labels, dtype=np.int64), gt_seg)
 
 
-def load_predictions(prediction, class_index, video_index, source="predictions"):
+def load_predictions(prediction, class_index, video_index):
     """Prediction JSON (path or loaded dict) -> arrays, unknown labels dropped.
 
     Returns (video (P,) int, -1 for videos outside the GT subset; label (P,) int;
     seg (P, 2) float64; score (P,) float64; number of predictions with an unknown label).
     """
+    source = "the in-memory predictions"
     if not isinstance(prediction, dict):
-        source = os.fspath(prediction)
-        prediction = _read_json(source, "prediction")
+        source = f"prediction file {os.fspath(prediction)}"
+        prediction = _read_json(os.fspath(prediction), "prediction")
     if not isinstance(prediction, dict):
-        raise EvaluationInputError(f"prediction file {source} must hold a JSON object")
+        raise EvaluationInputError(f"{source} must hold a JSON object")
     for field in REQUIRED_FIELDS:
         if field not in prediction:
-            raise EvaluationInputError(
-                f"prediction file {source} lacks the required field '{field}' "
-                f"(needs {', '.join(REQUIRED_FIELDS)})")
+            raise EvaluationInputError(f"{source} lacks the required field '{field}' "
+                                       f"(needs {', '.join(REQUIRED_FIELDS)})")
     results = prediction["results"]
     if not isinstance(results, dict):
-        raise EvaluationInputError(f"prediction file {source}: 'results' must map video names to lists")
+        raise EvaluationInputError(f"{source}: 'results' must map video names to lists")
     entries, counts, vcodes = [], [], []
     for vid, plist in results.items():
         entries.extend(plist)
@@ -87,11 +89,13 @@ def load_predictions(prediction, class_index, video_index, source="predictions")
     try:
         labels = np.asarray([class_index.get(e["label"], -1) for e in entries], dtype=np.int64)
         score = np.asarray([e["score"] for e in entries], dtype=np.float64)            # (P,)
-        seg = np.asarray([e["segment"][:2] for e in entries], dtype=np.float64).reshape(-1, 2)
+        seg = np.asarray([e["segment"][:2] for e in entries], dtype=np.float64).reshape(len(entries), 2)
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise EvaluationInputError(
-            f"prediction file {source}: every prediction needs 'label', 'score' and "
-            f"'segment': [start, end] ({type(err).__name__}: {err})") from None
+            f"{source}: every prediction needs 'label', 'score' and 'segment': [start, end] "
+            f"({type(err).__name__}: {err})") from None
+    if not (np.isfinite(score).all() and np.isfinite(seg).all()):
+        raise EvaluationInputError(f"{source}: scores and segments must be finite numbers")
     video = np.repeat(np.asarray(vcodes, dtype=np.int64), counts)                      # (P,)
     known = labels >= 0
     n_unknown = int((~known).sum())
@@ -157,14 +161,15 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
     if min_tiou > 0:
         gt_len = gt_seg[gt_order, 1] - gt_seg[gt_order, 0]
         longest = np.maximum.reduceat(gt_len, g_first)                 # (groups,)
-        span = np.abs(gt_seg).max() + max(np.abs(p_seg).max(initial=0.0), longest.max()) + 1.0
+        span = np.abs(gt_seg).max() + np.abs(p_seg).max(initial=0.0) + longest.max() + 1.0
         width = 2.0 ** np.ceil(np.log2(2 * span + 1))                  # group stride, power of 2
         gt_pos = np.repeat(np.arange(len(keys)), g_count) * width + gt_seg[gt_order, 0]
         slack = 8 * np.spacing(len(keys) * width)
         sel = np.flatnonzero(has_gt)
         base = grp[sel] * width
-        lo[sel] = np.searchsorted(gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]]) - slack, "left")
-        hi[sel] = np.searchsorted(gt_pos, base + p_seg[sel, 1] + slack, "right")
+        lo[sel] = np.maximum(lo[sel], np.searchsorted(gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]])
+                                                      - slack, "left"))
+        hi[sel] = np.minimum(hi[sel], np.searchsorted(gt_pos, base + p_seg[sel, 1] + slack, "right"))
     n_cand = np.where(has_gt, np.maximum(hi - lo, 0), 0)                # (P,)
     pair_pred = np.repeat(np.arange(len(p_key)), n_cand)                # (N,)
     pair_slot = np.repeat(lo, n_cand) + _segment_positions(n_cand)     # position in GT sort order
@@ -189,8 +194,6 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
     if n_pred == 0 or len(gt_video) == 0:
         return tp
     order = class_order(p_label, p_score) if order is None else order
-    rank = np.empty(n_pred, dtype=np.int64)
-    rank[order] = np.arange(n_pred)
     pair_pred, pair_gt, pair_iou, pair_slot = candidate_pairs(p_video, p_label, p_seg, gt_video,
                                                               gt_label, gt_seg, thresholds.min())
     if len(pair_pred) == 0:
@@ -281,12 +284,11 @@ class ANETDetection:
          self.gt_seg) = load_ground_truth(os.fspath(ground_truth_file), subset)
         self.activity_index = {name: i for i, name in enumerate(self.class_names)}
         video_index = {name: i for i, name in enumerate(self.video_names)}
-        source = prediction_file if isinstance(prediction_file, dict) else os.fspath(prediction_file)
         (self.p_video, self.p_label, self.p_seg, self.p_score,
-         self.n_unknown) = load_predictions(source, self.activity_index, video_index)
+         self.n_unknown) = load_predictions(prediction_file, self.activity_index, video_index)
         if self.n_unknown:
-            where = "predictions" if isinstance(source, dict) else f"prediction file {source}"
-            warnings.warn(f"{self.n_unknown} predictions in {where} have a label that is not a "
+            where = "" if isinstance(prediction_file, dict) else f" in {os.fspath(prediction_file)}"
+            warnings.warn(f"{self.n_unknown} predictions{where} have a label that is not a "
                           f"ground-truth class of subset {subset!r}; they are ignored", stacklevel=2)
         self.ap = self.mAP = self.average_mAP = None
 

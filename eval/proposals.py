@@ -168,9 +168,10 @@ def nms(segments, scores, thresh, groups=None):
     order = np.lexsort((-scores, groups))                                  # group asc, score desc
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    if len(order) == 0 or thresh <= 0:                                     # everything overlaps
-        return order[np.concatenate([[True], groups[order][1:] != groups[order][:-1]])] if len(order) \
-            else order
+    if len(order) == 0:
+        return order
+    if thresh <= 0:                                                        # IoU >= 0 always: best only
+        return order[np.concatenate([[True], groups[order][1:] != groups[order][:-1]])]
     start, end = segments[:, 0], segments[:, 1]
     length = end - start + 1
     a, b = _overlap_pairs(start, end, groups, thresh)
@@ -202,13 +203,13 @@ def _branch_settings(args, pseudo):
             args.oic_gamma_cas, args.oic_gamma_att)
 
 
-def _row_contrast(fused, zeroed, diff, cls_pos, z_row, row, first, last, lamb):
+def _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, lamb):
     """outer_inner_contrast for the runs of length >= 2 of an implicit (rows, N) score map.
 
-    Row r's map is fused[c] where its runs are, zeroed[z] elsewhere; runs (all of them, sorted
-    by (row, first)) are given by cls_pos c, z_row z, row, first, last. Inside a run the map is
-    fused; a margin sums zeroed plus (fused - zeroed) over the other runs of its row it covers.
-    fused (k, N), zeroed (Z, N), diff (k, Z, N) = fused - zeroed.
+    Row r's map is fused[c] on its runs and zeroed[z] elsewhere; all runs, sorted by (row, first),
+    are given by cls_pos c, z_row z, d_row d (row of diff = fused[c] - zeroed[z]), row, first,
+    last. Inside a run the map is fused; a margin sums zeroed plus diff over the other runs of
+    its row that it covers. fused (k, N), zeroed (Z, N), diff (D, N).
     """
     k, n = fused.shape
     prop = np.flatnonzero(last > first)                                    # (P,) runs scored
@@ -226,7 +227,7 @@ def _row_contrast(fused, zeroed, diff, cls_pos, z_row, row, first, last, lamb):
                         np.repeat(prop + 1, n_right) + _positions(n_right)])
     lo = np.maximum(first[q], np.concatenate([np.repeat(outer_first, n_left), np.repeat(l + 1, n_right)]))
     hi = np.minimum(last[q] + 1, np.concatenate([np.repeat(f, n_left), np.repeat(outer_last + 1, n_right)]))
-    d_base = (cls_pos[q] * diff.shape[1] + z_row[q]) * n
+    d_base = d_row[q] * n
     margin = margin + np.bincount(owner, weights=range_sums(diff, d_base + lo, d_base + hi),
                                   minlength=len(prop))
     n_outer = (f - outer_first) + (outer_last - l)
@@ -267,8 +268,9 @@ def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=N
     row = cls_pos * n_rows + thr_idx
     is_cas = thr_idx < n1
     z_row = np.where(is_cas, 0, 1 + cls_pos)                               # row of `zeroed`
-    contrast = _row_contrast(fused, zeroed, fused[:, None] - zeroed[None], cls_pos, z_row, row,
-                             first, last, args.oic_lamb)
+    diff = np.vstack([fused - zeroed[0], fused - zeroed[1:]])              # (2k, N): cas, att rows
+    d_row = np.where(is_cas, cls_pos, k + cls_pos)
+    contrast = _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, args.oic_lamb)
     prop = np.flatnonzero(last > first)                                    # skip runs shorter than 2
     cls_pos, first, last = cls_pos[prop], first[prop], last[prop]
     gamma = np.where(is_cas[prop], gamma_cas, gamma_att)

@@ -198,6 +198,14 @@ def test_malformed_prediction_and_missing_files(tmp_path):
     bad = {"results": {"v1": [{"label": "A", "segment": [0, 1]}]}, **PRED_FIELDS}
     with pytest.raises(EvaluationInputError, match="score"):
         ANETDetection(gt, bad, [0.5], "test", "X")
+    with pytest.raises(EvaluationInputError, match="'version'"):
+        ANETDetection(gt, {"results": {}, "external_data": {}}, [0.5], "test", "X")
+    with pytest.raises(EvaluationInputError, match="finite"):
+        ANETDetection(gt, make_pred({"v1": [("A", float("nan"), 0, 1)]}), [0.5], "test", "X")
+    with pytest.raises(EvaluationInputError, match="segment"):
+        ANETDetection(gt, make_pred({"v1": [("A", 0.5, 0, 1)]}) | {"results": {"v1": [
+            {"label": "A", "score": 0.5, "segment": [1.0]}, {"label": "A", "score": 0.5, "segment": [2.0]}]}},
+            [0.5], "test", "X")
     with pytest.raises(EvaluationInputError, match="not found"):
         ANETDetection(gt, tmp_path / "nope.json", [0.5], "test", "X")
     with pytest.raises(EvaluationInputError, match="subset 'val'"):
