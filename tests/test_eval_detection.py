@@ -12,7 +12,9 @@ from eval.reference import loop_evaluate
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_GT = REPO / ".." / "shared" / "data" / "THUMOS14" / "gt.json"
+SHARED_DATA = REPO / ".." / "shared" / "data"
+SHARED_GT = SHARED_DATA / "THUMOS14" / "gt.json"
+SHARED_ANET_GT = SHARED_DATA / "ActivityNet13" / "gt.json"
 PRED_FIELDS = {"version": "VERSION 1.3", "external_data": {"used": True}}
 
 
@@ -138,30 +140,59 @@ def test_fast_equals_loop_oracle_random(tmp_path):
     assert n_compared >= 50
 
 
+@pytest.mark.filterwarnings("ignore:.*not a ground-truth class")
+@pytest.mark.parametrize("thresholds", [[0.0, 0.3, 0.5], [0.5, 0.3, 0.75]])
+def test_fast_equals_loop_oracle_zero_and_unsorted_thresholds(tmp_path, thresholds):
+    rng = np.random.default_rng(len(thresholds) + int(10 * thresholds[0]))
+    for case in range(10):
+        videos, results = random_case(rng)
+        gt_path = make_gt(tmp_path, videos)
+        pred = make_pred(results)
+        det = ANETDetection(gt_path, pred, thresholds, "test", "X")
+        det.evaluate()
+        _, ap = loop_evaluate(json.loads(gt_path.read_text()), pred, thresholds, "test")
+        np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12, err_msg=f"case {case}")
+
+
+def random_real_predictions(gt, subset, n, rng):
+    videos = {v: info for v, info in gt["database"].items() if info["subset"] == subset}
+    vids = list(videos)
+    labels = sorted({a["label"] for info in videos.values() for a in info["annotations"]})
+    results = {}
+    for _ in range(n):
+        vid = vids[rng.integers(len(vids))]
+        anns = videos[vid]["annotations"]
+        if anns and rng.random() < 0.6:                          # near a GT instance
+            ann = anns[rng.integers(len(anns))]
+            s, e = ann["segment"]
+            s, e, label = s + rng.normal(0, 1), e + rng.normal(0, 1), ann["label"]
+        else:
+            s = rng.uniform(0, videos[vid]["duration"])
+            e, label = s + rng.exponential(5), labels[rng.integers(len(labels))]
+        results.setdefault(vid, []).append((label, float(rng.random()), float(s), float(max(s, e))))
+    return make_pred(results)
+
+
+@pytest.mark.skipif(not SHARED_ANET_GT.is_file(), reason="shared ActivityNet annotations not available")
+def test_fast_equals_loop_oracle_real_activitynet_gt():
+    gt = json.loads(SHARED_ANET_GT.read_text())
+    pred = random_real_predictions(gt, "val", 3000, np.random.default_rng(11))
+    thresholds = np.arange(0.5, 1.0, 0.05)
+    det = ANETDetection(SHARED_ANET_GT, pred, thresholds, "val", "ActivityNet")
+    average = det.evaluate()
+    classes, ap = loop_evaluate(gt, pred, thresholds, "val")
+    assert list(det.activity_index) == classes and len(classes) == 200
+    np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12)
+    assert average == pytest.approx(det.mAP.mean())
+
+
 @pytest.mark.skipif(not SHARED_GT.is_file(), reason="shared THUMOS14 annotations not available")
 @pytest.mark.filterwarnings("ignore:.*not a ground-truth class")
 def test_fast_equals_loop_oracle_real_thumos_gt():
     gt = json.loads(SHARED_GT.read_text())
     test_videos = {v: info for v, info in gt["database"].items() if info["subset"] == "test"}
     assert len(test_videos) == 212
-    rng = np.random.default_rng(7)
-    vids = list(test_videos)
-    labels = sorted({a["label"] for info in test_videos.values() for a in info["annotations"]})
-    results = {}
-    for _ in range(3000):
-        vid = vids[rng.integers(len(vids))]
-        anns = test_videos[vid]["annotations"]
-        if rng.random() < 0.6:                                  # near a GT instance
-            ann = anns[rng.integers(len(anns))]
-            s, e = ann["segment"]
-            s, e = s + rng.normal(0, 1), e + rng.normal(0, 1)
-            label = ann["label"]
-        else:
-            s = rng.uniform(0, test_videos[vid]["duration"])
-            e = s + rng.exponential(5)
-            label = labels[rng.integers(len(labels))]
-        results.setdefault(vid, []).append((label, float(rng.random()), float(s), float(max(s, e))))
-    pred = make_pred(results)
+    pred = random_real_predictions(gt, "test", 3000, np.random.default_rng(7))
     thresholds = np.arange(0.1, 1.0, 0.1)
     det = ANETDetection(SHARED_GT, pred, thresholds, "test", "THUMOS")
     det.evaluate()
