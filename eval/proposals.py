@@ -2,7 +2,7 @@
 
 Shapes: T snippets fed to the model, C classes (+1 background), k predicted classes,
 N = len(arange(0, T, 1/scale)) upsampled points, R score-map rows (one per class and threshold).
-All values are computed in float64. NMS ties (equal scores) keep pooling order: the CAS
+Values are float64 after upsampling (as in the released code). NMS ties (equal scores) keep pooling order: the CAS
 branch thresholds first, then the attention branch, each from left to right in time.
 """
 import numpy as np
@@ -11,15 +11,19 @@ from utils import atomic_write_json
 
 
 def upsample(x, scale):
-    """Linear interpolation of x (T, ...) at arange(0, T, 1/scale), extrapolating -> (N, ...).
+    """Linear interpolation of x (T, ...) at arange(0, T, 1/scale), extrapolating -> (N, ...) float64.
 
-    Same arithmetic as scipy's interp1d(kind='linear', fill_value='extrapolate').
+    Same arithmetic as scipy's interp1d(kind='linear', fill_value='extrapolate'), which the
+    released code used: the neighbour difference is taken in x's own dtype (float32 model
+    outputs), the rest in float64.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     n_in = x.shape[0]
     pos = np.arange(0, n_in, 1 / scale)                                   # (N,)
     if n_in == 1:
-        return np.repeat(x, len(pos), axis=0)
+        return np.repeat(x.astype(np.float64), len(pos), axis=0)
     hi = np.clip(np.searchsorted(np.arange(n_in), pos, side="left"), 1, n_in - 1)
     lo = hi - 1
     frac = (pos - lo).reshape((-1,) + (1,) * (x.ndim - 1))               # (N, 1, ...)
@@ -248,8 +252,8 @@ def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=N
         classes = np.array([int(np.argmax(video_score))])
     scale = args.test_upgrade_scale
     n_snip = np.shape(temp_att)[0]
-    cas = upsample(np.asarray(fg_cas, dtype=np.float64)[:, classes], scale).T   # (k, N)
-    att = upsample(np.asarray(temp_att, dtype=np.float64)[:, 0], scale)         # (N,)
+    cas = upsample(np.asarray(fg_cas)[:, classes], scale).T                  # (k, N) float64
+    att = upsample(np.asarray(temp_att)[:, 0], scale)                         # (N,)
     th_cas, th_att, gamma_cas, gamma_att = _branch_settings(args, pseudo)
     w_cas, w_att = args.fusion_cas_weight, args.fusion_att_weight
     k, n = cas.shape

@@ -16,8 +16,9 @@ def test_upsample_matches_scipy_extrapolating():
     for n_in, scale in [(2, 20), (7, 20), (50, 3), (13, 7)]:
         x = rng.random((n_in, 3)).astype(np.float32)
         pos = np.arange(0, n_in, 1 / scale)
-        ref = interp1d(np.arange(n_in), x.astype(np.float64), axis=0, fill_value="extrapolate")(pos)
-        np.testing.assert_allclose(upsample(x, scale), ref, rtol=0, atol=1e-15)
+        for xx in (x, x.astype(np.float64)):                      # bit-exact for float32 and 64
+            ref = interp1d(np.arange(n_in), xx, axis=0, fill_value="extrapolate")(pos)
+            assert ref.dtype == np.float64 and np.array_equal(upsample(xx, scale), ref)
         assert upsample(x[:, 0], scale).shape == (len(pos),)
     # beyond the last point the line keeps going: x = [0, 1] at 1.5 -> 1.5
     assert upsample(np.array([0.0, 1.0]), 2).tolist() == [0.0, 0.5, 1.0, 1.5]
@@ -143,8 +144,8 @@ def loop_video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, 
     pred = [c for c in range(n_cls) if s[c] > args.cls_threshold] or [int(np.argmax(s))]
     scale, n_snip = args.test_upgrade_scale, temp_att.shape[0]
     pos = np.arange(0, n_snip, 1 / scale)
-    cas = interp1d(np.arange(n_snip), fg_cas[:, pred].astype(np.float64), axis=0, fill_value="extrapolate")(pos)
-    att = interp1d(np.arange(n_snip), temp_att[:, 0].astype(np.float64), fill_value="extrapolate")(pos)
+    cas = interp1d(np.arange(n_snip), fg_cas[:, pred], axis=0, fill_value="extrapolate")(pos)
+    att = interp1d(np.arange(n_snip), temp_att[:, 0], fill_value="extrapolate")(pos)
     n = len(pos)
     t_factor = (args.segment_frames_num * vid_len) / (args.frames_per_sec * scale * n_snip)
     duration = args.segment_frames_num * vid_len / args.frames_per_sec
