@@ -97,9 +97,10 @@ def bench_proposals(repeat):
                 out = video_proposals(fg_cls, att, cas, 900, args, pseudo=pseudo, cum=cum_arg)
                 times.append(time.perf_counter() - t0)
             mode = "pseudo" if pseudo else "eval"
-            print(f"video_proposals 750 snippets, 3 classes, {mode:6s} mode, cum {'set ' if cum_arg is not None else 'None'}: "
-                  f"median {1e3 * np.median(times):6.2f} ms, best {1e3 * min(times):6.2f} ms, {len(out)} proposals",
-                  flush=True)
+            warp = "set " if cum_arg is not None else "None"
+            print(f"video_proposals 750 snippets, 3 classes, {mode:6s} mode, cum {warp}: "
+                  f"median {1e3 * np.median(times):6.2f} ms, best {1e3 * min(times):6.2f} ms, "
+                  f"{len(out)} proposals", flush=True)
 
 
 def main():

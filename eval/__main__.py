@@ -1,4 +1,7 @@
-"""Score a prediction file: python -m eval --gt data/THUMOS14/gt.json --pred result.json --subset test --dataset THUMOS"""
+"""Score a prediction file against gt.json and print the mAP table and per-class AP.
+
+Example: python -m eval --gt data/THUMOS14/gt.json --pred result.json --subset test --dataset THUMOS
+"""
 import argparse
 import sys
 
@@ -10,7 +13,7 @@ from utils import UserError
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--gt", required=True, help="ground-truth gt.json")
     parser.add_argument("--pred", required=True, help="prediction JSON {version, results, external_data}")
     parser.add_argument("--dataset", choices=sorted(PRESETS), default="THUMOS",
