@@ -259,7 +259,7 @@ class Refinement:
         step = state.get("step", step)
         results, weights = load_step_inputs(args.save_dir, step) if step > 0 else (None, None)
         self.enter_step(step, results, weights)
-        load_model_state(self.model, state["model_state_dict"], path, args)
+        load_model_state(self.model, state, path, args)
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_mAP = list(state.get("best_mAP_per_step", self.best_mAP))
         if "rng" in state and not args.reset_epoch:
@@ -344,7 +344,7 @@ def test_cascade(args):
         test_set.set_proposals(results, weights)
         full_set.set_proposals(results, weights)
         model = build_model(args, step)
-        load_model_state(model, load_checkpoint(path, map_location=args.device)["model_state_dict"], path, args)
+        load_model_state(model, load_checkpoint(path, map_location=args.device), path, args)
         detector = evaluate(model, test_set, args, step, os.path.join(args.save_dir, f"test_result_step{step}.json"))
         log(format_map_line(detector, f"test step {step} ({os.path.basename(path)})"))
         report_evaluation(detector, args, step, test_set, "test_", log)

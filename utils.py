@@ -58,6 +58,11 @@ def atomic_torch_save(obj, path):
     _atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
 
 
+def atomic_save_npz(path, arrays):
+    """Save a dict of name -> array as one .npz file, atomically."""
+    _atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)
+
+
 # ----------------------------------------------------------------------------- seeding
 def set_seed(seed):
     """Seed python, numpy and torch (all devices) for a reproducible run."""
