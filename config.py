@@ -160,9 +160,16 @@ def _add_option(parser, key, default):
         parser.add_argument(*flags, type=str)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ConfigError line instead of a usage dump."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see --help for every key of config.py)")
+
+
 def make_parser(dataset):
     defaults = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"main_{dataset}.py", allow_abbrev=False,
         description=f"ASM-Loc on {dataset}. Any preset key of config.py can be overridden.")
     for key, help_text in SWITCHES.items():

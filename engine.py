@@ -9,6 +9,7 @@ import json
 import os
 import random
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -139,9 +140,13 @@ def evaluate(model, dataset, args, step, result_path):
     """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP."""
     results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"test step {step}")
     write_results_json(result_path, results)
-    detector = ANETDetection(os.path.join(args.data_dir, "gt.json"), result_path, args.tiou_thresholds,
-                             args.eval_subset, args.dataset)
-    detector.evaluate()
+    with warnings.catch_warnings(record=True) as caught:     # e.g. predicted classes absent from the GT
+        warnings.simplefilter("always")
+        predictions = {"version": "ASM-Loc", "results": results, "external_data": {}}
+        detector = ANETDetection(os.path.join(args.data_dir, "gt.json"), predictions, args.tiou_thresholds,
+                                 args.eval_subset, args.dataset, num_tiou_for_average=args.num_tiou_for_average)
+        detector.evaluate()
+    detector.warnings = [str(warning.message) for warning in caught]
     detector.outputs, detector.predictions = outputs, results
     return detector
 
@@ -150,6 +155,8 @@ def report_evaluation(detector, args, step, dataset, tag, log):
     """Per-class AP (log + CSV), the per-step summary JSON, and --visualize plots."""
     import visualize
     folder = args.save_dir
+    for message in detector.warnings:
+        log(f"note: {message}")
     log(visualize.format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
                                          args.num_tiou_for_average))
     visualize.write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"), detector.activity_index,
@@ -207,6 +214,9 @@ class Refinement:
     def __init__(self, args):
         self.args = args
         self.log = Logger(args.log_path)
+        for name in os.listdir(args.save_dir):          # temporaries of a write that was killed
+            if name.startswith(".tmp_"):
+                os.remove(os.path.join(args.save_dir, name))
         self.train_set = VideoDataset(args, "train", "random")
         self.test_set = VideoDataset(args, "test", "uniform")
         self.full_set = VideoDataset(args, "full", "uniform")

@@ -32,9 +32,11 @@ def _atomic_write(path, write_fn, binary):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
+        if isinstance(err, OSError) and err.filename is None:   # say which file could not be written
+            raise OSError(err.errno, err.strerror, path) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
