@@ -45,6 +45,8 @@ COMMON = dict(
     checkpoint_root="checkpoints",  # root of all run folders
     pred_segment_path="",         # where to write the evaluation result JSON (default: run folder)
     visualize_videos=8,           # --visualize: how many test videos to plot (0 = all)
+    # torchrun: split the evaluation / pseudo-proposal passes across processes (False: rank 0 alone)
+    distributed_eval=True,
 )
 
 PRESETS = {
@@ -235,6 +237,7 @@ def build_args(dataset, argv=None):
     args.snippets_per_sec = args.frames_per_sec / args.segment_frames_num   # r = 25/16
     args.save_dir = os.path.join(args.checkpoint_root, dataset, args.outdir, run_folder_name(args))
     args.log_path = os.path.join(args.save_dir, "log.txt")
+    args.rank, args.world_size, args.is_main = 0, 1, True      # set by distributed.init_distributed
     if args.gpu != "":
         # must happen before CUDA is initialised (the released code misspelled this variable)
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)

@@ -426,10 +426,10 @@ class VideoDataset(Dataset):
     def __len__(self):
         return len(self.video_names)
 
-    def _sample(self, vid, x):
+    def _sample(self, vid, x, rng=None):
         """(features (out_len, D) float32, cum or None, timeline length for the scale)."""
         T = x.shape[0]
-        plan_fn = (lambda n: _random_plan(n, self.num_samples)) if self.sampling == "random" \
+        plan_fn = (lambda n: _random_plan(n, self.num_samples, rng)) if self.sampling == "random" \
             else (lambda n: _uniform_plan(n, self.num_samples))
         if self.weights is None:
             return _apply_plan(x, plan_fn(T)), None, T
@@ -449,10 +449,14 @@ class VideoDataset(Dataset):
             feats = _lerp_rows(_lerp_rows(x, pos - 1), plan)
         return feats, cum, len(pos)
 
-    def __getitem__(self, idx):
+    def __getitem__(self, key):
+        """key: an index, or (index, seed) to draw the random sampling from its own generator
+        (so an item does not depend on which process or worker loads it)."""
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        rng = None if seed is None else np.random.default_rng(seed)
         vid = self.video_names[idx]
         x = self._open(vid)
-        feats, cum, timeline = self._sample(vid, x)
+        feats, cum, timeline = self._sample(vid, x, rng)
         out_len = feats.shape[0]
         scale = self.r * out_len / timeline
         props = self._proposals.get(vid)

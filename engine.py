@@ -1,29 +1,26 @@
-"""Training / evaluation engine shared by main_THUMOS.py and main_ActivityNet.py (SPEC.md section 7).
+"""Training / evaluation passes and the entry point shared by main_THUMOS.py and main_ActivityNet.py.
 
-One `Refinement` run trains the base model (step 0) and `num_steps` full models; between steps the
-current model's pseudo proposals on the full set drive segment attention, pseudo instance labels
-and dynamic segment sampling of the next step.
+The multi-step refinement driver (SPEC.md section 7) is in refinement.py; this module holds the
+passes it runs (train epoch, evaluation, pseudo proposals), test mode, and error handling.
+Under torchrun every pass works on this process's share and results are gathered (distributed.py).
 """
 import errno
-import json
 import os
-import random
 import sys
 import warnings
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import distributed
 from config import build_args, save_config
 from dataset import VideoDataset, collate_fn
 from eval import ANETDetection, video_proposals
 from eval.proposals import write_results_json
 from losses import ASMLocBaseLoss, ASMLocLoss
 from model import ASMLoc, ASMLocBase
-from utils import (Logger, UserError, atomic_save_npz, atomic_torch_save, load_checkpoint,
-                   load_model_state, make_generator, seed_worker, set_seed)
+from utils import Logger, UserError, load_checkpoint, load_model_state, set_seed
 
 
 class TrainingDiverged(UserError):
@@ -36,109 +33,109 @@ def build_model(args, step):
 
 
 def build_optimizer(args, model):
-    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                            weight_decay=args.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
 
 
 def build_loss(args, step):
     return ASMLocBaseLoss(args) if step == 0 else ASMLocLoss(args)
 
 
-def is_switch_epoch(epoch, args):
-    """Epochs at which training moves on to the next refinement step."""
-    return epoch > 0 and epoch % args.epochs_per_step == 0 and epoch <= args.epochs_per_step * args.num_steps
-
-
-def step_file(step, args, kind):
+def step_file(step, kind):
     """model_step{k}_last_epoch.pth / model_step{k}_best_epoch.pth (released names)."""
     return f"model_step{step}_{kind}_epoch.pth"
 
 
 def test_checkpoint_name(step, args):
-    return step_file(step, args, "last" if step < args.num_steps else "best")
+    return step_file(step, "last" if step < args.num_steps else "best")
 
 
-def forward(model, batch, step, device):
-    features = batch["features"].to(device)                          # (B, T, D)
-    if step == 0:
-        return model(features)
-    return model(features, batch["proposal_bbox"].to(device), batch["proposal_count"].to(device))
+def forward(model, batch, step, args):
+    """Model outputs for a batch dict (bf16 autocast on GPU with --amp)."""
+    features = batch["features"].to(args.device, non_blocking=True)               # (B, T, D)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                        enabled=args.amp and args.device.startswith("cuda")):
+        if step == 0:
+            return model(features)
+        return model(features, batch["proposal_bbox"].to(args.device), batch["proposal_count"].to(args.device))
 
 
 def predicted_label_sets(fg_cls, threshold):
     """Classes with score > threshold, argmax when none (SPEC section 8); fg_cls (B, C+1)."""
-    scores = fg_cls[:, :-1]                                            # (B, C)
+    scores = fg_cls[:, :-1]                                                        # (B, C)
     chosen = scores > threshold
     argmax = torch.nn.functional.one_hot(scores.argmax(dim=1), scores.shape[1]).bool()
     return torch.where(chosen.any(dim=1, keepdim=True), chosen, argmax)
 
 
-def rng_state(loader_generator):
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
-            "loader": loader_generator.get_state()}
-
-
-def restore_rng_state(state, loader_generator):
-    random.setstate(state["python"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = dict(numpy_state["state"])
-    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    loader_generator.set_state(state["loader"])
+def progress(iterable, args, desc):
+    return tqdm(iterable, desc=desc, leave=False, disable=None if args.is_main else True)
 
 
 # ----------------------------------------------------------------------------- passes
 def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
-    """One shuffled pass; returns the mean of every loss term and the video-level accuracy."""
+    """One shuffled pass; returns the mean of every loss term and the video-level accuracy.
+
+    Under torchrun each process's mean loss is weighted (GlobalBatchSampler.loss_weight) so that
+    DDP's gradient average is the mean over the global batch.
+    """
     model.train()
-    totals, correct, seen = {}, 0, 0
-    for batch in tqdm(loader, desc=f"step {step} epoch {epoch}", leave=False, disable=None):
-        out = forward(model, batch, step, args.device)
-        video_label = batch["video_label"].to(args.device)            # (B, C)
+    term_sums, correct, seen = {}, 0.0, 0.0
+    for index, batch in enumerate(progress(loader, args, f"step {step} epoch {epoch}")):
+        out = forward(model, batch, step, args)
+        video_label = batch["video_label"].to(args.device)                          # (B, C)
         pseudo_label = batch["pseudo_instance_label"].to(args.device) if step > 0 else None
         loss, terms = loss_fn(video_label, out, pseudo_label)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {step} epoch {epoch} (terms {terms}); "
-                f"lower --lr or check the features for extreme values")
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step} epoch {epoch} (terms {terms}); "
+                                   f"lower --lr or check the features for extreme values")
+        weight = loader.batch_sampler.loss_weight(index) if args.world_size > 1 else 1.0
         optimizer.zero_grad()
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         optimizer.step()
-        batch_size = video_label.shape[0]
+        count = video_label.shape[0] if weight > 0 else 0
         for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + value * batch_size
-        predicted = predicted_label_sets(out.fg_cls.detach(), args.cls_threshold)
-        correct += (predicted == video_label.bool()).all(dim=1).sum().item()
-        seen += batch_size
-    stats = {key: value / max(seen, 1) for key, value in totals.items()}
-    stats["accuracy"] = correct / max(seen, 1)
+            term_sums[key] = term_sums.get(key, 0.0) + value * count
+        predicted = predicted_label_sets(out.fg_cls.detach().float(), args.cls_threshold)
+        correct += (predicted == video_label.bool()).all(dim=1).sum().item() * (count > 0)
+        seen += count
+    keys = sorted(term_sums)
+    totals = distributed.all_reduce_sum([term_sums[key] for key in keys] + [correct, seen], args.device)
+    seen = max(totals[-1], 1)
+    stats = {key: value / seen for key, value in zip(keys, totals)}
+    stats["accuracy"] = totals[-2] / seen
     return stats
 
 
 @torch.no_grad()
 def predict_proposals(model, dataset, args, step, pseudo, desc):
-    """Run the model over a dataset (batch 1) and turn each video's outputs into proposals."""
+    """Run the model over a dataset (batch 1) and turn each video's outputs into proposals.
+
+    Returns ({vid: proposals}, {vid: raw outputs for plots}) in dataset order on every process.
+    """
     model.eval()
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.num_workers,
-                        collate_fn=collate_fn)
+    indices = distributed.shard(len(dataset), split=args.distributed_eval)
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=args.num_workers,
+                        collate_fn=collate_fn, pin_memory=args.device.startswith("cuda"))
     results, outputs = {}, {}
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        out = forward(model, batch, step, args.device)
+    for batch in progress(loader, args, desc):
+        out = forward(model, batch, step, args)
         vid_name, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
         fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
         results[vid_name] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=pseudo, cum=cum)
         if args.visualize and not pseudo:
-            outputs[vid_name] = {"fg_cls": fg_cls, "temp_att": temp_att, "fg_cas": fg_cas,
-                                 "vid_len": vid_len, "cum": cum}
+            outputs[vid_name] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
+    results = distributed.all_gather_dict(results)
+    results = {vid: results[vid] for vid in dataset.video_names}       # dataset order: ties break the same
+    if args.visualize and not pseudo:
+        outputs = distributed.all_gather_dict(outputs)
     return results, outputs
 
 
 def evaluate(model, dataset, args, step, result_path):
-    """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP."""
+    """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP (main process)."""
     results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"test step {step}")
+    if not args.is_main:
+        return None
     write_results_json(result_path, results)
     with warnings.catch_warnings(record=True) as caught:     # e.g. predicted classes absent from the GT
         warnings.simplefilter("always")
@@ -151,8 +148,13 @@ def evaluate(model, dataset, args, step, result_path):
     return detector
 
 
+def format_map_line(detector, prefix):
+    values = " ".join(f"{tiou:.2f}:{100 * value:.2f}" for tiou, value in zip(detector.tiou_thresholds, detector.mAP))
+    return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
+
+
 def report_evaluation(detector, args, step, dataset, tag, log):
-    """Per-class AP (log + CSV), the per-step summary JSON, and --visualize plots."""
+    """Per-class AP (log + CSV), the per-step summary JSON, and --visualize plots (main process)."""
     import visualize
     folder = args.save_dir
     for message in detector.warnings:
@@ -167,7 +169,7 @@ def report_evaluation(detector, args, step, dataset, tag, log):
         return
     names = list(detector.outputs)
     names = names[:args.visualize_videos] if args.visualize_videos > 0 else names
-    for vid_name in tqdm(names, desc="visualize", leave=False, disable=None):
+    for vid_name in progress(names, args, "visualize"):
         out = detector.outputs[vid_name]
         visualize.plot_video(
             os.path.join(folder, "visualize", f"{tag}step{step}", f"{vid_name}.png"), vid_name, out["vid_len"],
@@ -178,170 +180,16 @@ def report_evaluation(detector, args, step, dataset, tag, log):
 
 
 def generate_pseudo_proposals(model, full_dataset, args, step):
-    """Pseudo proposals of the step-`step` model on the full set (test list then train list)."""
+    """Pseudo proposals of the step-`step` model on the full set, and the dynamic weights (SPEC 8, 9)."""
     results, _ = predict_proposals(model, full_dataset, args, step, pseudo=True, desc=f"pseudo step {step}")
     weights = full_dataset.compute_dynamic_weights(results, args) if args.use_dynamic_sampling else None
     return results, weights
 
 
-def save_step_inputs(save_dir, step, results, weights):
-    """Persist one step's pseudo proposals (released JSON name) and dynamic weights (one .npz)."""
-    write_results_json(os.path.join(save_dir, f"pseudo_proposals_step{step}.json"), results)
-    if weights is not None:
-        atomic_save_npz(os.path.join(save_dir, f"dynamic_weights_step{step}.npz"), weights)
-
-
-def load_step_inputs(save_dir, step):
-    proposal_path = os.path.join(save_dir, f"pseudo_proposals_step{step}.json")
-    weight_path = os.path.join(save_dir, f"dynamic_weights_step{step}.npz")
-    try:
-        with open(proposal_path) as handle:
-            results = json.load(handle)["results"]
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot resume step {step}: {proposal_path} is missing or unreadable ({err}); "
-                        f"rerun with --no_resume to start over") from None
-    weights = None
-    if os.path.exists(weight_path):
-        with np.load(weight_path) as stored:
-            weights = {name: stored[name] for name in stored.files}
-    return results, weights
-
-
-# ----------------------------------------------------------------------------- the refinement run
-class Refinement:
-    """Multi-step training (SPEC section 7): state, step switches, checkpoints, resume."""
-
-    def __init__(self, args):
-        self.args = args
-        self.log = Logger(args.log_path)
-        for name in os.listdir(args.save_dir):          # temporaries of a write that was killed
-            if name.startswith(".tmp_"):
-                os.remove(os.path.join(args.save_dir, name))
-        self.train_set = VideoDataset(args, "train", "random")
-        self.test_set = VideoDataset(args, "test", "uniform")
-        self.full_set = VideoDataset(args, "full", "uniform")
-        self.generator = make_generator(args.seed)
-        self.loader = DataLoader(self.train_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                                 num_workers=args.num_workers, collate_fn=collate_fn,
-                                 worker_init_fn=seed_worker, generator=self.generator,
-                                 pin_memory=args.device.startswith("cuda"))
-        self.best_mAP = [float("-inf")] * (args.num_steps + 1)
-        from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(os.path.join(args.save_dir, "tensorboard"))
-
-    # -- steps
-    def enter_step(self, step, results, weights):
-        for dataset in (self.train_set, self.test_set, self.full_set):
-            dataset.set_proposals(results, weights)
-        self.step = step
-        self.model = build_model(self.args, step)
-        self.optimizer = build_optimizer(self.args, self.model)
-        self.loss_fn = build_loss(self.args, step)
-
-    def switch_step(self, step):
-        results, weights = generate_pseudo_proposals(self.model, self.full_set, self.args, self.step)
-        save_step_inputs(self.args.save_dir, step, results, weights)
-        self.log(f"step {step}: pseudo proposals for {len(results)} videos "
-                 f"({sum(map(len, results.values()))} proposals)")
-        self.enter_step(step, results, weights)
-
-    # -- checkpoints
-    def save_checkpoint(self, epoch, name):
-        state = {"epoch": epoch + 1, "model_state_dict": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "best_test_mAP": self.best_mAP[self.step],
-                 "dataset": self.args.dataset, "model_kind": "base" if self.step == 0 else "full",
-                 "step": self.step, "best_mAP_per_step": list(self.best_mAP),
-                 "rng": rng_state(self.generator)}
-        atomic_torch_save(state, os.path.join(self.args.save_dir, name))
-
-    def resume(self):
-        """Pick up from model_latest.pth (or --checkpoint FILE); returns the next epoch to run."""
-        args = self.args
-        path = os.path.join(args.save_dir, "model_latest.pth")
-        if args.checkpoint and os.path.isfile(args.checkpoint):
-            path = args.checkpoint
-        elif args.no_resume or not os.path.exists(path):
-            self.enter_step(0, None, None)
-            return args.start_epoch
-        state = self.load_latest_good(path)
-        start_epoch = args.start_epoch if args.reset_epoch else state["epoch"]
-        step = min((state["epoch"] - 1) // args.epochs_per_step, args.num_steps) if state["epoch"] > 0 else 0
-        step = state.get("step", step)
-        results, weights = load_step_inputs(args.save_dir, step) if step > 0 else (None, None)
-        self.enter_step(step, results, weights)
-        load_model_state(self.model, state, path, args)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.best_mAP = list(state.get("best_mAP_per_step", self.best_mAP))
-        if "rng" in state and not args.reset_epoch:
-            restore_rng_state(state["rng"], self.generator)
-        self.log(f"resumed from {path}: step {step}, next epoch {start_epoch}")
-        return start_epoch
-
-    def load_latest_good(self, path):
-        """Load `path`; if it is unreadable, fall back to the newest readable step checkpoint."""
-        try:
-            return load_checkpoint(path)
-        except UserError as err:
-            candidates = [os.path.join(self.args.save_dir, step_file(k, self.args, "last"))
-                          for k in reversed(range(self.args.num_steps))]
-            for candidate in candidates:
-                if os.path.exists(candidate):
-                    self.log(f"warning: {err}; falling back to {candidate}")
-                    return load_checkpoint(candidate)
-            raise
-
-    # -- main loop
-    def run(self):
-        args = self.args
-        start_epoch = self.resume()
-        for epoch in range(start_epoch, args.epochs):
-            if is_switch_epoch(epoch, args):
-                self.switch_step(epoch // args.epochs_per_step)
-            stats = train_one_epoch(self.model, self.loss_fn, self.optimizer, self.loader, args, self.step, epoch)
-            self.log_train(epoch, stats)
-            if (epoch + 1) % args.eval_freq == 0 or epoch >= args.epochs - 10:
-                self.evaluate_and_select(epoch)
-            if self.step < args.num_steps and epoch + 1 == (self.step + 1) * args.epochs_per_step:
-                self.save_checkpoint(epoch, step_file(self.step, args, "last"))
-            self.save_checkpoint(epoch, "model_latest.pth")
-        self.writer.close()
-        return self.best_mAP
-
-    def evaluate_and_select(self, epoch):
-        args, step = self.args, self.step
-        result_path = args.pred_segment_path or os.path.join(args.save_dir, f"result_step{step}.json")
-        detector = evaluate(self.model, self.test_set, args, step, result_path)
-        improved = detector.average_mAP > self.best_mAP[step]
-        if improved:
-            self.best_mAP[step] = detector.average_mAP
-            self.save_checkpoint(epoch, step_file(step, args, "best"))
-        self.log(format_map_line(detector, f"step {step} epoch {epoch}")
-                 + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}")
-        report_evaluation(detector, args, step, self.test_set, "", self.log)
-        self.writer.add_scalar("mAP/average", detector.average_mAP, epoch)
-        for tiou, value in zip(args.tiou_thresholds, detector.mAP):
-            self.writer.add_scalar(f"mAP/tIoU_{tiou:.2f}", value, epoch)
-        return detector
-
-    def log_train(self, epoch, stats):
-        lr = self.optimizer.param_groups[0]["lr"]
-        terms = " ".join(f"{key} {value:.4f}" for key, value in stats.items())
-        self.log(f"step {self.step} epoch {epoch} | {terms} | lr {lr:g}")
-        for key, value in stats.items():
-            self.writer.add_scalar(f"train/{key}", value, epoch)
-        self.writer.add_scalar("train/lr", lr, epoch)
-        self.writer.add_scalar("train/step", self.step, epoch)
-
-
-def format_map_line(detector, prefix):
-    values = " ".join(f"{tiou:.2f}:{100 * value:.2f}" for tiou, value in zip(detector.tiou_thresholds, detector.mAP))
-    return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
-
-
 # ----------------------------------------------------------------------------- test mode
 def test_cascade(args):
     """Replay the refinement cascade from a checkpoint folder (SPEC section 7, test mode)."""
-    log = Logger(args.log_path)
+    log = Logger(args.log_path, enabled=args.is_main)
     paths = [os.path.join(args.checkpoint, test_checkpoint_name(step, args)) for step in range(args.num_steps + 1)]
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
@@ -356,8 +204,9 @@ def test_cascade(args):
         model = build_model(args, step)
         load_model_state(model, load_checkpoint(path, map_location=args.device), path, args)
         detector = evaluate(model, test_set, args, step, os.path.join(args.save_dir, f"test_result_step{step}.json"))
-        log(format_map_line(detector, f"test step {step} ({os.path.basename(path)})"))
-        report_evaluation(detector, args, step, test_set, "test_", log)
+        if args.is_main:
+            log(format_map_line(detector, f"test step {step} ({os.path.basename(path)})"))
+            report_evaluation(detector, args, step, test_set, "test_", log)
         detectors.append(detector)
         if step < args.num_steps:
             results, weights = generate_pseudo_proposals(model, full_set, args, step)
@@ -378,15 +227,20 @@ def check_writable(folder):
 
 
 def run(dataset, argv):
-    args = build_args(dataset, argv)
-    set_seed(args.seed)
-    if args.demo:
+    """Build the config and run training (or --test); returns the best mAP per step (or the detectors)."""
+    args = distributed.init_distributed(build_args(dataset, argv))
+    set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
+    if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset
         ensure_demo_dataset(args)
-    check_writable(args.save_dir)
+    if args.is_main:
+        check_writable(args.save_dir)
+    distributed.barrier()
     if args.test:
         return test_cascade(args)
-    save_config(args, os.path.join(args.save_dir, "config.json"))
+    if args.is_main:
+        save_config(args, os.path.join(args.save_dir, "config.json"))
+    from refinement import Refinement
     return Refinement(args).run()
 
 

@@ -90,12 +90,15 @@ def make_generator(seed):
 class Logger:
     """Print to stdout and append the same line to log.txt."""
 
-    def __init__(self, log_path=None):
-        self.log_path = log_path
-        if log_path:
+    def __init__(self, log_path=None, enabled=True):
+        self.log_path = log_path if enabled else None
+        self.enabled = enabled          # False on the non-main processes of a torchrun job
+        if self.log_path:
             os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
 
     def __call__(self, message=""):
+        if not self.enabled:
+            return
         print(message, flush=True)
         if self.log_path:
             with open(self.log_path, "a") as handle:

@@ -1,0 +1,212 @@
+"""The multi-step refinement run (SPEC.md section 7): step switches, checkpoints, exact resume.
+
+Step 0 trains the base model; at epochs k * epochs_per_step (k = 1..num_steps) the current
+model's pseudo proposals on the full set are saved and handed, with the dynamic sampling
+weights, to a fresh full model. Checkpoints keep the released schema plus what an exact resume
+needs (step, best mAP per step, every process's RNG state).
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import distributed
+import engine
+from dataset import VideoDataset, collate_fn
+from eval.proposals import write_results_json
+from utils import (Logger, UserError, atomic_save_npz, atomic_torch_save, load_checkpoint, load_model_state,
+                   make_generator, seed_worker)
+
+
+def is_switch_epoch(epoch, args):
+    """Epochs at which training moves on to the next refinement step."""
+    return 0 < epoch <= args.epochs_per_step * args.num_steps and epoch % args.epochs_per_step == 0
+
+
+def rng_state(generator):
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()     # weights_only-loadable
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+            "loader": generator.get_state()}
+
+
+def restore_rng_state(state, generator):
+    random.setstate(tuple(state["python"]) if isinstance(state["python"], list) else state["python"])
+    numpy_state = {**state["numpy"], "state": dict(state["numpy"]["state"])}
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+
+
+def save_step_inputs(save_dir, step, results, weights):
+    """One step's pseudo proposals (released JSON name) and dynamic weights (one .npz)."""
+    write_results_json(os.path.join(save_dir, f"pseudo_proposals_step{step}.json"), results)
+    if weights is not None:
+        atomic_save_npz(os.path.join(save_dir, f"dynamic_weights_step{step}.npz"), weights)
+
+
+def load_step_inputs(save_dir, step):
+    proposal_path = os.path.join(save_dir, f"pseudo_proposals_step{step}.json")
+    weight_path = os.path.join(save_dir, f"dynamic_weights_step{step}.npz")
+    try:
+        with open(proposal_path) as handle:
+            results = json.load(handle)["results"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot resume step {step}: {proposal_path} is missing or unreadable ({err}); "
+                        f"rerun with --no_resume to start over") from None
+    weights = None
+    if os.path.exists(weight_path):
+        with np.load(weight_path) as stored:
+            weights = {name: stored[name] for name in stored.files}
+    return results, weights
+
+
+class Refinement:
+    """State of one training run: datasets, the current step's model/optimizer, best mAP per step."""
+
+    def __init__(self, args):
+        self.args = args
+        self.log = Logger(args.log_path, enabled=args.is_main)
+        if args.is_main:
+            for name in os.listdir(args.save_dir):          # temporaries of a write that was killed
+                if name.startswith(".tmp_"):
+                    os.remove(os.path.join(args.save_dir, name))
+        self.train_set = VideoDataset(args, "train", "random")
+        self.test_set = VideoDataset(args, "test", "uniform")
+        self.full_set = VideoDataset(args, "full", "uniform")
+        self.generator = make_generator(args.seed)
+        self.best_mAP = [float("-inf")] * (args.num_steps + 1)
+        self.writer = None
+        if args.is_main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(args.save_dir, "tensorboard"))
+
+    # -- steps
+    def enter_step(self, step, results, weights):
+        """Hand the step's proposals to the datasets and start its model, optimizer and loader."""
+        args = self.args
+        for dataset in (self.train_set, self.test_set, self.full_set):
+            dataset.set_proposals(results, weights)
+        self.step = step
+        self.model = engine.build_model(args, step)
+        self.train_model = distributed.wrap_model(self.model, args)
+        self.optimizer = engine.build_optimizer(args, self.model)
+        self.loss_fn = engine.build_loss(args, step)
+        # a new loader per step: persistent workers hold a copy of the dataset and its proposals
+        sampler = distributed.GlobalBatchSampler(len(self.train_set), args.batch_size, self.generator,
+                                                 args.rank, args.world_size)
+        self.loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=args.num_workers,
+                                 collate_fn=collate_fn, worker_init_fn=seed_worker, generator=self.generator,
+                                 pin_memory=args.device.startswith("cuda"),
+                                 persistent_workers=args.num_workers > 0)
+
+    def switch_step(self, step):
+        results, weights = engine.generate_pseudo_proposals(self.model, self.full_set, self.args, self.step)
+        if self.args.is_main:
+            save_step_inputs(self.args.save_dir, step, results, weights)
+        self.log(f"step {step}: pseudo proposals for {len(results)} videos "
+                 f"({sum(map(len, results.values()))} proposals)")
+        self.enter_step(step, results, weights)
+
+    # -- checkpoints
+    def save_checkpoint(self, epoch, name, rng_states):
+        if not self.args.is_main:
+            return
+        state = {"epoch": epoch + 1, "model_state_dict": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "best_test_mAP": self.best_mAP[self.step],
+                 "dataset": self.args.dataset, "model_kind": "base" if self.step == 0 else "full",
+                 "step": self.step, "best_mAP_per_step": list(self.best_mAP),
+                 "rng": rng_states[0], "rng_per_rank": rng_states}
+        atomic_torch_save(state, os.path.join(self.args.save_dir, name))
+
+    def resume(self):
+        """Pick up from model_latest.pth (or --checkpoint FILE); returns the next epoch to run."""
+        args = self.args
+        path = os.path.join(args.save_dir, "model_latest.pth")
+        if args.checkpoint and os.path.isfile(args.checkpoint):
+            path = args.checkpoint
+        elif args.no_resume or not os.path.exists(path):
+            self.enter_step(0, None, None)
+            return args.start_epoch
+        path, state = self.load_latest_good(path)
+        start_epoch = args.start_epoch if args.reset_epoch else state["epoch"]
+        step = state.get("step", min(max(state["epoch"] - 1, 0) // args.epochs_per_step, args.num_steps))
+        results, weights = load_step_inputs(args.save_dir, step) if step > 0 else (None, None)
+        self.enter_step(step, results, weights)
+        load_model_state(self.model, state, path, args)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_mAP = list(state.get("best_mAP_per_step", self.best_mAP))
+        if "rng" in state and not args.reset_epoch:
+            per_rank = state.get("rng_per_rank") or [state["rng"]]
+            restore_rng_state(per_rank[args.rank] if len(per_rank) == args.world_size else state["rng"],
+                              self.generator)
+        self.log(f"resumed from {path}: step {step}, next epoch {start_epoch}")
+        return start_epoch
+
+    def load_latest_good(self, path):
+        """(path, checkpoint); if `path` is unreadable, the newest readable step checkpoint instead."""
+        try:
+            return path, load_checkpoint(path)
+        except UserError as err:
+            for step in reversed(range(self.args.num_steps)):
+                candidate = os.path.join(self.args.save_dir, engine.step_file(step, "last"))
+                if os.path.exists(candidate):
+                    self.log(f"warning: {err}; falling back to {candidate}")
+                    return candidate, load_checkpoint(candidate)
+            raise
+
+    # -- main loop
+    def run(self):
+        args = self.args
+        start_epoch = self.resume()
+        for epoch in range(start_epoch, args.epochs):
+            if is_switch_epoch(epoch, args):
+                self.switch_step(epoch // args.epochs_per_step)
+            stats = engine.train_one_epoch(self.train_model, self.loss_fn, self.optimizer, self.loader, args,
+                                           self.step, epoch)
+            self.log_train(epoch, stats)
+            improved = False
+            if (epoch + 1) % args.eval_freq == 0 or epoch >= args.epochs - 10:
+                improved = self.evaluate(epoch)
+            # every process's RNG state after this epoch, so a resume continues bit for bit
+            rng_states = distributed.all_gather_list(rng_state(self.generator))
+            if improved:
+                self.save_checkpoint(epoch, engine.step_file(self.step, "best"), rng_states)
+            if self.step < args.num_steps and epoch + 1 == (self.step + 1) * args.epochs_per_step:
+                self.save_checkpoint(epoch, engine.step_file(self.step, "last"), rng_states)
+            self.save_checkpoint(epoch, "model_latest.pth", rng_states)
+        if self.writer:
+            self.writer.close()
+        return self.best_mAP
+
+    def evaluate(self, epoch):
+        """Evaluate the current model; True when it is the best of this step so far."""
+        args, step = self.args, self.step
+        result_path = args.pred_segment_path or os.path.join(args.save_dir, f"result_step{step}.json")
+        detector = engine.evaluate(self.model, self.test_set, args, step, result_path)
+        if not args.is_main:
+            return False
+        improved = detector.average_mAP > self.best_mAP[step]
+        if improved:
+            self.best_mAP[step] = detector.average_mAP
+        self.log(engine.format_map_line(detector, f"step {step} epoch {epoch}")
+                 + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}")
+        engine.report_evaluation(detector, args, step, self.test_set, "", self.log)
+        self.writer.add_scalar("mAP/average", detector.average_mAP, epoch)
+        for tiou, value in zip(args.tiou_thresholds, detector.mAP):
+            self.writer.add_scalar(f"mAP/tIoU_{tiou:.2f}", value, epoch)
+        return improved
+
+    def log_train(self, epoch, stats):
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.log(f"step {self.step} epoch {epoch} | " + " ".join(f"{key} {value:.4f}" for key, value in stats.items())
+                 + f" | lr {lr:g}")
+        if self.writer:
+            for key, value in stats.items():
+                self.writer.add_scalar(f"train/{key}", value, epoch)
+            self.writer.add_scalar("train/lr", lr, epoch)
+            self.writer.add_scalar("train/step", self.step, epoch)
