@@ -5,7 +5,6 @@ import random
 import tempfile
 
 import numpy as np
-import torch
 
 
 class UserError(Exception):
@@ -57,6 +56,7 @@ def atomic_write_json(path, obj, indent=None):
 
 
 def atomic_torch_save(obj, path):
+    import torch      # lazily: eval/ and synthetic_data.py use this module without torch
     _atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
 
 
@@ -65,9 +65,14 @@ def atomic_save_npz(path, arrays):
     _atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)
 
 
+def atomic_write_bytes(path, data):
+    _atomic_write(path, lambda handle: handle.write(data), binary=True)
+
+
 # ----------------------------------------------------------------------------- seeding
 def set_seed(seed):
     """Seed python, numpy and torch (all devices) for a reproducible run."""
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -75,12 +80,14 @@ def set_seed(seed):
 
 def seed_worker(worker_id):
     """DataLoader worker_init_fn: derive numpy/python seeds from torch's per-worker seed."""
+    import torch
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
 
 
 def make_generator(seed):
+    import torch
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
@@ -130,6 +137,7 @@ def load_checkpoint(path, map_location="cpu"):
 
     A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}.
     """
+    import torch
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found; check --checkpoint or the run folder")

@@ -6,8 +6,6 @@ Time is in seconds: snippet i of a video covers [i/r, (i+1)/r] with r = frames_p
 """
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 
 import matplotlib
@@ -16,34 +14,20 @@ matplotlib.use("Agg")  # headless: before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from utils import atomic_write_bytes  # noqa: E402
+
 FIGSIZE = (12, 7)  # inches; at DPI this is a 1200 x 700 PNG
 DPI = 100
 
 
 # ----------------------------------------------------------------------------- file writes
-def _atomic_write_bytes(path, data):
-    """Write bytes to `path` via a temp file in the same folder and os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_figure(fig, path):
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=DPI)
     finally:
         plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- per-video figure
@@ -226,7 +210,7 @@ def write_per_class_ap_csv(path, class_names, tiou_thresholds, ap, num_tiou_for_
     for row in rows:
         name = '"' + row[0].replace('"', '""') + '"' if ("," in row[0] or '"' in row[0]) else row[0]
         lines.append(",".join([name] + [f"{v:.6f}" for v in row[1:]]))
-    _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def format_per_class_table(class_names, tiou_thresholds, ap, num_tiou_for_average=None):
@@ -273,7 +257,7 @@ def write_summary_json(path, summary):
     merged = read_summary_json(path)
     merged.update(_jsonable(summary))
     text = json.dumps(merged, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return merged
 
 

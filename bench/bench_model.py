@@ -145,7 +145,8 @@ def main():
     K, C = args.max_segments_num, args.action_cls_num
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    bbox, count = random_proposals(B, T, K, per_video, mean_len=max(2, T // (2 * per_video) * 3 // 2), generator=generator)
+    mean_len = max(2, T // (2 * per_video) * 3 // 2)
+    bbox, count = random_proposals(B, T, K, per_video, mean_len=mean_len, generator=generator)
     features = torch.randn(B, T, D, generator=generator).to(device)
     label = (torch.rand(B, C, generator=generator) < 0.1).float()
     label[:, 0] = 1.0

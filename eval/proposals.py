@@ -217,11 +217,11 @@ def _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, 
     """
     k, n = fused.shape
     prop = np.flatnonzero(last > first)                                    # (P,) runs scored
-    c, z, r, f, l = cls_pos[prop], z_row[prop], row[prop], first[prop], last[prop]
-    inner = range_sums(fused, c * n + f, c * n + l + 1) / (l - f + 1)
-    outer_first, outer_last = outer_ranges(f, l, lamb, n)
+    c, z, r, f, g = cls_pos[prop], z_row[prop], row[prop], first[prop], last[prop]   # g: last index
+    inner = range_sums(fused, c * n + f, c * n + g + 1) / (g - f + 1)
+    outer_first, outer_last = outer_ranges(f, g, lamb, n)
     margin = (range_sums(zeroed, z * n + outer_first, z * n + f)
-              + range_sums(zeroed, z * n + l + 1, z * n + outer_last + 1))
+              + range_sums(zeroed, z * n + g + 1, z * n + outer_last + 1))
     # other runs of the same row that reach into the margins: run indices [q_lo, p) and (p, q_hi)
     q_lo = np.searchsorted(row * (n + 1) + last, r * (n + 1) + outer_first, side="left")
     q_hi = np.searchsorted(row * (n + 1) + first, r * (n + 1) + outer_last, side="right")
@@ -229,12 +229,12 @@ def _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, 
     owner = np.concatenate([np.repeat(np.arange(len(prop)), n_left), np.repeat(np.arange(len(prop)), n_right)])
     q = np.concatenate([np.repeat(q_lo, n_left) + _positions(n_left),
                         np.repeat(prop + 1, n_right) + _positions(n_right)])
-    lo = np.maximum(first[q], np.concatenate([np.repeat(outer_first, n_left), np.repeat(l + 1, n_right)]))
+    lo = np.maximum(first[q], np.concatenate([np.repeat(outer_first, n_left), np.repeat(g + 1, n_right)]))
     hi = np.minimum(last[q] + 1, np.concatenate([np.repeat(f, n_left), np.repeat(outer_last + 1, n_right)]))
     d_base = d_row[q] * n
     margin = margin + np.bincount(owner, weights=range_sums(diff, d_base + lo, d_base + hi),
                                   minlength=len(prop))
-    n_outer = (f - outer_first) + (outer_last - l)
+    n_outer = (f - outer_first) + (outer_last - g)
     return inner - np.divide(margin, n_outer, out=np.zeros(len(prop)), where=n_outer > 0)
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import engine
-import utils
 from config import build_args
 from eval.__main__ import main as eval_main
 from model import ASMLoc, ASMLocBase
@@ -65,11 +64,12 @@ CASES = {
     "video without features": (lambda d: (d / "train" / f"{first_video(d)}.npy").unlink(), ["is missing"]),
     "video without gt entry": (lambda d: edit_gt(d, lambda gt: gt["database"].pop(first_video(d))),
                                ["has no entry in"]),
-    "truncated npy": (lambda d: corrupt_feature(d, raw=(d / "test" / f"{first_video(d, 'test')}.npy").read_bytes()[:200]),
-                      ["not a readable .npy"]),
+    "truncated npy": (lambda d: corrupt_feature(d, raw=(d / "test" / f"{first_video(d, 'test')}.npy")
+                                                .read_bytes()[:200]), ["not a readable .npy"]),
     "not an npy": (lambda d: corrupt_feature(d, raw=b"hello, these are not features"), ["not a readable .npy"]),
     "wrong rank": (lambda d: corrupt_feature(d, np.zeros(10, np.float32)), ["expected a 2-D"]),
-    "wrong dimension": (lambda d: corrupt_feature(d, np.zeros((10, 16), np.float32)), ["dimension 16", "--feature_dim"]),
+    "wrong dimension": (lambda d: corrupt_feature(d, np.zeros((10, 16), np.float32)),
+                        ["dimension 16", "--feature_dim"]),
     "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.float64)), ["dtype float64", "float32"]),
     "nan features": (lambda d: corrupt_feature(d, np.full((10, D), np.nan, np.float32)), ["NaN or inf"]),
     "gt not json": (lambda d: (d / "gt.json").write_text("{not json"), ["gt.json", "not valid JSON"]),
@@ -153,7 +153,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data_dir, tmp_path, ca
         handle.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(utils.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     code, err = run_main(argv_for(data_dir, tmp_path, "--num_steps", "0", "--epochs", "2"), capsys)
     assert code == 2 and "No space left on device" in err
     assert open(latest, "rb").read() == before

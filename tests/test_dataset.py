@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dataset as ds
+from refinement import load_step_inputs, save_step_inputs
 from config import build_args
 from synthetic_data import generate_synthetic_dataset
 
@@ -284,9 +285,8 @@ def test_proposals_and_dynamic(data_root, tmp_path):
     assert item["features"].shape == (32, 16) and int(item["proposal_count"]) >= 1
     assert np.isclose(item["cum"][-1], weights[vid].sum())
     assert torch.allclose(item["pseudo_instance_label"].sum(1), torch.ones(32))
-    path = tmp_path / "run" / "step1_inputs.json"
-    train.save_proposals(path)
-    loaded, loaded_w = ds.load_proposals(path)
+    save_step_inputs(tmp_path, 1, results, weights)                    # what a resume reads back
+    loaded, loaded_w = load_step_inputs(tmp_path, 1)
     assert loaded == results and all(np.array_equal(loaded_w[v], weights[v]) for v in weights)
     train.set_proposals(None, None)
     assert train[0]["cum"] is None and int(train[0]["proposal_count"]) == 0

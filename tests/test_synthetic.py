@@ -48,7 +48,7 @@ def test_activitynet_long_instances(tmp_path):
     sd.generate_synthetic_dataset(tmp_path, "ActivityNet", 6, 4, feature_dim=16, seed=0,
                                   class_names=[f"c{i}" for i in range(12)])
     gt, splits = read_set(tmp_path)
-    subsets = {gt["database"][v]["subset"] for v in splits["train"]} | {gt["database"][v]["subset"] for v in splits["test"]}
+    subsets = {gt["database"][v]["subset"] for v in splits["train"] + splits["test"]}
     assert subsets == {"train", "val"}
     cover = [sum(a["segment"][1] - a["segment"][0] for a in e["annotations"]) / e["duration"]
              for e in gt["database"].values()]
