@@ -176,7 +176,7 @@ def report_evaluation(detector, args, step, dataset, tag, log):
             args.class_name_lst, out["fg_cas"], out["temp_att"], detector.predictions[vid_name],
             dataset.gt_segments[vid_name], args.frames_per_sec, args.segment_frames_num,
             weights=dataset.dynamic_weights(vid_name), cum=out["cum"],
-            title_extra=f"step {step}, avg mAP {100 * detector.average_mAP:.2f}")
+            title_extra=f"step {step}, avg mAP {100 * detector.average_mAP:.2f}", score_threshold=0.0)
 
 
 def generate_pseudo_proposals(model, full_dataset, args, step):

@@ -181,6 +181,9 @@ class Refinement:
             self.save_checkpoint(epoch, "model_latest.pth", rng_states)
         if self.writer:
             self.writer.close()
+        self.log("best average mAP per step: " + ", ".join(
+            f"step {step} {100 * value:.2f}" for step, value in enumerate(self.best_mAP) if value > float("-inf"))
+            + f" (final model: {os.path.join(args.save_dir, engine.step_file(args.num_steps, 'best'))})")
         return self.best_mAP
 
     def evaluate(self, epoch):

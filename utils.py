@@ -16,6 +16,9 @@ class UserError(Exception):
 
 
 # ----------------------------------------------------------------------------- atomic writes
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 def _atomic_write(path, write_fn, binary):
     """Write through a temporary file in the same folder, fsync, then rename over `path`.
 
@@ -25,6 +28,7 @@ def _atomic_write(path, write_fn, binary):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)      # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
             write_fn(handle)

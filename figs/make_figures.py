@@ -1,0 +1,43 @@
+"""Regenerate the README figures from a finished demo run.
+
+    python main_THUMOS.py --demo                 # trains; the run folder is printed in log.txt
+    python figs/make_figures.py                  # replays it in test mode with --visualize
+
+Writes figs/demo_map_over_steps.png (mAP per tIoU for each refinement step) and
+figs/demo_video.png (one test video: GT, proposals, CAS, attention, sampling weights).
+"""
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import engine  # noqa: E402
+import visualize  # noqa: E402
+from config import build_args  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", default="video_test_0000048", help="test video to show")
+    cli = parser.parse_args(argv)
+    os.chdir(REPO_ROOT)                       # the demo's data/ and checkpoints/ paths are relative
+    run_dir = build_args("THUMOS", ["--demo"]).save_dir
+    if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
+        sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
+    engine.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
+    args = build_args("THUMOS", ["--demo"])
+    figs = REPO_ROOT / "figs"
+    per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(run_dir, "test_summary.json")))
+    visualize.plot_map_over_steps(figs / "demo_map_over_steps.png", per_step)
+    last_step = args.num_steps
+    shutil.copyfile(os.path.join(run_dir, "visualize", f"test_step{last_step}", f"{cli.video}.png"),
+                    figs / "demo_video.png")
+    print(f"wrote {figs / 'demo_map_over_steps.png'} and {figs / 'demo_video.png'}")
+
+
+if __name__ == "__main__":
+    main()
