@@ -110,7 +110,7 @@ PRESETS = {
 # The demo: a small synthetic THUMOS-like dataset (generated on first use) and a schedule
 # that runs the whole multi-step pipeline in a few minutes on a 2-core CPU.
 DEMO = dict(
-    data_dir="data/synthetic_THUMOS14",
+    # data_dir: data/synthetic_THUMOS14 or data/synthetic_ActivityNet13 (set in build_args)
     outdir="demo",
     feature_dim=256,
     epochs=60, epochs_per_step=20, num_steps=2,
@@ -225,7 +225,7 @@ def build_args(dataset, argv=None):
     cli = parser.parse_args([] if argv is None else argv)
     values = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
     if cli.demo:
-        values.update(DEMO)
+        values.update(DEMO, data_dir=os.path.join("data", "synthetic_" + Path(PRESETS[dataset]["data_dir"]).name))
     values.update({key: val for key, val in vars(cli).items() if val is not None})
     args = argparse.Namespace(**values)
     args.dataset = dataset
