@@ -135,7 +135,8 @@ class Refinement:
         path, state = self.load_latest_good(path)
         start_epoch = args.start_epoch if args.reset_epoch else state["epoch"]
         step = state.get("step", min(max(state["epoch"] - 1, 0) // args.epochs_per_step, args.num_steps))
-        results, weights = load_step_inputs(args.save_dir, step) if step > 0 else (None, None)
+        # the step's proposals and weights sit beside the checkpoint (the run folder, or --checkpoint's)
+        results, weights = load_step_inputs(os.path.dirname(path), step) if step > 0 else (None, None)
         self.enter_step(step, results, weights)
         load_model_state(self.model, state, path, args)
         self.optimizer.load_state_dict(state["optimizer"])
