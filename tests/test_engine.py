@@ -87,9 +87,16 @@ def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
     argv = tiny_argv(tiny_data, tmp_path)
     best = engine.run("THUMOS", argv)
     save_dir = build_args("THUMOS", argv).save_dir
-    detectors = engine.run("THUMOS", argv + ["--test", "--checkpoint", save_dir])
+    detectors = engine.run("THUMOS", argv + ["--test", "--checkpoint", save_dir, "--visualize",
+                                             "--visualize_videos", "2"])
     assert len(detectors) == 3
     assert detectors[-1].average_mAP == pytest.approx(best[-1], abs=1e-12)
+    for step in range(3):                                   # --visualize: 2 plots per step
+        assert len(os.listdir(os.path.join(save_dir, "visualize", f"test_step{step}"))) == 2
+    rows = open(os.path.join(save_dir, "test_per_class_ap_step2.csv")).read().splitlines()
+    assert len(rows) == 1 + len(detectors[-1].activity_index)      # header + one row per GT class
+    summary = json.load(open(os.path.join(save_dir, "test_summary.json")))
+    assert summary["step 2"]["average_mAP"] == pytest.approx(best[-1], abs=1e-12)
 
 
 def test_test_mode_names_missing_step_file(tiny_data, tmp_path, capsys):
