@@ -5,6 +5,7 @@ passes it runs (train epoch, evaluation, pseudo proposals), test mode, and error
 Under torchrun every pass works on this process's share and results are gathered (distributed.py).
 """
 import errno
+import math
 import os
 import sys
 import warnings
@@ -79,14 +80,15 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
     DDP's gradient average is the mean over the global batch.
     """
     model.train()
-    term_sums, correct, seen = {}, 0.0, 0.0
+    term_sums, seen = {}, 0.0
+    correct = torch.zeros((), device=args.device)          # summed on the device: no sync per batch
     for index, batch in enumerate(progress(loader, args, f"step {step} epoch {epoch}")):
         out = forward(model, batch, step, args)
         video_label = batch["video_label"].to(args.device)                          # (B, C)
         pseudo_label = batch["pseudo_instance_label"].to(args.device) if step > 0 else None
-        loss, terms = loss_fn(video_label, out, pseudo_label)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step} epoch {epoch} (terms {terms}); "
+        loss, terms = loss_fn(video_label, out, pseudo_label)   # terms: floats (the one sync per batch)
+        if not math.isfinite(terms["total"]):
+            raise TrainingDiverged(f"loss is {terms['total']} at step {step} epoch {epoch} (terms {terms}); "
                                    f"lower --lr or check the features for extreme values")
         weight = loader.batch_sampler.loss_weight(index) if args.world_size > 1 else 1.0
         optimizer.zero_grad()
@@ -95,11 +97,12 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
         count = video_label.shape[0] if weight > 0 else 0
         for key, value in terms.items():
             term_sums[key] = term_sums.get(key, 0.0) + value * count
-        predicted = predicted_label_sets(out.fg_cls.detach().float(), args.cls_threshold)
-        correct += (predicted == video_label.bool()).all(dim=1).sum().item() * (count > 0)
+        if count:
+            predicted = predicted_label_sets(out.fg_cls.detach().float(), args.cls_threshold)
+            correct += (predicted == video_label.bool()).all(dim=1).sum()
         seen += count
     keys = sorted(term_sums)
-    totals = distributed.all_reduce_sum([term_sums[key] for key in keys] + [correct, seen], args.device)
+    totals = distributed.all_reduce_sum([term_sums[key] for key in keys] + [correct.item(), seen], args.device)
     seen = max(totals[-1], 1)
     stats = {key: value / seen for key, value in zip(keys, totals)}
     stats["accuracy"] = totals[-2] / seen
