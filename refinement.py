@@ -127,7 +127,10 @@ class Refinement:
         """Pick up from model_latest.pth (or --checkpoint FILE); returns the next epoch to run."""
         args = self.args
         path = os.path.join(args.save_dir, "model_latest.pth")
-        if args.checkpoint and os.path.isfile(args.checkpoint):
+        if args.checkpoint and not os.path.isfile(args.checkpoint):
+            raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint file; to train from a checkpoint "
+                            f"pass its .pth file, to evaluate a folder of step checkpoints add --test")
+        if args.checkpoint:
             path = args.checkpoint
         elif args.no_resume or not os.path.exists(path):
             self.enter_step(0, None, None)

@@ -55,7 +55,8 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
                                                                             "uniform").video_names)
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_epoch", [2, 3])   # first epoch of step 1 (after its switch), second one
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, stop_epoch):
     straight = tiny_argv(tiny_data, tmp_path / "straight")
     best_straight = engine.run("THUMOS", straight)
     interrupted = tiny_argv(tiny_data, tmp_path / "interrupted")
@@ -65,7 +66,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
 
     def stop_in_step_one(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:                # epoch 3: second epoch of step 1
+        if calls["n"] == stop_epoch + 1:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
@@ -97,6 +98,12 @@ def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
     assert len(rows) == 1 + len(detectors[-1].activity_index)      # header + one row per GT class
     summary = json.load(open(os.path.join(save_dir, "test_summary.json")))
     assert summary["step 2"]["average_mAP"] == pytest.approx(best[-1], abs=1e-12)
+
+
+def test_training_checkpoint_must_be_a_file(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        engine.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--checkpoint", str(tmp_path)])
+    assert "is not a checkpoint file" in capsys.readouterr().err
 
 
 def test_test_mode_names_missing_step_file(tiny_data, tmp_path, capsys):
