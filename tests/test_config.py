@@ -39,7 +39,8 @@ def test_overrides_released_flags_and_any_key():
 
 def test_demo_preset_then_cli_wins():
     args = build_args("THUMOS", ["--demo", "--epochs", "3"])
-    assert args.data_dir == os.path.join("data", "synthetic_THUMOS14") and args.feature_dim == config.DEMO["feature_dim"]
+    assert args.data_dir == os.path.join("data", "synthetic_THUMOS14")
+    assert args.feature_dim == config.DEMO["feature_dim"]
     assert build_args("ActivityNet", ["--demo"]).data_dir == os.path.join("data", "synthetic_ActivityNet13")
     assert args.epochs == 3
 
