@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from eval.proposals import group_positions
 from utils import UserError
 
 REQUIRED_FIELDS = ("results", "version", "external_data")
@@ -118,12 +119,6 @@ def _small_int(x):
     return x.astype(np.int16) if x.max(initial=0) < 2**15 and x.min(initial=0) >= 0 else x
 
 
-def _segment_positions(counts):
-    """For groups of sizes counts (n,), the position of each element inside its group."""
-    starts = np.cumsum(counts) - counts
-    return np.arange(counts.sum()) - np.repeat(starts, counts)
-
-
 def class_order(p_label, p_score):
     """Predictions by class ascending, score descending, file order on ties -> (P,) indices."""
     by_score = np.argsort(-p_score)                                    # fast, not stable ...
@@ -172,7 +167,7 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
         hi[sel] = np.minimum(hi[sel], np.searchsorted(gt_pos, base + p_seg[sel, 1] + slack, "right"))
     n_cand = np.where(has_gt, np.maximum(hi - lo, 0), 0)                # (P,)
     pair_pred = np.repeat(np.arange(len(p_key)), n_cand)                # (N,)
-    pair_slot = np.repeat(lo, n_cand) + _segment_positions(n_cand)     # position in GT sort order
+    pair_slot = np.repeat(lo, n_cand) + group_positions(n_cand)     # position in GT sort order
     pair_iou = pair_tiou(p_seg[pair_pred], gt_seg[gt_order[pair_slot]])
     keep = pair_iou >= min_tiou
     pair_slot = pair_slot[keep]
@@ -212,7 +207,7 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
     active = order[n_pairs[order] > 0]                                  # (A,) in class/score order
     by_comp = np.argsort(_small_int(comp[active]), kind="stable")       # rank order inside
     step = np.empty(len(active), dtype=np.int64)
-    step[by_comp] = _segment_positions(np.bincount(comp[active]))
+    step[by_comp] = group_positions(np.bincount(comp[active]))
     act = active[np.argsort(_small_int(step), kind="stable")]          # active preds, by step
     step = np.sort(step)
     act_pos = np.empty(n_pred, dtype=np.int64)
@@ -257,7 +252,7 @@ def average_precision(hits, bounds, n_pos):
     cls = np.searchsorted(bounds, pos, side="right") - 1
     seg = thr * n_cls + cls                                            # nondecreasing
     counts = np.bincount(seg, minlength=n_thr * n_cls)
-    k = _segment_positions(counts) + 1                                 # true positives so far
+    k = group_positions(counts) + 1                                 # true positives so far
     precision = k / (pos - bounds[cls] + 1)
     grid = np.zeros((n_thr * n_cls, counts.max(initial=0)))            # (H*C, max hits)
     grid[seg, k - 1] = precision

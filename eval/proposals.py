@@ -40,6 +40,9 @@ def group_runs(mask):
     padded = np.zeros((n_rows, n + 1), dtype=bool)                        # (R, N+1): False separator
     padded[:, :n] = mask
     flat = padded.ravel()
+    if n_rows == 0:                                                        # e.g. a branch with no thresholds
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1                      # run starts / ends (excl.)
     if flat[0]:
         edges = np.concatenate([[0], edges])
@@ -48,39 +51,11 @@ def group_runs(mask):
     return row, starts - row * (n + 1), stops - 1 - row * (n + 1)
 
 
-def threshold_runs(x, thresholds):
-    """Runs of x[m] >= thresholds[h] for every signal m and threshold h, without an (M, H, N) mask.
-
-    x (M, N), thresholds (H,) -> (m, h, first, last) int arrays, sorted by (m, h, first); equal to
-    group_runs(x[:, None, :] >= thresholds[None, :, None]) with rows m*H + h. A run of threshold
-    theta starts at i when x[i-1] < theta <= x[i]: with thresholds sorted, that is a contiguous
-    index range found by searchsorted, so the work is O(M*N log H + number of runs).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    n_sig, n = x.shape
-    srt = np.argsort(thresholds, kind="stable")
-    above = np.zeros((n_sig, n + 2), dtype=np.int64)                       # (M, N+2), 0-padded
-    above[:, 1:-1] = np.searchsorted(thresholds[srt], x, side="right")     # #thresholds <= x
-    cur = above[:, 1:-1]
-    events = []
-    for neighbour in (above[:, :-2], above[:, 2:]):                        # starts, then ends
-        count = np.maximum(cur - neighbour, 0).ravel()                     # (M*N,)
-        where = np.flatnonzero(count)
-        count = count[where]
-        flat = np.repeat(where, count)
-        h = srt[np.repeat(neighbour.ravel()[where], count) + _positions(count)]
-        m, i = np.divmod(flat, n)
-        order = np.lexsort((i, h, m))
-        events.append((m[order], h[order], i[order]))
-    (m, h, first), (_, _, last) = events
-    return m, h, first, last
-
-
-def _positions(counts):
+def group_positions(counts):
     """For consecutive groups of sizes counts (n,), each element's position in its group."""
+    counts = np.asarray(counts, dtype=np.int64)
     starts = np.cumsum(counts) - counts
-    return np.arange(starts[-1] + counts[-1] if len(counts) else 0) - np.repeat(starts, counts)
+    return np.arange(counts.sum()) - np.repeat(starts, counts)
 
 
 def outer_ranges(first, last, lamb, n):
@@ -113,13 +88,27 @@ def outer_inner_contrast(score_map, row, first, last, lamb):
 
     score_map (R, N); row, first, last (G,) int describe runs of row `row`, inclusive ends.
     """
-    score_map = np.asarray(score_map, dtype=np.float64)
-    n = score_map.shape[1]
+    return summed_contrast([(1.0, np.asarray(score_map, dtype=np.float64), row)], first, last, lamb)
+
+
+def summed_contrast(terms, first, last, lamb):
+    """outer_inner_contrast on a score map given as a weighted sum of rows, never built in full.
+
+    terms: [(weight, values (R, N), row (G,))]; run g's map is sum_j weight_j * values_j[row_j[g]].
+    Zero-weight terms are skipped (they add exactly 0).
+    """
+    terms = [(w, np.asarray(v, dtype=np.float64), np.asarray(r)) for w, v, r in terms if w != 0]
+    n = terms[0][1].shape[1] if terms else 1
     outer_first, outer_last = outer_ranges(first, last, lamb, n)
-    flat, off = score_map.ravel(), row * n
-    inner = range_sums(flat, off + first, off + last + 1) / (last - first + 1)
-    outer_sum = range_sums(flat, off + outer_first, off + first) + range_sums(flat, off + last + 1,
-                                                                              off + outer_last + 1)
+
+    def sums(starts, stops):
+        total = np.zeros(len(first))
+        for weight, values, row in terms:
+            total = total + weight * range_sums(values.ravel(), row * n + starts, row * n + stops)
+        return total
+
+    inner = sums(first, last + 1) / (last - first + 1)
+    outer_sum = sums(outer_first, first) + sums(last + 1, outer_last + 1)
     n_outer = (first - outer_first) + (outer_last - last)
     return inner - np.divide(outer_sum, n_outer, out=np.zeros(len(first)), where=n_outer > 0)
 
@@ -151,7 +140,7 @@ def _overlap_pairs(start, end, groups, thresh):
         count = np.maximum(stop - np.arange(len(idx)) - 1, 0)
         a = np.repeat(np.arange(len(idx)), count)
         pa.append(idx[a])
-        pb.append(idx[a + 1 + _positions(count)])
+        pb.append(idx[a + 1 + group_positions(count)])
     if not pa:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(pa), np.concatenate(pb)
@@ -207,37 +196,6 @@ def _branch_settings(args, pseudo):
             args.oic_gamma_cas, args.oic_gamma_att)
 
 
-def _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, lamb):
-    """outer_inner_contrast for the runs of length >= 2 of an implicit (rows, N) score map.
-
-    Row r's map is fused[c] on its runs and zeroed[z] elsewhere; all runs, sorted by (row, first),
-    are given by cls_pos c, z_row z, d_row d (row of diff = fused[c] - zeroed[z]), row, first,
-    last. Inside a run the map is fused; a margin sums zeroed plus diff over the other runs of
-    its row that it covers. fused (k, N), zeroed (Z, N), diff (D, N).
-    """
-    k, n = fused.shape
-    prop = np.flatnonzero(last > first)                                    # (P,) runs scored
-    c, z, r, f, g = cls_pos[prop], z_row[prop], row[prop], first[prop], last[prop]   # g: last index
-    inner = range_sums(fused, c * n + f, c * n + g + 1) / (g - f + 1)
-    outer_first, outer_last = outer_ranges(f, g, lamb, n)
-    margin = (range_sums(zeroed, z * n + outer_first, z * n + f)
-              + range_sums(zeroed, z * n + g + 1, z * n + outer_last + 1))
-    # other runs of the same row that reach into the margins: run indices [q_lo, p) and (p, q_hi)
-    q_lo = np.searchsorted(row * (n + 1) + last, r * (n + 1) + outer_first, side="left")
-    q_hi = np.searchsorted(row * (n + 1) + first, r * (n + 1) + outer_last, side="right")
-    n_left, n_right = prop - q_lo, q_hi - prop - 1
-    owner = np.concatenate([np.repeat(np.arange(len(prop)), n_left), np.repeat(np.arange(len(prop)), n_right)])
-    q = np.concatenate([np.repeat(q_lo, n_left) + _positions(n_left),
-                        np.repeat(prop + 1, n_right) + _positions(n_right)])
-    lo = np.maximum(first[q], np.concatenate([np.repeat(outer_first, n_left), np.repeat(g + 1, n_right)]))
-    hi = np.minimum(last[q] + 1, np.concatenate([np.repeat(f, n_left), np.repeat(outer_last + 1, n_right)]))
-    d_base = d_row[q] * n
-    margin = margin + np.bincount(owner, weights=range_sums(diff, d_base + lo, d_base + hi),
-                                  minlength=len(prop))
-    n_outer = (f - outer_first) + (outer_last - g)
-    return inner - np.divide(margin, n_outer, out=np.zeros(len(prop)), where=n_outer > 0)
-
-
 def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=None):
     """SPEC section 8 for one video -> [{label, score, segment: [start, end]}] after per-class NMS.
 
@@ -257,27 +215,35 @@ def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=N
     th_cas, th_att, gamma_cas, gamma_att = _branch_settings(args, pseudo)
     w_cas, w_att = args.fusion_cas_weight, args.fusion_att_weight
     k, n = cas.shape
-    n1, n_rows = len(th_cas), len(th_cas) + len(th_att)
-    # Score-map rows r = class * R + h, h over the CAS-branch thresholds then the attention ones.
-    # Row value = fused where the branch signal >= theta, else the fusion with that term zeroed.
-    fused = w_cas * cas + w_att * att                                      # (k, N)
-    zeroed = np.vstack([(w_cas * 0.0 + w_att * att)[None], w_cas * cas + w_att * 0.0])  # (1+k, N)
-    m1, h1, f1, l1 = threshold_runs(cas, th_cas)
-    _, h2, f2, l2 = threshold_runs(att[None], th_att)                      # shared by all classes
-    cls_pos = np.concatenate([m1, np.repeat(np.arange(k), len(h2))])       # (G,) index into classes
-    thr_idx = np.concatenate([h1, n1 + np.tile(h2, k)])
-    first, last = np.concatenate([f1, np.tile(f2, k)]), np.concatenate([l1, np.tile(l2, k)])
-    order = np.lexsort((first, thr_idx, cls_pos))                          # row-major = pooling order
-    cls_pos, thr_idx, first, last = cls_pos[order], thr_idx[order], first[order], last[order]
-    row = cls_pos * n_rows + thr_idx
-    is_cas = thr_idx < n1
-    z_row = np.where(is_cas, 0, 1 + cls_pos)                               # row of `zeroed`
-    diff = np.vstack([fused - zeroed[0], fused - zeroed[1:]])              # (2k, N): cas, att rows
-    d_row = np.where(is_cas, cls_pos, k + cls_pos)
-    contrast = _row_contrast(fused, zeroed, diff, cls_pos, z_row, d_row, row, first, last, args.oic_lamb)
-    prop = np.flatnonzero(last > first)                                    # skip runs shorter than 2
-    cls_pos, first, last = cls_pos[prop], first[prop], last[prop]
-    gamma = np.where(is_cas[prop], gamma_cas, gamma_att)
+    # Each (class, threshold) gives a score map w_cas*cas + w_att*att whose thresholded term is
+    # zeroed below theta, and runs where that term is >= theta.
+    # CAS branch: rows (class, h) of the thresholded CAS.
+    sel_cas = cas[:, None, :] >= th_cas[None, :, None]                     # (k, H1, N)
+    kept_cas = np.where(sel_cas, cas[:, None, :], 0.0).reshape(k * len(th_cas), n)
+    row_c, first_c, last_c = group_runs(sel_cas.reshape(k * len(th_cas), n))
+    cls_c, thr_c = np.divmod(row_c, max(len(th_cas), 1))
+    # attention branch: the runs do not depend on the class, so they are found once
+    sel_att = att[None, :] >= th_att[:, None]                              # (H2, N)
+    kept_att = np.where(sel_att, att[None, :], 0.0)
+    row_a, first_a, last_a = group_runs(sel_att)
+    cls_a, row_a = np.repeat(np.arange(k), len(row_a)), np.tile(row_a, k)
+    first_a, last_a = np.tile(first_a, k), np.tile(last_a, k)
+    # pool in the released order: per class, CAS thresholds then attention ones, left to right
+    cls_pos = np.concatenate([cls_c, cls_a])
+    thr_idx = np.concatenate([thr_c, len(th_cas) + row_a])
+    first, last = np.concatenate([first_c, first_a]), np.concatenate([last_c, last_a])
+    is_cas = np.arange(len(cls_pos)) < len(cls_c)
+    order = np.lexsort((first, thr_idx, cls_pos))
+    order = order[last[order] > first[order]]                              # skip runs shorter than 2
+    cls_pos, thr_idx, first, last, is_cas = (x[order] for x in (cls_pos, thr_idx, first, last, is_cas))
+    contrast = np.empty(len(order))
+    c, a = is_cas, ~is_cas
+    contrast[c] = summed_contrast([(w_cas, kept_cas, cls_pos[c] * len(th_cas) + thr_idx[c]),
+                                   (w_att, att[None, :], np.zeros(c.sum(), dtype=np.int64))],
+                                  first[c], last[c], args.oic_lamb)
+    contrast[a] = summed_contrast([(w_att, kept_att, thr_idx[a] - len(th_cas)), (w_cas, cas, cls_pos[a])],
+                                  first[a], last[a], args.oic_lamb)
+    gamma = np.where(is_cas, gamma_cas, gamma_att)
     score = contrast + gamma * video_score[classes][cls_pos]
     t_factor = (args.segment_frames_num * vid_len) / (args.frames_per_sec * scale * n_snip)
     start, end = segments_to_seconds(first, last, t_factor)

@@ -4,7 +4,6 @@ Plain Python, one prediction at a time. Tests pin the array-based evaluator to i
 bench/bench_eval.py times it. Same tie rules as eval/detection.py: equal scores keep file
 order, equal tIoU visit GT in gt.json order, an empty union gives tIoU 0.
 """
-import json
 
 
 def loop_tiou(pred, gt):
@@ -70,11 +69,3 @@ def loop_evaluate(gt_data, pred_data, thresholds, subset):
         for ti in range(len(thresholds)):
             ap[ti][ci] = loop_average_precision(hits[ti], n_pos) if ranked else 0.0
     return classes, ap
-
-
-def loop_evaluate_files(gt_file, pred_file, thresholds, subset):
-    with open(gt_file) as handle:
-        gt_data = json.load(handle)
-    with open(pred_file) as handle:
-        pred_data = json.load(handle)
-    return loop_evaluate(gt_data, pred_data, thresholds, subset)

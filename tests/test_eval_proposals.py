@@ -7,7 +7,7 @@ from scipy.interpolate import interp1d
 
 from config import build_args
 from eval import (group_runs, nms, outer_inner_contrast, outer_ranges, range_sums, segments_to_seconds,
-                  threshold_runs, upsample, video_proposals, warp_times, write_results_json)
+                  upsample, video_proposals, warp_times, write_results_json)
 
 
 # ----------------------------------------------------------------------------- helpers alone
@@ -33,16 +33,6 @@ def test_group_runs_hand_case():
     assert row.tolist() == [0, 0, 0, 2, 2]
     assert first.tolist() == [0, 3, 6, 0, 2]
     assert last.tolist() == [1, 3, 7, 0, 7]
-
-
-def test_threshold_runs_equals_mask_grouping():
-    rng = np.random.default_rng(1)
-    x = np.round(rng.random((3, 40)), 1)                  # many exact ties with the thresholds
-    th = np.array([0.5, 0.1, 0.3, 0.3, 0.9, 0.0, 1.1])    # unsorted, duplicated, extreme
-    m, h, first, last = threshold_runs(x, th)
-    row, f2, l2 = group_runs((x[:, None, :] >= th[None, :, None]).reshape(-1, 40))
-    assert (m * len(th) + h).tolist() == row.tolist()
-    assert first.tolist() == f2.tolist() and last.tolist() == l2.tolist()
 
 
 def test_outer_ranges_truncate_like_int():
