@@ -30,11 +30,13 @@ class DataError(UserError):
 # ----------------------------------------------------------------------------- feature files
 _CACHE = {}          # path -> float32 array, shared by all datasets of the process (forked workers share it)
 _CACHE_BYTES = [0]
+_CHECKED = set()     # (path, size, mtime) of files that passed the full check in this process
 
 
 def clear_feature_cache():
     _CACHE.clear()
     _CACHE_BYTES[0] = 0
+    _CHECKED.clear()
 
 
 def _cache_put(path, array, budget_gb):
@@ -154,9 +156,14 @@ class VideoDataset(Dataset):
         path = self.paths[vid]
         array = _CACHE.get(path)
         if array is None:
-            load = self.cache_gb > 0 and os.path.isfile(path) and \
-                _CACHE_BYTES[0] + os.path.getsize(path) <= self.cache_gb * 2**30   # fits: read it whole once
+            stat = os.stat(path) if os.path.isfile(path) else None
+            key = (path, stat.st_size, stat.st_mtime_ns) if stat else None
+            check = check and key not in _CHECKED        # train/test/full share files: scan each once
+            load = self.cache_gb > 0 and stat is not None and \
+                _CACHE_BYTES[0] + stat.st_size <= self.cache_gb * 2**30   # fits: read it whole once
             array = check_feature_file(path, self.feature_dim, full=check, load=load)
+            if check:
+                _CHECKED.add(key)
             if load:
                 _cache_put(path, array, self.cache_gb)
         self._lens[vid] = array.shape[0]
