@@ -25,16 +25,15 @@ def main(argv=None):
     parser.add_argument("--video", default="video_test_0000048", help="test video to show")
     cli = parser.parse_args(argv)
     os.chdir(REPO_ROOT)                       # the demo's data/ and checkpoints/ paths are relative
-    run_dir = build_args("THUMOS", ["--demo"]).save_dir
+    args = build_args("THUMOS", ["--demo"])
+    run_dir = args.save_dir
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
     engine.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
-    args = build_args("THUMOS", ["--demo"])
     figs = REPO_ROOT / "figs"
     per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(run_dir, "test_summary.json")))
     visualize.plot_map_over_steps(figs / "demo_map_over_steps.png", per_step)
-    last_step = args.num_steps
-    shutil.copyfile(os.path.join(run_dir, "visualize", f"test_step{last_step}", f"{cli.video}.png"),
+    shutil.copyfile(os.path.join(run_dir, "visualize", f"test_step{args.num_steps}", f"{cli.video}.png"),
                     figs / "demo_video.png")
     print(f"wrote {figs / 'demo_map_over_steps.png'} and {figs / 'demo_video.png'}")
 
