@@ -26,6 +26,12 @@ def is_switch_epoch(epoch, args):
     return 0 < epoch <= args.epochs_per_step * args.num_steps and epoch % args.epochs_per_step == 0
 
 
+def is_eval_epoch(epoch, args):
+    """Evaluate after 0-based `epoch`: every eval_freq epochs and in the last 9 (SPEC.md section 7,
+    the released rule `(epoch + 1) % eval_freq == 0 or epoch > epochs - 10`)."""
+    return (epoch + 1) % args.eval_freq == 0 or epoch > args.epochs - 10
+
+
 def rng_state(generator):
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()     # weights_only-loadable
@@ -174,7 +180,7 @@ class Refinement:
                                            self.step, epoch)
             self.log_train(epoch, stats)
             improved = False
-            if (epoch + 1) % args.eval_freq == 0 or epoch >= args.epochs - 10:
+            if is_eval_epoch(epoch, args):
                 improved = self.evaluate(epoch)
             # every process's RNG state after this epoch, so a resume continues bit for bit
             rng_states = distributed.all_gather_list(rng_state(self.generator))
