@@ -1,9 +1,13 @@
 """ActivityNet-style detection mAP (SPEC.md section 10), array based.
 
 Shapes: G ground-truth segments, P predictions, H tIoU thresholds, C ground-truth classes.
-Ties: predictions of equal score keep their file order (stable descending sort); GT of equal
-tIoU with a prediction are visited in gt.json order. A tIoU with an empty union (two
-zero-length segments) is 0, not NaN.
+Ranking exactly as the official ActivityNet evaluator, ties included: a class's predictions in
+file order are visited in np.argsort(scores)[::-1] order, and the GT a prediction is matched
+against (its video's GT of the class, gt.json order) in np.argsort(tious)[::-1] order. Both are
+numpy's default (unstable) sort reversed, so equal values come in the order that expression
+gives. A tIoU with an empty union (two zero-length segments) is 0/0 = NaN as there: argsort
+puts NaN last, so such GT is visited first, and NaN is never "below the threshold", so it is
+matched at every threshold (this is how the official number on the sample file comes out).
 """
 import json
 import os
@@ -105,13 +109,21 @@ def load_predictions(prediction, class_index, video_index):
 
 # ----------------------------------------------------------------------------- matching
 def pair_tiou(pred_seg, gt_seg):
-    """Element-wise tIoU of paired segments (N, 2), (N, 2) -> (N,); empty union -> 0."""
+    """Element-wise tIoU of paired segments (N, 2), (N, 2) -> (N,); empty union -> NaN.
+
+    Same operations in the same order as the official segment_iou, so equal inputs give
+    bitwise equal tIoU (ties then break identically).
+    """
     inter = np.clip(np.minimum(pred_seg[:, 1], gt_seg[:, 1]) - np.maximum(pred_seg[:, 0], gt_seg[:, 0]),
                     0, None)
     union = (gt_seg[:, 1] - gt_seg[:, 0]) + (pred_seg[:, 1] - pred_seg[:, 0]) - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union
+
+
+def below(tiou, threshold):
+    """The official `tiou < threshold` test (False for NaN, so an empty union always passes)."""
+    return tiou < threshold
 
 
 def _small_int(x):
@@ -120,12 +132,51 @@ def _small_int(x):
 
 
 def class_order(p_label, p_score):
-    """Predictions by class ascending, score descending, file order on ties -> (P,) indices."""
-    by_score = np.argsort(-p_score)                                    # fast, not stable ...
-    sorted_score = p_score[by_score]
-    if np.any(sorted_score[1:] == sorted_score[:-1]):                   # ... so redo it on ties
-        by_score = np.argsort(-p_score, kind="stable")
-    return by_score[np.argsort(_small_int(p_label)[by_score], kind="stable")]
+    """Predictions by class ascending, then as the official evaluator ranks them -> (P,) indices.
+
+    Per class: its predictions in file order, visited in np.argsort(scores)[::-1] order. The
+    order of tied scores depends on the whole array passed to argsort, so this must be the
+    class's own score array, exactly (one argsort per class).
+    """
+    by_class = np.argsort(_small_int(p_label), kind="stable")          # file order inside a class
+    bounds = np.searchsorted(p_label[by_class], np.arange(p_label.max(initial=-1) + 2))
+    order = by_class.copy()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        members = by_class[lo:hi]
+        order[lo:hi] = members[np.argsort(p_score[members])[::-1]]
+    return order
+
+
+def gt_visit_rank(pair_pred, pair_gt, p_video, p_label, p_seg, gt_video, gt_label, gt_seg):
+    """Position of GT pair_gt[i] in the official visiting order of prediction pair_pred[i] -> (N,).
+
+    The official evaluator visits a prediction's video's GT of its class (gt.json order) in
+    np.argsort(tious)[::-1] order; with tied tIoU the result depends on every tIoU of that
+    list, so the full lists are rebuilt. Lists of one length are stacked and sorted along
+    axis 1 (numpy sorts each row as it would sort it alone), so the loop runs over the
+    distinct list lengths, not over predictions.
+    """
+    n_vid = int(max(gt_video.max(), p_video.max()) + 1)
+    gt_key = gt_label * n_vid + gt_video
+    by_key = np.argsort(gt_key, kind="stable")                        # groups, gt.json order inside
+    keys, g_first, g_count = np.unique(gt_key[by_key], return_index=True, return_counts=True)
+    pos_in_group = np.empty(len(gt_key), dtype=np.int64)
+    pos_in_group[by_key] = group_positions(g_count)
+    preds, pred_row = np.unique(pair_pred, return_inverse=True)       # (R,), (N,)
+    grp = np.searchsorted(keys, p_label[preds] * n_vid + p_video[preds])
+    size = g_count[grp]                                                 # (R,) GT in each list
+    offset = np.cumsum(size) - size
+    flat_rank = np.empty(int(size.sum()), dtype=np.int64)
+    for length in np.unique(size):
+        rows = np.flatnonzero(size == length)
+        members = by_key[g_first[grp[rows]][:, None] + np.arange(length)]        # (n, length)
+        seg = np.repeat(p_seg[preds[rows]], length, axis=0)                      # (n*length, 2)
+        tious = pair_tiou(seg, gt_seg[members.ravel()]).reshape(len(rows), length)
+        visit = np.argsort(tious, axis=1)[:, ::-1]                               # (n, length)
+        rank = np.empty_like(visit)
+        np.put_along_axis(rank, visit, np.arange(length)[None, :], axis=1)
+        flat_rank[offset[rows][:, None] + np.arange(length)] = rank
+    return flat_rank[offset[pred_row] + pos_in_group[pair_gt]]
 
 
 def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tiou):
@@ -153,14 +204,17 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
         grp = np.minimum(np.searchsorted(keys, p_key), len(keys) - 1)   # (P,) GT group of each pred
         has_gt = keys[grp] == p_key
     lo, hi = g_first[grp], g_first[grp] + g_count[grp]
-    if min_tiou > 0:
+    # a window can miss an empty union (NaN, a candidate) only for a prediction of length <= 0
+    # or a GT of negative length: such predictions take their whole group
+    p_len = p_seg[:, 1] - p_seg[:, 0]
+    if min_tiou > 0 and (gt_seg[:, 1] >= gt_seg[:, 0]).all():
         gt_len = gt_seg[gt_order, 1] - gt_seg[gt_order, 0]
         longest = np.maximum.reduceat(gt_len, g_first)                 # (groups,)
         span = np.abs(gt_seg).max() + np.abs(p_seg).max(initial=0.0) + longest.max() + 1.0
         width = 2.0 ** np.ceil(np.log2(2 * span + 1))                  # group stride, power of 2
         gt_pos = np.repeat(np.arange(len(keys)), g_count) * width + gt_seg[gt_order, 0]
         slack = 8 * np.spacing(len(keys) * width)
-        sel = np.flatnonzero(has_gt)
+        sel = np.flatnonzero(has_gt & (p_len > 0))
         base = grp[sel] * width
         lo[sel] = np.maximum(lo[sel], np.searchsorted(gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]])
                                                       - slack, "left"))
@@ -169,7 +223,7 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
     pair_pred = np.repeat(np.arange(len(p_key)), n_cand)                # (N,)
     pair_slot = np.repeat(lo, n_cand) + group_positions(n_cand)     # position in GT sort order
     pair_iou = pair_tiou(p_seg[pair_pred], gt_seg[gt_order[pair_slot]])
-    keep = pair_iou >= min_tiou
+    keep = ~below(pair_iou, min_tiou)
     pair_slot = pair_slot[keep]
     return pair_pred[keep], gt_order[pair_slot], pair_iou[keep], pair_slot
 
@@ -212,12 +266,24 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
     step = np.sort(step)
     act_pos = np.empty(n_pred, dtype=np.int64)
     act_pos[act] = np.arange(len(act))
-    # pairs grouped by prediction (in act order), then tIoU descending, then GT file order;
-    # candidate_pairs returns them grouped by prediction index, so only move whole groups
+    # pairs grouped by prediction (in act order), then in the official GT visiting order: tIoU
+    # descending; only a prediction with tied tIoU among its candidates needs gt_visit_rank
+    # (candidates have tIoU >= the lowest threshold > the others', so no tie crosses them).
+    # candidate_pairs returns pairs grouped by prediction index, so only move whole groups
     multi = np.flatnonzero(n_pairs[pair_pred] > 1)
     if len(multi):
-        pref = np.lexsort((pair_gt[multi], -pair_iou[multi], pair_pred[multi]))
+        descending = np.where(np.isnan(pair_iou[multi]), -np.inf, -pair_iou[multi])    # NaN first
+        pref = np.lexsort((pair_gt[multi], descending, pair_pred[multi]))
         pair_gt[multi], pair_iou[multi] = pair_gt[multi[pref]], pair_iou[multi[pref]]
+        iou = pair_iou[multi]
+        tied = (pair_pred[multi[1:]] == pair_pred[multi[:-1]]) & (
+            (iou[1:] == iou[:-1]) | (np.isnan(iou[1:]) & np.isnan(iou[:-1])))
+        if tied.any():
+            redo = multi[np.isin(pair_pred[multi], pair_pred[multi[1:][tied]])]   # whole groups
+            rank = gt_visit_rank(pair_pred[redo], pair_gt[redo], p_video, p_label, p_seg,
+                                 gt_video, gt_label, gt_seg)
+            pref = np.lexsort((rank, pair_pred[redo]))
+            pair_gt[redo], pair_iou[redo] = pair_gt[redo[pref]], pair_iou[redo[pref]]
     pair_start = np.concatenate([[0], np.cumsum(n_pairs[act])])         # (A+1,)
     dest = pair_start[act_pos[pair_pred]] + np.arange(len(pair_pred)) - first_pair[pair_pred]
     for arr in (pair_gt, pair_iou):
@@ -225,7 +291,7 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
     pair_pred = act[np.repeat(np.arange(len(act)), n_pairs[act])]
     act_bounds = np.searchsorted(step, np.arange(step[-1] + 2))
     matched = np.zeros((len(gt_video), n_thr), dtype=bool)                              # (G, H)
-    ge_thr = pair_iou[:, None] >= thresholds[None, :]                                   # (N, H)
+    ge_thr = ~below(pair_iou[:, None], thresholds[None, :])                             # (N, H)
     index = np.arange(len(pair_gt))[:, None]                                            # (N, 1)
     big = np.iinfo(np.int64).max
     for j in range(len(act_bounds) - 1):

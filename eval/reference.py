@@ -1,16 +1,21 @@
 """Slow loop version of the detection mAP, written straight from SPEC.md section 10.
 
 Plain Python, one prediction at a time. Tests pin the array-based evaluator to it and
-bench/bench_eval.py times it. Same tie rules as eval/detection.py: equal scores keep file
-order, equal tIoU visit GT in gt.json order, an empty union gives tIoU 0.
+bench/bench_eval.py times it. Ranking as the official ActivityNet evaluator: a class's
+predictions in file order visited in np.argsort(scores)[::-1] order, and for each prediction
+its video's GT of the class (gt.json order) in np.argsort(tious)[::-1] order, ties included.
+An empty union gives tIoU 0/0 = NaN as there: visited first, never below a threshold.
 """
+import numpy as np
 
 
 def loop_tiou(pred, gt):
-    """tIoU of two [start, end] segments (prediction, ground truth)."""
+    """tIoU of two [start, end] segments (prediction, ground truth); NaN for an empty union."""
     inter = max(0.0, min(pred[1], gt[1]) - max(pred[0], gt[0]))
     union = (gt[1] - gt[0]) + (pred[1] - pred[0]) - inter
-    return inter / union if union > 0 else 0.0
+    if union == 0:                                   # numpy's 0/0 (and x/0) as in the official code
+        return float("nan") if inter == 0 else float("inf")
+    return inter / union
 
 
 def loop_average_precision(hits, n_pos):
@@ -48,21 +53,22 @@ def loop_evaluate(gt_data, pred_data, thresholds, subset):
     ap = [[0.0] * len(classes) for _ in thresholds]
     for ci, cls in enumerate(classes):
         n_pos = sum(len(v) for (_, label), v in gt.items() if label == cls)
-        ranked = sorted(preds[cls], key=lambda p: -p[1])          # stable: ties keep file order
+        scores = np.array([p[1] for p in preds[cls]], dtype=np.float64)
+        ranked = [preds[cls][i] for i in np.argsort(scores)[::-1]]   # the official order, ties too
         used = [set() for _ in thresholds]                         # matched GT per threshold
         hits = [[] for _ in thresholds]
         for vid, _, seg in ranked:
             segs = gt.get((vid, cls), [])
             tious = [loop_tiou(seg, g) for g in segs]
-            visit = sorted(range(len(segs)), key=lambda j: -tious[j])
+            visit = np.argsort(np.array(tious, dtype=np.float64))[::-1] if segs else []
             for ti, thr in enumerate(thresholds):
                 hit = 0
                 for j in visit:
                     if tious[j] < thr:
                         break
-                    if (vid, j) in used[ti]:
+                    if (vid, int(j)) in used[ti]:
                         continue
-                    used[ti].add((vid, j))
+                    used[ti].add((vid, int(j)))
                     hit = 1
                     break
                 hits[ti].append(hit)

@@ -77,21 +77,39 @@ def test_hand_case_classes_videos_and_next_gt(tmp_path):
     assert "mAP" in text and "per-class AP" in text and "C" in text.splitlines()[-1]
 
 
-def test_hand_case_equal_tiou_visits_gt_in_file_order(tmp_path):
-    # GT A: g0 [0,10], g1 [10,20]. p1 [5,15] .9 has tIoU 5/15 with both -> takes g0 (file order).
-    # p2 [0,10] .8: g0 (tIoU 1) taken, g1 tIoU 0 < .3 -> FP. hits 1,0 of 2 GT -> AP .5
-    # (visiting g1 first would give p2 a TP and AP 1).
+def test_hand_case_equal_tiou_visits_gt_in_official_order(tmp_path):
+    # GT A: g0 [0,10], g1 [10,20]. p1 [5,15] .9 has tIoU 5/15 with both; the official order is
+    # np.argsort([1/3, 1/3])[::-1] = [1, 0] (a sort of two equal keys keeps them, reversing
+    # flips them), so p1 takes g1. p2 [0,10] .8: g0 tIoU 1, free -> TP. hits 1,1 -> AP 1
+    # (visiting g0 first, in file order, would leave p2 an FP and give AP .5).
+    assert list(np.argsort(np.array([1 / 3, 1 / 3]))[::-1]) == [1, 0]
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 10, 20)]})
     det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 15), ("A", 0.8, 0, 10)]}), [0.3], "test", "X")
-    assert det.evaluate() == pytest.approx(0.5, abs=1e-15)
+    assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
 
 
-def test_hand_case_tied_scores_keep_file_order(tmp_path):
-    # two predictions of equal score for one GT [0,10]: the first in the file, [0,4] (tIoU .4), is
-    # an FP at .5, the second [0,10] a TP: hits 0,1 -> prec [0,.5] rec [0,1] -> AP .5.
+def test_hand_case_tied_scores_in_official_order(tmp_path):
+    # two predictions of equal score for one GT [0,10]: np.argsort([.7, .7])[::-1] = [1, 0], so the
+    # second in the file, [0,10], comes first and is a TP; [0,4] (tIoU .4) is an FP at .5:
+    # hits 1,0 -> prec [1,.5] rec [1,1] -> AP 1 (file order would give hits 0,1 and AP .5).
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
     det = ANETDetection(gt, make_pred({"v1": [("A", 0.7, 0, 4), ("A", 0.7, 0, 10)]}), [0.5], "test", "X")
-    assert det.evaluate() == pytest.approx(0.5, abs=1e-15)
+    assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_hand_case_tied_score_groups(tmp_path):
+    # scores .9 .5 .9 .5 in file order: argsort = [1, 3, 0, 2] (a small sort keeps equal keys in
+    # order), reversed: p2, p0, p3, p1. GT A: [0,10], [20,30].
+    # p0 [0,10] .9 (tIoU 1), p1 [20,30] .5 (1), p2 [0,9] .9 (.9), p3 [21,30] .5 (.9).
+    # thr .5: p2 TP, p0 FP, p3 TP, p1 FP: prec [1,.5,2/3,.5] rec [.5,.5,1,1] -> .5 + .5*2/3 = 5/6.
+    # thr .95: p2 FP, p0 TP, p3 FP, p1 TP: prec [0,.5,1/3,.5] rec [0,.5,.5,1] -> .5*.5 + .5*.5 = .5.
+    # (file order p0, p2, p1, p3 would give AP 1 at both thresholds.)
+    assert list(np.argsort(np.array([0.9, 0.5, 0.9, 0.5]))[::-1]) == [2, 0, 3, 1]
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 20, 30)]})
+    pred = make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.5, 20, 30), ("A", 0.9, 0, 9), ("A", 0.5, 21, 30)]})
+    det = ANETDetection(gt, pred, [0.5, 0.95], "test", "X")
+    det.evaluate()
+    np.testing.assert_allclose(det.ap[:, 0], [5 / 6, 0.5], atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- oracle agreement
@@ -152,6 +170,57 @@ def test_fast_equals_loop_oracle_zero_and_unsorted_thresholds(tmp_path, threshol
         det.evaluate()
         _, ap = loop_evaluate(json.loads(gt_path.read_text()), pred, thresholds, "test")
         np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12, err_msg=f"case {case}")
+
+
+def tied_case(rng, n_levels):
+    """Long lists with ties: one class's predictions take n_levels distinct scores (1: all equal),
+    and a video holds up to 40 GT of a class on a coarse grid (duplicates, equal tIoU), so both
+    argsorts see more than 16 equal keys (numpy then leaves its small-array sort)."""
+    levels = rng.random(n_levels).round(3)
+    videos = {}
+    for v in range(3):
+        anns = []
+        for _ in range(int(rng.integers(10, 41))):
+            s = float(rng.integers(0, 6) * 5.0)
+            anns.append((str(rng.choice(["A", "B"])), s, s + float(rng.choice([0.0, 5.0, 10.0]))))
+        videos[f"v{v}"] = anns
+    results = {}
+    for _ in range(int(rng.integers(40, 160))):
+        vid = str(rng.choice(list(videos) + ["unseen"]))
+        s = float(rng.integers(0, 12) * 2.5)
+        e = s + float(rng.choice([0.0, 2.5, 5.0, 10.0]))
+        results.setdefault(vid, []).append((str(rng.choice(["A", "B"])), float(rng.choice(levels)), s, e))
+    return videos, results
+
+
+@pytest.mark.parametrize("n_levels", [1, 2, 5])
+def test_fast_equals_loop_oracle_tied_scores_and_tious(tmp_path, n_levels):
+    """All scores equal (n_levels 1) or groups of equal scores, with many equal tIoU per GT list."""
+    rng = np.random.default_rng(100 + n_levels)
+    thresholds = [0.1, 0.3, 0.5, 0.7]
+    for case in range(8):
+        videos, results = tied_case(rng, n_levels)
+        gt_path = make_gt(tmp_path, videos)
+        pred = make_pred(results)
+        det = ANETDetection(gt_path, pred, thresholds, "test", "X")
+        det.evaluate()
+        _, ap = loop_evaluate(json.loads(gt_path.read_text()), pred, thresholds, "test")
+        np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12, err_msg=f"case {case}")
+
+
+def test_official_sample_file_gives_official_map(shared_data):
+    """The official toolkit's sample detection file (every score 1.0) scores 0.9315399 with the
+    official evaluator on this gt.json (subset val); a stable sort would give 0.938."""
+    folder = shared_data / "ActivityNet13"
+    run = [sys.executable, "-m", "eval", "--gt", str(folder / "gt.json"), "--pred",
+           str(folder / "sample_detection_prediction_v.json"), "--dataset", "ActivityNet", "--subset", "val",
+           "--no_per_class"]
+    out = subprocess.run(run, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[-1] == "93.15"
+    det = ANETDetection(folder / "gt.json", folder / "sample_detection_prediction_v.json",
+                        np.linspace(0.5, 0.95, 10), "val", "ActivityNet")
+    assert det.evaluate() == pytest.approx(0.9315399, abs=5e-8)
 
 
 def random_real_predictions(gt, subset, n, rng):
@@ -251,13 +320,20 @@ def test_unknown_labels_ignored_and_counted(tmp_path):
     assert det.evaluate() == 1.0
 
 
-def test_zero_length_segments_have_tiou_zero(tmp_path):
-    # a zero-length prediction on a zero-length GT: empty union -> tIoU 0 (not NaN) -> FP
+def test_zero_length_segments_match_as_in_official_evaluator(tmp_path):
+    # a zero-length prediction on a zero-length GT: the official 0/0 = NaN tIoU is not "below"
+    # any threshold and argsort puts NaN last, so after [::-1] that GT is visited first -> TP.
+    # p1 [5,5] .9: tIoU NaN with g0 [5,5] -> TP; p2 [0,10] .8: tIoU 1 with g1 -> TP. AP 1.
     gt = make_gt(tmp_path, {"v1": [("A", 5, 5), ("A", 0, 10)]})
-    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5), ("A", 0.8, 0, 10)]}), [0.1], "test", "X")
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5), ("A", 0.8, 0, 10)]}), [0.1, 0.9], "test", "X")
     det.evaluate()
-    # hits 0, 1 of 2 GT: prec [0, .5] rec [0, .5] -> .5 * .5
-    assert det.ap[0, 0] == pytest.approx(0.25, abs=1e-15)
+    np.testing.assert_allclose(det.ap[:, 0], [1.0, 1.0], atol=1e-15)
+    # a zero-length prediction and a zero-length GT at different times: also 0/0 -> TP, and the
+    # candidate search must not skip the GT for lying outside the prediction's window
+    gt = make_gt(tmp_path, {"v1": [("A", 50, 50), ("A", 0, 10)]})
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5)]}), [0.5], "test", "X")
+    det.evaluate()
+    assert det.ap[0, 0] == pytest.approx(0.5, abs=1e-15)                # hits 1 of 2 GT
 
 
 # ----------------------------------------------------------------------------- command line
