@@ -156,8 +156,18 @@ def run_and_grad(model, features, bbox, count, dense_oracle):
 
 @pytest.mark.parametrize("dataset", ["THUMOS", "ActivityNet"])
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_fast_path_equals_dense_oracle(dataset, train, dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_path_equals_dense_oracle(dataset, train, dtype):
+    # Both paths compute the same sums in other orders and groupings. A sum of n terms is off by
+    # at most n*u times the sum of |terms| (u = eps/2, the unit roundoff); the longest sums here
+    # run over the B*T = 120 snippets (BatchNorm statistics, weight gradients), and the forward
+    # plus backward pass chains about 16 such layers, whose first-order errors add. The q/k
+    # weights are scaled by 3 below, so attention logits and their rounding errors are 9x
+    # larger, and a softmax turns an absolute logit error into a relative output error.
+    # tol = 9 * 16 * 120 * u, relative to the largest magnitude: 1.0e-3 in float32 (seen:
+    # up to 7.6e-5 over 48 seeds/configs), 1.9e-12 in float64 (seen: 5.8e-14), the exact check.
+    tol = 9 * 16 * 120 * torch.finfo(dtype).eps / 2
+    torch.manual_seed(4)                   # the model's initial weights: the same alone or in the suite
     generator = torch.Generator().manual_seed(4)
     model = ASMLoc(small_args(dataset)).to(dtype).train(train)
     randomise_bn(model, generator)
