@@ -1,4 +1,5 @@
 """Small shared helpers: atomic file writes, seeding, logging."""
+import errno
 import json
 import os
 import random
@@ -71,6 +72,63 @@ def atomic_save_npz(path, arrays):
 
 def atomic_write_bytes(path, data):
     _atomic_write(path, lambda handle: handle.write(data), binary=True)
+
+
+# ----------------------------------------------------------------------------- run-folder lock
+class RunFolderBusy(UserError):
+    """Another live process holds the run folder."""
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder: a POSIX record lock (fcntl.lockf) on `{folder}/.lock`,
+    which holds the owner's pid.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so a lock left behind by
+    a killed run is stale by construction and the next run simply takes it over. A record lock,
+    unlike flock, is not inherited by forked DataLoader workers, which may outlive a killed
+    parent for a few seconds. The pid in the file only serves the message. Where locking is
+    unavailable (no fcntl, some network filesystems) the run goes on unlocked.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder):
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, self.NAME)
+        self.fd = None
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)                                # locking not supported here: go on unlocked
+                return self
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusy(f"run folder {self.folder} is in use by another process (pid {owner}); "
+                                f"wait for it to finish or stop it, or choose another --outdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        """Unlock (the file stays: deleting it would let two processes lock two different files)."""
+        if self.fd is not None:
+            os.close(self.fd)                               # closing drops the lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 # ----------------------------------------------------------------------------- seeding
