@@ -1,13 +1,12 @@
-"""Training / evaluation passes and the entry point shared by main_THUMOS.py and main_ActivityNet.py.
+"""Training / evaluation passes shared by the refinement driver and test mode.
 
-The multi-step refinement driver (SPEC.md section 7) is in refinement.py; this module holds the
-passes it runs (train epoch, evaluation, pseudo proposals), test mode, and error handling.
+Layers, each importing only those before it: the passes here (train epoch, evaluation, pseudo
+proposals, test mode) -> refinement.py (the multi-step training run, SPEC.md section 7) ->
+runner.py (the entry point of main_THUMOS.py / main_ActivityNet.py: config, lock, errors).
 Under torchrun every pass works on this process's share and results are gathered (distributed.py).
 """
-import errno
 import math
 import os
-import sys
 import warnings
 
 import torch
@@ -15,13 +14,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import distributed
-from config import build_args, save_config
 from dataset import VideoDataset, collate_fn
 from eval import ANETDetection, video_proposals
 from eval.proposals import write_results_json
 from losses import ASMLocBaseLoss, ASMLocLoss
 from model import ASMLoc, ASMLocBase
-from utils import Logger, UserError, load_checkpoint, load_model_state, set_seed
+from utils import Logger, UserError, load_checkpoint, load_model_state
 
 
 class TrainingDiverged(UserError):
@@ -214,54 +212,3 @@ def test_cascade(args):
         if step < args.num_steps:
             results, weights = generate_pseudo_proposals(model, full_set, args, step)
     return detectors
-
-
-# ----------------------------------------------------------------------------- entry point
-def check_writable(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write_test")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as err:
-        raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
-                        f"choose another with --outdir or --checkpoint_root") from None
-
-
-def run(dataset, argv):
-    """Build the config and run training (or --test); returns the best mAP per step (or the detectors)."""
-    args = distributed.init_distributed(build_args(dataset, argv))
-    set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
-    if args.demo and args.is_main:
-        from synthetic_data import ensure_demo_dataset
-        ensure_demo_dataset(args)
-    if args.is_main:
-        check_writable(args.save_dir)
-    distributed.barrier()
-    if args.test:
-        return test_cascade(args)
-    if args.is_main:
-        save_config(args, os.path.join(args.save_dir, "config.json"))
-    from refinement import Refinement
-    return Refinement(args).run()
-
-
-def main(dataset, argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(dataset, argv)
-    except UserError as err:
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise
-        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; files written before are "
-              f"intact (writes are atomic), free space or change --checkpoint_root and rerun", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from model_latest.pth", file=sys.stderr)
-        sys.exit(130)

@@ -1,5 +1,5 @@
 """Train or test ASM-Loc on ActivityNet-1.3 (see README.md)."""
-import engine
+import runner
 
 if __name__ == "__main__":
-    engine.main("ActivityNet")
+    runner.main("ActivityNet")

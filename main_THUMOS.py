@@ -1,5 +1,5 @@
 """Train or test ASM-Loc on THUMOS-14 (see README.md). `--demo` runs on synthetic data."""
-import engine
+import runner
 
 if __name__ == "__main__":
-    engine.main("THUMOS")
+    runner.main("THUMOS")

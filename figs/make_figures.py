@@ -15,7 +15,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import engine  # noqa: E402
+import runner  # noqa: E402
 import visualize  # noqa: E402
 from config import build_args  # noqa: E402
 
@@ -29,7 +29,7 @@ def main(argv=None):
     run_dir = args.save_dir
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
-    engine.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
+    runner.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
     figs = REPO_ROOT / "figs"
     per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(run_dir, "test_summary.json")))
     visualize.plot_map_over_steps(figs / "demo_map_over_steps.png", per_step)

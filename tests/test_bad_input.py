@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import engine
+import runner
 from config import build_args
 from eval.__main__ import main as eval_main
 from model import ASMLoc, ASMLocBase
@@ -33,7 +33,7 @@ def argv_for(data_dir, tmp_path, *extra):
 def run_main(argv, capsys, dataset="THUMOS"):
     """Run the entry point; return (exit code, the stderr message)."""
     with pytest.raises(SystemExit) as exc:
-        engine.main(dataset, argv)
+        runner.main(dataset, argv)
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     assert err.startswith("error: ")
@@ -145,7 +145,7 @@ def test_output_folder_not_writable(data_dir, tmp_path, capsys):
 
 def test_disk_full_while_saving_keeps_previous_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
     argv = argv_for(data_dir, tmp_path, "--num_steps", "0", "--epochs", "1")
-    engine.main("THUMOS", argv)
+    runner.main("THUMOS", argv)
     latest = os.path.join(build_args("THUMOS", argv).save_dir, "model_latest.pth")
     before = open(latest, "rb").read()
 
@@ -162,10 +162,10 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data_dir, tmp_path, ca
 
 def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path, capsys):
     argv = argv_for(data_dir, tmp_path)
-    engine.main("THUMOS", argv + ["--epochs", "1"])
+    runner.main("THUMOS", argv + ["--epochs", "1"])
     save_dir = build_args("THUMOS", argv).save_dir
     open(os.path.join(save_dir, "model_latest.pth"), "wb").write(b"garbage")
-    engine.main("THUMOS", argv)
+    runner.main("THUMOS", argv)
     out = capsys.readouterr().out
     assert "model_latest.pth could not be read" in out and "falling back to" in out
     assert torch.load(os.path.join(save_dir, "model_latest.pth"), weights_only=False)["epoch"] == 2

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import engine
+import runner
 from config import build_args
 from conftest import REPO_ROOT
 from synthetic_data import generate_synthetic_dataset
@@ -58,7 +59,7 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
 @pytest.mark.parametrize("stop_epoch", [2, 3])   # first epoch of step 1 (after its switch), second one
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, stop_epoch):
     straight = tiny_argv(tiny_data, tmp_path / "straight")
-    best_straight = engine.run("THUMOS", straight)
+    best_straight = runner.run("THUMOS", straight)
     interrupted = tiny_argv(tiny_data, tmp_path / "interrupted")
 
     original = engine.train_one_epoch
@@ -72,9 +73,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
 
     monkeypatch.setattr(engine, "train_one_epoch", stop_in_step_one)
     with pytest.raises(KeyboardInterrupt):
-        engine.run("THUMOS", interrupted)
+        runner.run("THUMOS", interrupted)
     monkeypatch.setattr(engine, "train_one_epoch", original)
-    best_resumed = engine.run("THUMOS", interrupted)
+    best_resumed = runner.run("THUMOS", interrupted)
 
     assert best_resumed == best_straight
     a = final_state(build_args("THUMOS", straight).save_dir)
@@ -86,9 +87,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
 
 def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
     argv = tiny_argv(tiny_data, tmp_path)
-    best = engine.run("THUMOS", argv)
+    best = runner.run("THUMOS", argv)
     save_dir = build_args("THUMOS", argv).save_dir
-    detectors = engine.run("THUMOS", argv + ["--test", "--checkpoint", save_dir, "--visualize",
+    detectors = runner.run("THUMOS", argv + ["--test", "--checkpoint", save_dir, "--visualize",
                                              "--visualize_videos", "2"])
     assert len(detectors) == 3
     assert detectors[-1].average_mAP == pytest.approx(best[-1], abs=1e-12)
@@ -102,12 +103,12 @@ def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
 
 def test_training_checkpoint_must_be_a_file(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        engine.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--checkpoint", str(tmp_path)])
+        runner.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--checkpoint", str(tmp_path)])
     assert "is not a checkpoint file" in capsys.readouterr().err
 
 
 def test_test_mode_names_missing_step_file(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        engine.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--test", "--checkpoint", str(tmp_path)])
+        runner.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--test", "--checkpoint", str(tmp_path)])
     assert exc.value.code == 2
     assert "model_step0_last_epoch.pth" in capsys.readouterr().err

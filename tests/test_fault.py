@@ -25,8 +25,8 @@ def slow_replace(src, dst):
     time.sleep(0.05)
     real_replace(src, dst)
 os.replace = slow_replace
-import engine
-engine.main("THUMOS", sys.argv[1:])
+import runner
+runner.main("THUMOS", sys.argv[1:])
 """
 
 

@@ -1,0 +1,72 @@
+"""Entry point shared by main_THUMOS.py and main_ActivityNet.py: config, run-folder lock, errors.
+
+The top layer: it imports the refinement driver (refinement.py) and the passes (engine.py);
+neither imports it back.
+"""
+import errno
+import os
+import sys
+
+import distributed
+import engine
+from config import build_args, save_config
+from refinement import Refinement
+from utils import RunFolderLock, UserError, set_seed
+
+
+def check_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write_test")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
+                        f"choose another with --outdir or --checkpoint_root") from None
+
+
+def run(dataset, argv):
+    """Build the config and run training (or --test); returns the best mAP per step (or the detectors).
+
+    The run folder is locked for the whole run (rank 0 takes the lock for all torchrun ranks),
+    so a second command on the same folder stops at once instead of mixing its files in.
+    """
+    args = distributed.init_distributed(build_args(dataset, argv))
+    set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
+    if args.demo and args.is_main:
+        from synthetic_data import ensure_demo_dataset
+        ensure_demo_dataset(args)
+    lock = RunFolderLock(args.save_dir)
+    if args.is_main:
+        check_writable(args.save_dir)
+        lock.acquire()
+    try:
+        distributed.barrier()
+        if args.test:
+            return engine.test_cascade(args)
+        if args.is_main:
+            save_config(args, os.path.join(args.save_dir, "config.json"))
+        return Refinement(args).run()
+    finally:
+        lock.release()
+
+
+def main(dataset, argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        run(dataset, argv)
+    except UserError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; files written before are "
+              f"intact (writes are atomic), free space or change --checkpoint_root and rerun", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from model_latest.pth", file=sys.stderr)
+        sys.exit(130)

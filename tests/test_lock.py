@@ -1,0 +1,82 @@
+"""Run-folder lock: a second process on a folder in use stops at once (exit 2, one line naming the
+folder and the owner's pid); a lock left by a killed process does not block the next run."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from config import build_args
+from conftest import REPO_ROOT
+from synthetic_data import generate_synthetic_dataset
+from utils import RunFolderBusy, RunFolderLock, UserError
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from utils import RunFolderLock
+RunFolderLock({folder!r}).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.05)
+
+
+def test_lock_names_folder_and_pid_and_stale_lock_is_taken_over(tmp_path):
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=str(REPO_ROOT), folder=folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy) as info:
+            RunFolderLock(folder).acquire()
+        message = str(info.value)
+        assert isinstance(info.value, UserError) and "\n" not in message
+        assert folder in message and f"pid {holder.pid}" in message
+    finally:
+        holder.kill()                                   # SIGKILL: the lock file stays behind
+        holder.wait()
+    assert os.path.exists(os.path.join(folder, ".lock"))
+    with RunFolderLock(folder) as lock:                 # stale: taken over
+        assert open(lock.path).read().strip() == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(tmp_path):
+    data_dir = tmp_path / "THUMOS14"
+    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=4, num_test=3, feature_dim=16, seed=2,
+                               durations=(10.0, 30.0))
+    argv = ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"), "--feature_dim", "16",
+            "--num_steps", "0", "--epochs_per_step", "5", "--eval_freq", "1000", "--sample_segments_num", "16",
+            "--batch_size", "2", "--device", "cpu"]
+    save_dir = build_args("THUMOS", argv).save_dir
+    lock_path = os.path.join(save_dir, ".lock")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    entry = [sys.executable, str(REPO_ROOT / "main_THUMOS.py")]
+    first = subprocess.Popen(entry + argv + ["--epochs", "100000"], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: first.poll() is not None or (
+            os.path.exists(lock_path) and open(lock_path).read().strip() == str(first.pid)))
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        second = subprocess.run(entry + argv + ["--epochs", "1"], env=env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        assert second.returncode == 2
+        err = second.stderr.strip()
+        assert err.count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
+        assert save_dir in err and f"pid {first.pid}" in err
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    resumed = subprocess.run(entry + argv + ["--epochs", "1"], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
