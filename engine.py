@@ -154,14 +154,15 @@ def format_map_line(detector, prefix):
     return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
 
 
-def report_evaluation(detector, args, step, dataset, tag, log):
-    """Per-class AP (log + CSV), the per-step summary JSON, and --visualize plots (main process)."""
+def report_evaluation(detector, args, step, dataset, tag, log, console=True):
+    """Per-class AP (log.txt, and stdout when `console`; kept as detector.table), the CSV, the
+    per-step summary JSON, and --visualize plots (main process)."""
     import visualize
     folder = args.save_dir
-    for message in detector.warnings:
-        log(f"note: {message}")
-    log(visualize.format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
-                                         args.num_tiou_for_average))
+    detector.table = "\n".join([f"note: {message}" for message in detector.warnings] + [
+        visualize.format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
+                                         args.num_tiou_for_average)])
+    log(detector.table, console=console)
     visualize.write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"), detector.activity_index,
                                      args.tiou_thresholds, detector.ap, args.num_tiou_for_average)
     visualize.write_summary_json(os.path.join(folder, f"{tag}summary.json"), {f"step {step}": {

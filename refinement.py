@@ -86,6 +86,7 @@ class Refinement:
         self.full_set = VideoDataset(args, "full", "uniform")
         self.generator = make_generator(args.seed)
         self.best_mAP = [float("-inf")] * (args.num_steps + 1)
+        self.last_table = None                # (epoch, per-class AP text) of the step's last evaluation
         self.writer = None
         if args.is_main:
             from tensorboardX import SummaryWriter
@@ -180,8 +181,10 @@ class Refinement:
                                            self.step, epoch)
             self.log_train(epoch, stats)
             improved = False
-            if is_eval_epoch(epoch, args):
-                improved = self.evaluate(epoch)
+            if is_eval_epoch(epoch, args):      # one stdout line per evaluation, losses included
+                improved = self.evaluate(epoch, self.train_line(epoch, stats))
+            else:
+                self.log(self.train_line(epoch, stats), console=False)
             # every process's RNG state after this epoch, so a resume continues bit for bit
             rng_states = distributed.all_gather_list(rng_state(self.generator))
             if improved:
@@ -189,6 +192,8 @@ class Refinement:
             if self.step < args.num_steps and epoch + 1 == (self.step + 1) * args.epochs_per_step:
                 self.save_checkpoint(epoch, engine.step_file(self.step, "last"), rng_states)
             self.save_checkpoint(epoch, "model_latest.pth", rng_states)
+            if epoch + 1 == args.epochs or is_switch_epoch(epoch + 1, args):
+                self.show_step_table()
         if self.writer:
             self.writer.close()
         self.log("best average mAP per step: " + ", ".join(
@@ -196,7 +201,15 @@ class Refinement:
             + f" (final model: {os.path.join(args.save_dir, engine.step_file(args.num_steps, 'best'))})")
         return self.best_mAP
 
-    def evaluate(self, epoch):
+    def show_step_table(self):
+        """Print the per-class AP of the step's last evaluation (log.txt has every evaluation's)."""
+        if self.last_table is not None:
+            epoch, table = self.last_table
+            self.log(f"per-class AP, step {self.step} epoch {epoch} (the step's last evaluation):\n{table}",
+                     file=False)
+        self.last_table = None
+
+    def evaluate(self, epoch, train_line):
         """Evaluate the current model; True when it is the best of this step so far."""
         args, step = self.args, self.step
         result_path = args.pred_segment_path or os.path.join(args.save_dir, f"result_step{step}.json")
@@ -206,18 +219,23 @@ class Refinement:
         improved = detector.average_mAP > self.best_mAP[step]
         if improved:
             self.best_mAP[step] = detector.average_mAP
-        self.log(engine.format_map_line(detector, f"step {step} epoch {epoch}")
+        self.log(engine.format_map_line(detector, train_line)
                  + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}")
-        engine.report_evaluation(detector, args, step, self.test_set, "", self.log)
+        engine.report_evaluation(detector, args, step, self.test_set, "", self.log, console=False)
+        self.last_table = (epoch, detector.table)
         self.writer.add_scalar("mAP/average", detector.average_mAP, epoch)
         for tiou, value in zip(args.tiou_thresholds, detector.mAP):
             self.writer.add_scalar(f"mAP/tIoU_{tiou:.2f}", value, epoch)
         return improved
 
-    def log_train(self, epoch, stats):
+    def train_line(self, epoch, stats):
         lr = self.optimizer.param_groups[0]["lr"]
-        self.log(f"step {self.step} epoch {epoch} | " + " ".join(f"{key} {value:.4f}" for key, value in stats.items())
-                 + f" | lr {lr:g}")
+        return (f"step {self.step} epoch {epoch} | " + " ".join(f"{key} {value:.4f}" for key, value in stats.items())
+                + f" | lr {lr:g}")
+
+    def log_train(self, epoch, stats):
+        """TensorBoard scalars of a training epoch (the text line is written by run)."""
+        lr = self.optimizer.param_groups[0]["lr"]
         if self.writer:
             for key, value in stats.items():
                 self.writer.add_scalar(f"train/{key}", value, epoch)

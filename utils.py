@@ -157,7 +157,8 @@ def make_generator(seed):
 
 # ----------------------------------------------------------------------------- logging
 class Logger:
-    """Print to stdout and append the same line to log.txt."""
+    """Print to stdout and append the same line to log.txt (console=False: log.txt only;
+    file=False: stdout only)."""
 
     def __init__(self, log_path=None, enabled=True):
         self.log_path = log_path if enabled else None
@@ -165,11 +166,12 @@ class Logger:
         if self.log_path:
             os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
 
-    def __call__(self, message=""):
+    def __call__(self, message="", console=True, file=True):
         if not self.enabled:
             return
-        print(message, flush=True)
-        if self.log_path:
+        if console:
+            print(message, flush=True)
+        if self.log_path and file:
             with open(self.log_path, "a") as handle:
                 handle.write(message + "\n")
 

@@ -51,6 +51,16 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
     assert final_state(save_dir)["step"] == 2
     log = open(os.path.join(save_dir, "log.txt")).read()
     assert "step 2 epoch 5" in log and "avg" in log
+    # stdout: one line per evaluation (all 6 epochs are in the last 9), the per-class table once
+    # per step; log.txt: the table after every evaluation
+    out = done.stdout.splitlines()
+    assert len([line for line in out if line.startswith("step ") and " epoch " in line]) == 6
+    assert all("mAP@tIoU" in line and "total" in line and "best" in line
+               for line in out if line.startswith("step ") and " epoch " in line)
+    assert len([line for line in out if line.startswith("per-class AP, step")]) == 3
+    assert len([line for line in out if line.startswith("mean")]) == 3
+    assert len([line for line in log.splitlines() if line.startswith("mean")]) == 6
+    assert len(out) <= 6 + 3 * 30 + 5
     with open(os.path.join(save_dir, "pseudo_proposals_step1.json")) as handle:
         assert set(json.load(handle)["results"]) == set(engine.VideoDataset(build_args("THUMOS", argv), "full",
                                                                             "uniform").video_names)
