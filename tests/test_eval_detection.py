@@ -210,17 +210,30 @@ def test_fast_equals_loop_oracle_tied_scores_and_tious(tmp_path, n_levels):
 
 def test_official_sample_file_gives_official_map(shared_data):
     """The official toolkit's sample detection file (every score 1.0) scores 0.9315399 with the
-    official evaluator on this gt.json (subset val); a stable sort would give 0.938."""
+    official evaluator on this gt.json (subset val); a stable sort would give 0.938.
+
+    With every score equal, the ranking is whatever np.argsort does with equal float64 keys,
+    which depends on numpy's sort code for the CPU (SIMD or not). 0.9315399 is the number where
+    argsort keeps equal keys in order (numpy 2.x here); elsewhere the official evaluator gives
+    another number too, and only the agreement with the loop oracle is checked.
+    """
     folder = shared_data / "ActivityNet13"
+    thresholds = np.linspace(0.5, 0.95, 10)
+    det = ANETDetection(folder / "gt.json", folder / "sample_detection_prediction_v.json", thresholds, "val",
+                        "ActivityNet")
+    average = det.evaluate()
+    _, ap = loop_evaluate(json.loads((folder / "gt.json").read_text()),
+                          json.loads((folder / "sample_detection_prediction_v.json").read_text()), thresholds, "val")
+    np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12)
+    if not all(np.array_equal(np.argsort(np.ones(n)), np.arange(n)) for n in range(1, 200)):
+        pytest.skip("this numpy/CPU orders equal float64 keys differently; the official number differs too")
     run = [sys.executable, "-m", "eval", "--gt", str(folder / "gt.json"), "--pred",
            str(folder / "sample_detection_prediction_v.json"), "--dataset", "ActivityNet", "--subset", "val",
            "--no_per_class"]
     out = subprocess.run(run, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1].split()[-1] == "93.15"
-    det = ANETDetection(folder / "gt.json", folder / "sample_detection_prediction_v.json",
-                        np.linspace(0.5, 0.95, 10), "val", "ActivityNet")
-    assert det.evaluate() == pytest.approx(0.9315399, abs=5e-8)
+    assert average == pytest.approx(0.9315399, abs=5e-8)
 
 
 def random_real_predictions(gt, subset, n, rng):
