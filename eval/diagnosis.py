@@ -195,7 +195,7 @@ def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None)
     grid[seg, k - 1] = precision
     right_max = np.maximum.accumulate(grid[:, ::-1], axis=1)[:, ::-1][seg, k - 1]
     ap = np.bincount(seg, weights=(k / npos - (k - 1) / npos) * right_max, minlength=n_cols * n_cls)
-    ap = ap.reshape(n_cols, n_cls)
+    ap = ap.astype(np.float64).reshape(n_cols, n_cls)              # float even without hits
     ap[n_pos == 0] = np.nan
     return ap
 
