@@ -128,3 +128,13 @@ def write_diagnosis(diag, folder, prefix="", title=""):
     plot_bins(diag, paths["diagnosis_bins.png"], title)
     plot_fp(diag, paths["diagnosis_fp.png"], title)
     return list(paths.values())
+
+
+def diagnose_evaluation(detector, ground_truth_file, folder, prefix, title=""):
+    """Diagnose an evaluated ANETDetection, write its files into `folder`, return the text tables.
+
+    The hook of training and test mode (`--diagnose`): one call per evaluated step."""
+    from eval.diagnosis import diagnose_detector
+    diag = diagnose_detector(detector, ground_truth_file)
+    write_diagnosis(diag, folder, prefix, title)
+    return format_diagnosis(diag)

@@ -420,3 +420,19 @@ def test_bad_input_one_line_errors(tmp_path, capsys, change, message):
                       "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_diagnose_switch_and_run_folder_hook(tmp_path):
+    """--diagnose is a config switch; the engine's hook writes every file with the step prefix."""
+    from config import build_args
+    from eval.diagnosis_report import diagnose_evaluation
+    assert build_args("THUMOS", ["--diagnose"]).diagnose and not build_args("THUMOS", []).diagnose
+    gt, pred = random_case(np.random.default_rng(13), tied=False)
+    gt_path, _ = write_case(tmp_path, gt, pred)
+    det = ANETDetection(gt_path, pred, THRESHOLDS, "test", "THUMOS")
+    det.evaluate()
+    text = diagnose_evaluation(det, gt_path, tmp_path / "run" / "diagnosis", "test_step1_")
+    assert "mAP (%) by GT characteristic" in text
+    assert sorted(p.name for p in (tmp_path / "run" / "diagnosis").iterdir()) == [
+        f"test_step1_{name}" for name in ("diagnosis.json", "diagnosis_bins.csv", "diagnosis_bins.png",
+                                           "diagnosis_fp.csv", "diagnosis_fp.png")]
