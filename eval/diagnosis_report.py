@@ -80,7 +80,7 @@ def plot_bins(diag, path, title=""):
     """Bars of average mAP and AP_N (%) per bin, grouped by characteristic; empty bins have no bar."""
     plt = _pyplot()
     rows = diag.by_characteristic.to_dict("records")
-    fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True)
     x = list(range(len(rows)))
     for ax, key, label in ((axes[0], "avg_mAP", "avg mAP (%)"), (axes[1], "avg_mAP_N", "avg mAP$_N$ (%)")):
         for i, row in enumerate(rows):
@@ -91,8 +91,9 @@ def plot_bins(diag, path, title=""):
             ax.text(i, 100 * row[key], f"{100 * row[key]:.1f}", ha="center", va="bottom", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", linestyle=":")
-    axes[1].set_xticks(x, [f"{r['characteristic'][:4]} {r['bin']}\n{r['range']}\nn={r['gt_count']}"
-                           for r in rows], fontsize=7)
+    short = {"length": "len", "coverage": "cov", "instances": "inst"}
+    axes[1].set_xticks(x, [f"{short.get(r['characteristic'], r['characteristic'])} {r['bin']}\n"
+                           f"{r['range'].replace(', ', ',')}\nn={r['gt_count']}" for r in rows], fontsize=7)
     n_avg = min(diag.num_tiou_for_average, len(diag.tiou_thresholds))
     axes[0].set_title(f"{title}mAP by GT length (s), coverage and instances per video "
                       f"(avg over the first {n_avg} tIoU)".strip())
