@@ -1,12 +1,13 @@
-"""Time the DETAD-style diagnosis (eval/diagnosis.py): vectorised vs the tests' loop oracle.
+"""Time the DETAD-style diagnosis (eval/diagnosis.py): vectorised vs the loop version.
 
 Usage: python bench/bench_diagnosis.py [--gt ../shared/data/THUMOS14/gt.json] [--size 100000]
        [--loop_size 300]
 Predictions are bench_eval.py's random ones over the real THUMOS-14 test GT (60% jittered GT
 copies, 40% uniform). Reported: loading the files (the evaluator's loader, shared with the mAP),
 the diagnosis itself (matching at 9 tIoU + 0.5, 16 bins, AP and AP_N, false-positive profile;
-best of --repeat), and the loop oracle on --loop_size predictions (it visits every GT of the
-subset for every prediction, so it is timed on a small set and scaled linearly to --size).
+best of --repeat), and the loop version (eval/reference_diagnosis.py) on --loop_size predictions
+(it visits every GT of the subset for every prediction, so it is timed on a small set and scaled
+linearly to --size).
 """
 import argparse
 import json
@@ -19,13 +20,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests"))
 
 from bench_eval import random_predictions             # noqa: E402
-from test_eval_diagnosis import loop_diagnose          # noqa: E402
 
 from eval.detection import ANETDetection               # noqa: E402
 from eval.diagnosis import BIN_TABLE, diagnose_detector  # noqa: E402
+from eval.reference_diagnosis import loop_diagnose     # noqa: E402
 
 
 def main(argv=None):
