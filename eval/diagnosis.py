@@ -26,8 +26,18 @@ the definitions of its paper and reference code:
   classes; each share = count / number of those predictions.
 
 Bins: right-closed (lo, hi], the first also holds its lower edge; the last is open-ended so
-every GT falls in a bin. Vectorised: loops run over thresholds, bins, classes (ranking) and the
-rank inside a (class, video) group (matching), never over single predictions.
+every GT falls in a bin.
+
+Where we differ from DETAD's released code (on purpose): the ignore rule of a bin is applied per
+tIoU threshold (its code removes, for every threshold, the predictions ignored at *any*
+threshold; it only uses one threshold on THUMOS, where both agree); GT of zero length and
+coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported. Candidate GT of
+equal tIoU with a prediction are visited in gt.json order (SPEC section 10 says
+np.argsort(tious)[::-1], whose tie order cannot be reproduced vectorised; ties need two GT at
+exactly the same tIoU, e.g. duplicated annotations, which then also share every bin).
+
+Vectorised: loops run over thresholds, bins, classes (ranking) and the rank inside a component
+of the prediction-GT candidate graph (matching), never over single predictions.
 """
 from typing import NamedTuple
 
