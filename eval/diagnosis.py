@@ -48,7 +48,7 @@ from eval.proposals import group_positions
 
 INF = float("inf")
 # Bin edges per dataset preset: characteristic -> (edges, bin names).
-# ActivityNet: DETAD's. THUMOS: chosen from the real THUMOS14 test subset of gt.json (213 videos,
+# ActivityNet: DETAD's. THUMOS: chosen from the real THUMOS14 test subset of gt.json (212 videos,
 # 3358 instances): length (s) quantiles 20/40/60/80 % = 1.5/2.5/4.2/6.9, median 3.2, max 86.6;
 # coverage quantiles = .0062/.0094/.0154/.0260, max .91; instances per video quantiles
 # = 12/22/36/62, min 1, max 218. Edges near those quantiles give bins of comparable size
