@@ -51,8 +51,9 @@ INF = float("inf")
 # ActivityNet: DETAD's. THUMOS: chosen from the real THUMOS14 test subset of gt.json (212 videos,
 # 3358 instances): length (s) quantiles 20/40/60/80 % = 1.5/2.5/4.2/6.9, median 3.2, max 86.6;
 # coverage quantiles = .0062/.0094/.0154/.0260, max .91; instances per video quantiles
-# = 12/22/36/62, min 1, max 218. Edges near those quantiles give bins of comparable size
-# (length: 751/800/677/582/548 GT).
+# (per instance) = 12/22/36/62, min 1, max 218. Round edges near those quantiles give bins of
+# comparable size: GT per bin, length 730/659/572/759/638, coverage 637/798/541/678/704,
+# instances 539/651/1028/727/413 (pinned by tests/test_eval_diagnosis.py).
 BIN_TABLE = {
     "ActivityNet": {
         "length": ((0, 30, 60, 120, 180, INF), ("XS", "S", "M", "L", "XL")),

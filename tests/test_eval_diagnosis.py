@@ -320,3 +320,24 @@ def test_diagnose_switch_and_run_folder_hook(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "diagnosis").iterdir()) == [
         f"test_step1_{name}" for name in ("diagnosis.json", "diagnosis_bins.csv", "diagnosis_bins.png",
                                            "diagnosis_fp.csv", "diagnosis_fp.png")]
+
+
+def test_thumos_bins_on_real_gt(shared_data):
+    """The bin sizes stated beside BIN_TABLE, and the "all" row equals the evaluator on real GT."""
+    gt_path = shared_data / "THUMOS14" / "gt.json"
+    gt = json.loads(gt_path.read_text())
+    rng = np.random.default_rng(14)
+    results = {}
+    for vid, info in gt["database"].items():
+        if info["subset"] == "test":
+            results[vid] = [{"label": a["label"], "score": float(rng.random()),
+                             "segment": [a["segment"][0] + rng.normal(0, 1), a["segment"][1] + rng.normal(0, 1)]}
+                            for a in info["annotations"][::3]]
+    pred = {"version": "t", "results": results, "external_data": {}}
+    det = ANETDetection(gt_path, pred, np.arange(0.1, 1.0, 0.1), "test", "THUMOS")
+    det.evaluate()
+    table = diagnose_detector(det, gt_path).by_characteristic
+    sizes = {c: list(table[table["characteristic"] == c]["gt_count"]) for c in ("length", "coverage", "instances")}
+    assert sizes == {"length": [730, 659, 572, 759, 638], "coverage": [637, 798, 541, 678, 704],
+                     "instances": [539, 651, 1028, 727, 413]}
+    np.testing.assert_allclose([table.iloc[0][f"mAP@{t:.2f}"] for t in det.tiou_thresholds], det.mAP, atol=ATOL)
