@@ -17,9 +17,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import engine  # noqa: E402
 from config import build_args  # noqa: E402
 from eval.diagnosis import diagnose  # noqa: E402
+
+try:                                          # the entry point moves from engine.py to runner.py
+    from runner import run  # noqa: E402
+except ImportError:
+    from engine import run  # noqa: E402
 
 
 def plot_length_by_step(path, tables):
@@ -52,7 +56,7 @@ def main(argv=None):
     run_dir = cli.run_dir or args.save_dir
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
-    engine.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--diagnose"])
+    run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--diagnose"])
     gt_file = os.path.join(args.data_dir, "gt.json")
     tables = []
     for step in range(args.num_steps + 1):
