@@ -351,8 +351,15 @@ def short_action_mAP(ground_truth_file, prediction_file, tiou_thresholds, subset
     """Average mAP on the GT of the shortest length bin (BIN_TABLE) -> float, None if that bin is empty.
 
     For ablation tables: e.g. short_action_mAP("data/THUMOS14/gt.json", "result.json",
-    np.arange(0.1, 1.0, 0.1), "test", "THUMOS")."""
-    table = diagnose(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
-                     num_tiou_for_average).by_characteristic
-    row = table[(table["characteristic"] == "length") & (table["bin"] == bin_name)].iloc[0]
-    return row["avg_mAP"]
+    np.arange(0.1, 1.0, 0.1), "test", "THUMOS"). From an evaluated ANETDetection (what
+    engine.evaluate returns): short_action_mAP_of(detector, gt_file)."""
+    detector = ANETDetection(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
+                             num_tiou_for_average=num_tiou_for_average)
+    return short_action_mAP_of(detector, ground_truth_file, bin_name)
+
+
+def short_action_mAP_of(detector, ground_truth_file, bin_name="XS"):
+    """short_action_mAP of a loaded ANETDetection."""
+    table = diagnose_detector(detector, ground_truth_file).by_characteristic
+    value = table[(table["characteristic"] == "length") & (table["bin"] == bin_name)]["avg_mAP"].iloc[0]
+    return None if np.isnan(value) else float(value)

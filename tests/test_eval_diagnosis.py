@@ -15,7 +15,7 @@ import pytest
 from eval.__main__ import main as eval_main
 from eval.detection import ANETDetection, class_order, match_predictions
 from eval.diagnosis import (BIN_TABLE, ERROR_TYPES, assign_bins, diagnose, diagnose_detector, match_to_gt,
-                            ranked_order, short_action_mAP)
+                            ranked_order, short_action_mAP, short_action_mAP_of)
 from eval.reference_diagnosis import loop_diagnose
 
 ATOL = 1e-12
@@ -287,6 +287,11 @@ def test_short_action_map(tmp_path):
     value = short_action_mAP(gt_path, pred, THRESHOLDS, "test", "THUMOS", num_tiou_for_average=3)
     table = diagnose(gt_path, pred, THRESHOLDS, "test", "THUMOS", 3).by_characteristic
     assert value == table[(table["characteristic"] == "length") & (table["bin"] == "XS")]["avg_mAP"].iloc[0]
+    det = ANETDetection(gt_path, pred, THRESHOLDS, "test", "THUMOS", num_tiou_for_average=3)
+    assert short_action_mAP_of(det, gt_path) == value
+    empty = {"length": ((0, 1e-3, float("inf")), ("XS", "rest"))}         # no GT that short: None
+    assert short_action_mAP_of(det, gt_path) is not None
+    assert diagnose_detector(det, gt_path, bin_table=empty).by_characteristic["avg_mAP"].isna().sum() == 1
 
 
 @pytest.mark.parametrize("change,message", [
