@@ -128,9 +128,8 @@ def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds,
 
     Same rule as eval.detection.match_predictions (tests pin the two), but it also says which GT
     was taken. Predictions only compete inside a component of the prediction-GT candidate graph,
-    so the loop handles the j-th ranked prediction of every component at once.
-    Candidate GT are visited by tIoU descending,
-    gt.json order on ties.
+    so the loop handles the j-th ranked prediction of every component at once. Candidate GT are
+    visited by tIoU descending, gt.json order on ties.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     matched_gt = np.full((len(p_label), len(thresholds)), -1, dtype=np.int64)
