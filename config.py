@@ -128,6 +128,7 @@ SWITCHES = {
     "reset_epoch": "restart the epoch counter when loading --checkpoint",
     "demo": "run on the synthetic dataset with the small demo schedule",
     "debug": "show full tracebacks on errors",
+    "diagnose": "write a DETAD-style diagnosis (mAP by action length, false-positive types) per evaluation",
     "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
 }
 # Options of the released CLI that are not preset keys.

@@ -167,6 +167,10 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
                                      args.tiou_thresholds, detector.ap, args.num_tiou_for_average)
     visualize.write_summary_json(os.path.join(folder, f"{tag}summary.json"), {f"step {step}": {
         "mAP": detector.mAP, "average_mAP": detector.average_mAP, "tiou_thresholds": args.tiou_thresholds}})
+    if getattr(args, "diagnose", False):             # DETAD-style diagnosis files under diagnosis/
+        from eval.diagnosis_report import diagnose_evaluation
+        log(diagnose_evaluation(detector, os.path.join(args.data_dir, "gt.json"), os.path.join(folder, "diagnosis"),
+                                f"{tag}step{step}_", title=f"{tag}step {step}: "))
     if not args.visualize:
         return
     names = list(detector.outputs)

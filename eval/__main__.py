@@ -1,6 +1,8 @@
 """Score a prediction file against gt.json and print the mAP table and per-class AP.
 
 Example: python -m eval --gt data/THUMOS14/gt.json --pred result.json --subset test --dataset THUMOS
+With --diagnose [--out DIR]: also the DETAD-style diagnosis (mAP by GT length, coverage and
+instances per video; false-positive profile), written to DIR as CSV, JSON and PNG.
 """
 import argparse
 import sys
@@ -9,6 +11,8 @@ import numpy as np
 
 from config import PRESETS
 from eval.detection import ANETDetection
+from eval.diagnosis import diagnose_detector
+from eval.diagnosis_report import format_diagnosis, write_diagnosis
 from utils import UserError
 
 
@@ -21,6 +25,10 @@ def main(argv=None):
     parser.add_argument("--subset", default=None, help="gt.json subset (default: the dataset's eval subset)")
     parser.add_argument("--tiou", type=float, nargs="+", default=None, help="tIoU thresholds")
     parser.add_argument("--no_per_class", action="store_true", help="print only the mAP table")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also print the DETAD-style diagnosis and write its CSV/JSON/PNG to --out")
+    parser.add_argument("--out", default=".", help="folder for the --diagnose files (default: current folder)")
+    parser.add_argument("--fp_tiou", type=float, default=0.5, help="tIoU of the false-positive profile")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     cli = parser.parse_args(argv)
     preset = PRESETS[cli.dataset]
@@ -30,12 +38,21 @@ def main(argv=None):
         detection = ANETDetection(cli.gt, cli.pred, thresholds, cli.subset or preset["eval_subset"],
                                   cli.dataset, num_tiou_for_average=n_avg)
         detection.evaluate()
+        diagnosis = diagnose_detector(detection, cli.gt, cli.fp_tiou) if cli.diagnose else None
     except UserError as err:
         if cli.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(detection.report(per_class=not cli.no_per_class))
+    if diagnosis is not None:
+        print(format_diagnosis(diagnosis))
+        try:
+            paths = write_diagnosis(diagnosis, cli.out)
+        except OSError as err:
+            print(f"error: cannot write the diagnosis to {cli.out} ({err.strerror or err})", file=sys.stderr)
+            return 1
+        print("wrote " + ", ".join(paths))
     return 0
 
 
