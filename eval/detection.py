@@ -229,8 +229,11 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
 
 
 def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_seg, thresholds,
-                      order=None):
+                      order=None, return_gt=False):
     """Greedy matching of SPEC section 10 for every class and threshold at once -> tp (P, H) bool.
+
+    With return_gt, the matched GT index (P, H) instead, -1 where a prediction is a false positive
+    (the diagnosis needs to know which GT was taken).
 
     Predictions interact only through shared candidate GT (tIoU >= the lowest threshold), so
     the sequential rule runs per component of the prediction-GT candidate graph:
@@ -238,15 +241,15 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
     threshold together; the loop runs max-component-size times, not P times.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    n_pred, n_thr = len(p_score), len(thresholds)
-    tp = np.zeros((n_pred, n_thr), dtype=bool)
+    n_pred, n_thr = len(p_label), len(thresholds)
+    matched_gt = np.full((n_pred, n_thr), -1, dtype=np.int64)                # (P, H)
     if n_pred == 0 or len(gt_video) == 0:
-        return tp
+        return matched_gt if return_gt else matched_gt >= 0
     order = class_order(p_label, p_score) if order is None else order
     pair_pred, pair_gt, pair_iou, pair_slot = candidate_pairs(p_video, p_label, p_seg, gt_video,
                                                               gt_label, gt_seg, thresholds.min())
     if len(pair_pred) == 0:
-        return tp
+        return matched_gt if return_gt else matched_gt >= 0
     # components: a prediction joins the GT slots [first, last] of its candidates (a superset of
     # its candidates, so components may merge, never split: still exact); 1D interval sweep
     n_pairs = np.bincount(pair_pred, minlength=n_pred)                  # (P,)
@@ -301,8 +304,8 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
         first = np.minimum.reduceat(np.where(ok, index[p0:p1], big), pair_start[a0:a1] - p0, axis=0)
         row, col = np.nonzero(first != big)                                             # (m, H) hits
         matched[pair_gt[first[row, col]], col] = True
-        tp[act[a0 + row], col] = True
-    return tp
+        matched_gt[act[a0 + row], col] = pair_gt[first[row, col]]
+    return matched_gt if return_gt else matched_gt >= 0
 
 
 def average_precision(hits, bounds, n_pos):

@@ -5,7 +5,7 @@ the definitions of its paper and reference code:
 
 - Matching: the detection mAP's greedy matching (SPEC section 10) against *all* GT of the
   subset, at every tIoU threshold. Predictions are ranked per class by
-  ``np.argsort(scores)[::-1]`` on the class's predictions in file order (`ranked_order`).
+  ``np.argsort(scores)[::-1]`` on the class's predictions in file order (`eval.detection.class_order`).
 - By characteristic: every GT instance falls in one bin of its length (s), its coverage
   (length / video duration) and the number of instances in its video (all classes). For a bin,
   AP is computed on the bin's GT only: a prediction matched to a GT of the bin is a true
@@ -31,10 +31,9 @@ every GT falls in a bin.
 Where we differ from DETAD's released code (on purpose): the ignore rule of a bin is applied per
 tIoU threshold (its code removes, for every threshold, the predictions ignored at *any*
 threshold; it only uses one threshold on THUMOS, where both agree); GT of zero length and
-coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported. Candidate GT of
-equal tIoU with a prediction are visited in gt.json order (SPEC section 10 says
-np.argsort(tious)[::-1], whose tie order cannot be reproduced vectorised; ties need two GT at
-exactly the same tIoU, e.g. duplicated annotations, which then also share every bin).
+coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported. Matching is the
+evaluator's own (eval.detection.match_predictions), so tied scores and tied tIoU are visited
+exactly as the official evaluator visits them.
 
 Vectorised: loops run over thresholds, bins, classes (ranking) and the rank inside a component
 of the prediction-GT candidate graph (matching), never over single predictions.
@@ -43,7 +42,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eval.detection import ANETDetection, EvaluationInputError, _read_json, candidate_pairs
+from eval.detection import (ANETDetection, EvaluationInputError, _read_json, candidate_pairs, class_order,
+                            match_predictions)
 from eval.proposals import group_positions
 
 INF = float("inf")
@@ -114,65 +114,14 @@ def load_durations(gt_file, video_names):
 
 
 # ----------------------------------------------------------------------------- ranking, matching
-def ranked_order(p_label, p_score, n_cls):
-    """Prediction indices by class ascending, then np.argsort(scores)[::-1] of the class's
-    predictions in file order (SPEC section 10: not stable on ties, exactly as that expression)."""
-    by_label = np.argsort(p_label, kind="stable")                       # file order inside a class
-    bounds = np.searchsorted(p_label[by_label], np.arange(n_cls + 1))
-    parts = [by_label[a:b][np.argsort(p_score[by_label[a:b]])[::-1]] for a, b in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds, order):
     """Greedy matching of SPEC section 10 -> matched GT index (P, H), -1 where unmatched.
 
-    Same rule as eval.detection.match_predictions (tests pin the two), but it also says which GT
-    was taken. Predictions only compete inside a component of the prediction-GT candidate graph,
-    so the loop handles the j-th ranked prediction of every component at once. Candidate GT are
-    visited by tIoU descending, gt.json order on ties.
+    The evaluator's own matching (eval.detection.match_predictions), so predictions and GT are
+    visited exactly as the official evaluator visits them, ties included.
     """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    matched_gt = np.full((len(p_label), len(thresholds)), -1, dtype=np.int64)
-    if len(p_label) == 0 or len(gt_video) == 0:
-        return matched_gt
-    pair_pred, pair_gt, pair_iou, pair_slot = candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label,
-                                                              gt_seg, thresholds.min())
-    if len(pair_pred) == 0:
-        return matched_gt
-    # components: a prediction spans the GT slots [first, last] of its candidates ((class, video,
-    # start) order); overlapping spans share a component. Only predictions of one component compete.
-    n_pairs = np.bincount(pair_pred, minlength=len(p_label))                 # (P,)
-    first_pair = np.cumsum(n_pairs) - n_pairs
-    has = np.flatnonzero(n_pairs)
-    lo, hi = pair_slot[first_pair[has]], pair_slot[first_pair[has] + n_pairs[has] - 1]
-    sweep = np.argsort(lo, kind="stable")
-    reach = np.maximum.accumulate(hi[sweep])
-    comp = np.full(len(p_label), -1, dtype=np.int64)
-    comp[has[sweep]] = np.cumsum(np.concatenate([[True], lo[sweep][1:] > reach[:-1]])) - 1
-    active = order[comp[order] >= 0]                                          # ranked, with candidates
-    by_comp = np.argsort(comp[active], kind="stable")
-    rank = np.empty(len(p_label), dtype=np.int64)
-    rank[active[by_comp]] = group_positions(np.bincount(comp[active]))
-    # pairs by (rank in component, prediction, tIoU descending, GT file order)
-    visit = np.lexsort((pair_gt, -pair_iou, pair_pred, rank[pair_pred]))
-    pair_pred, pair_gt, pair_iou = pair_pred[visit], pair_gt[visit], pair_iou[visit]
-    pair_rank = rank[pair_pred]
-    step_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
-    ge_thr = pair_iou[:, None] >= thresholds[None, :]                   # (N, H)
-    taken = np.zeros((len(gt_video), len(thresholds)), dtype=bool)      # (G, H)
-    big = np.iinfo(np.int64).max
-    for j in range(len(step_bounds) - 1):
-        p0, p1 = step_bounds[j], step_bounds[j + 1]
-        if p0 == p1:
-            continue
-        preds = pair_pred[p0:p1]
-        starts = np.flatnonzero(np.concatenate([[True], preds[1:] != preds[:-1]]))   # one per prediction
-        ok = ge_thr[p0:p1] & ~taken[pair_gt[p0:p1]]                                 # (n, H)
-        first = np.minimum.reduceat(np.where(ok, np.arange(p0, p1)[:, None], big), starts, axis=0)
-        row, col = np.nonzero(first != big)
-        taken[pair_gt[first[row, col]], col] = True
-        matched_gt[preds[starts[row]], col] = pair_gt[first[row, col]]
-    return matched_gt
+    return match_predictions(p_video, p_label, p_seg, None, gt_video, gt_label, gt_seg, thresholds,
+                             order=order, return_gt=True)
 
 
 # ----------------------------------------------------------------------------- AP with ignored rows
@@ -311,7 +260,7 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
     thresholds = detector.tiou_thresholds
     n_cls = len(detector.class_names)
     match_thr = np.append(thresholds, fp_tiou)                                    # last column: tIoU a
-    order = ranked_order(detector.p_label, detector.p_score, n_cls)
+    order = class_order(detector.p_label, detector.p_score)
     args = (detector.p_video, detector.p_label, detector.p_seg)
     gt = (detector.gt_video, detector.gt_label, detector.gt_seg)
     matched = match_to_gt(*args, *gt, match_thr, order)                           # (P, H+1)

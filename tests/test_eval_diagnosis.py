@@ -15,7 +15,7 @@ import pytest
 from eval.__main__ import main as eval_main
 from eval.detection import ANETDetection, class_order, match_predictions
 from eval.diagnosis import (BIN_TABLE, ERROR_TYPES, assign_bins, diagnose, diagnose_detector, match_to_gt,
-                            ranked_order, short_action_mAP, short_action_mAP_of)
+                            short_action_mAP, short_action_mAP_of)
 from eval.reference_diagnosis import loop_diagnose
 
 ATOL = 1e-12
@@ -113,7 +113,7 @@ def test_bin_ap_equals_evaluator_on_filtered_files(tmp_path, seed):
     gt_path, _ = write_case(tmp_path, gt, pred)
     diag = run_diagnosis(gt_path, pred).by_characteristic
     det = ANETDetection(gt_path, pred, THRESHOLDS, "test", "THUMOS")
-    order = ranked_order(det.p_label, det.p_score, len(det.class_names))
+    order = class_order(det.p_label, det.p_score)
     matched = match_to_gt(det.p_video, det.p_label, det.p_seg, det.gt_video, det.gt_label, det.gt_seg,
                           THRESHOLDS, order)                                  # (P, H), file order of kept preds
     edges, labels = TABLE["length"]
