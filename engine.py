@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import distributed
 from config import build_args, save_config
-from dataset import collate_fn
+from dataset import VideoDataset, collate_fn  # noqa: F401  (engine.VideoDataset: used by callers)
 from eval import ANETDetection, video_proposals
 from eval.proposals import write_results_json
 from losses import ASMLocBaseLoss, ASMLocLoss
