@@ -22,6 +22,7 @@ import distributed
 import engine
 from dataset import VideoDataset, collate_fn
 from eval import video_proposals
+from model import ASMLoc, ASMLocBase
 from utils import Logger, UserError, load_checkpoint, load_model_state
 
 
@@ -60,9 +61,21 @@ def load_step_model(path, step, args):
     if stored is not None and stored != args.dataset:
         raise UserError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
                         f"preset (predict.py --dataset {stored}, main_{stored}.py --test)")
-    model = engine.build_model(args, step)
-    load_model_state(model, state, path, args)
+    model = build_model_for_loading(args, step)
+    load_model_state(model, state, path, args)      # strict: every parameter and buffer is overwritten
     return model.eval()
+
+
+def build_model_for_loading(args, step):
+    """engine.build_model without the random initialisation its weights would get (about 0.5 s of CPU
+    per full model at D = 2048): built on the meta device, then given uninitialised memory. Only when
+    every buffer is in the state_dict (so the strict load overwrites all of it); else the plain build."""
+    with torch.device("meta"):
+        model = ASMLocBase(args) if step == 0 else ASMLoc(args)
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        return engine.build_model(args, step)
+    return model.to_empty(device=args.device)
 
 
 def load_cascade(checkpoint_dir, args, needed_by="--test"):
