@@ -86,11 +86,12 @@ def load_cascade(checkpoint_dir, args, needed_by="--test"):
 
 # ----------------------------------------------------------------------------- the cascade
 @torch.no_grad()
-def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False):
+def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False, detect=True):
     """One forward pass per video of `dataset` (batch 1) with model `step`.
 
-    Returns (detections {vid: [...]}, pseudo proposals {vid: [...]} or None, outputs {vid: raw outputs
-    for plots} or {}), in dataset order on every process (under torchrun each process runs its share).
+    Returns (detections {vid: [...]} or None, pseudo proposals {vid: [...]} or None, outputs {vid: raw
+    outputs for plots} or {}), in dataset order on every process (under torchrun each process runs its
+    share). detect / pseudo: compute the evaluation-threshold detections / the pseudo proposals.
     """
     model.eval()
     indices = distributed.shard(len(dataset), split=args.distributed_eval)
@@ -101,7 +102,8 @@ def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False):
         out = engine.forward(model, batch, step, args)
         vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
         fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
-        detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
+        if detect:
+            detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
         if pseudo:
             proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
         if keep_outputs:
@@ -110,7 +112,7 @@ def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False):
     def in_order(local):                       # dataset order: ties in later sorts break the same way
         merged = distributed.all_gather_dict(local)
         return {vid: merged[vid] for vid in dataset.video_names}
-    return (in_order(detections), in_order(proposals) if pseudo else None,
+    return (in_order(detections) if detect else None, in_order(proposals) if pseudo else None,
             in_order(outputs) if keep_outputs else {})
 
 
@@ -119,7 +121,8 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
 
     models: per step an nn.Module or a checkpoint path (loaded at its step and freed after it).
     on_step(step, detections, outputs) is called after each step's pass, while `dataset` still holds that
-    step's dynamic weights. Returns the final step's (detections, outputs).
+    step's dynamic weights; without it only the final step's detections are computed (the earlier steps
+    only hand on pseudo proposals). Returns the final step's (detections, outputs).
     """
     results = weights = None
     detections, outputs = {}, {}
@@ -129,7 +132,8 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
             model = load_step_model(model, step, args)
         last = step == len(models) - 1
         detections, results, outputs = cascade_step(model, dataset, args, step, pseudo=not last,
-                                                    keep_outputs=keep_outputs)
+                                                    keep_outputs=keep_outputs and (last or on_step is not None),
+                                                    detect=last or on_step is not None)
         if on_step is not None:
             on_step(step, detections, outputs)
         if not last:

@@ -9,6 +9,7 @@ the one the checkpoints were trained with.
 """
 import argparse
 import csv
+import errno
 import io
 import os
 import sys
@@ -105,6 +106,12 @@ def main(argv=None):
         if "--debug" in argv:
             raise
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; choose another --out",
+              file=sys.stderr)
         sys.exit(2)
 
 
