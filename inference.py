@@ -23,7 +23,7 @@ import engine
 from dataset import VideoDataset, collate_fn
 from eval import video_proposals
 from model import ASMLoc, ASMLocBase
-from utils import Logger, UserError, load_checkpoint, load_model_state
+from utils import CheckpointError, Logger, UserError, load_checkpoint, load_model_state
 
 
 class InputError(UserError):
@@ -59,7 +59,7 @@ def load_step_model(path, step, args):
     state = load_checkpoint(path, map_location=args.device)
     stored = state.get("dataset")
     if stored is not None and stored != args.dataset:
-        raise UserError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
+        raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
                         f"preset (predict.py --dataset {stored}, main_{stored}.py --test)")
     model = build_model_for_loading(args, step)
     load_model_state(model, state, path, args)      # strict: every parameter and buffer is overwritten
