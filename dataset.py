@@ -102,9 +102,13 @@ class VideoDataset(Dataset):
     weights, the dynamic versions are used and `cum` is returned with each item.
     """
 
-    def __init__(self, args, phase="train", sampling="random"):
-        if phase not in ("train", "test", "full") or sampling not in ("random", "uniform"):
-            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full, random|uniform")
+    def __init__(self, args, phase="train", sampling="random", videos=None):
+        """videos: phase "predict" only (predict.py): {VID: .npy path or (T_vid, D) array} of new
+        videos; no gt.json or split file is read and every video is a test video (SPEC §4)."""
+        if phase not in ("train", "test", "full", "predict") or sampling not in ("random", "uniform"):
+            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full|predict, "
+                             f"random|uniform")
+        new_videos = dict(videos or {}) if phase == "predict" else {}
         self.phase, self.sampling = phase, sampling
         self.root = Path(args.data_dir)
         self.class_names = list(args.class_name_lst)
@@ -112,17 +116,17 @@ class VideoDataset(Dataset):
         self.feature_dim, self.delta = args.feature_dim, args.delta
         self.r = getattr(args, "snippets_per_sec", R)
         self.cache_gb = float(getattr(args, "feature_cache_gb", 0) or 0)
-        if not self.root.is_dir():
+        if phase != "predict" and not self.root.is_dir():
             raise DataError(f"data folder {self.root} not found: download the I3D features of the public "
                             f"THUMOS-14 / ActivityNet-1.3 release used by ACM-Net and ASM-Loc and unpack them "
                             f"there (or pass --data_dir, or run --demo for synthetic data); expected layout:\n"
                             + EXPECTED_TREE.format(root=self.root, dim=self.feature_dim))
-        database = _read_gt(self.root / "gt.json")
-        train_list = _read_split(self.root / "split_train.txt")
-        test_list = _read_split(self.root / "split_test.txt")
+        database = _read_gt(self.root / "gt.json") if phase != "predict" else {vid: {} for vid in new_videos}
+        train_list = _read_split(self.root / "split_train.txt") if phase != "predict" else []
+        test_list = _read_split(self.root / "split_test.txt") if phase != "predict" else []
         self.train_videos = set(train_list)
         lists = {"train": [("train", train_list)], "test": [("test", test_list)],
-                 "full": [("test", test_list), ("train", train_list)]}[phase]
+                 "full": [("test", test_list), ("train", train_list)], "predict": []}[phase]
         self.video_names, self.paths = [], {}
         for folder, names in lists:
             split_file = self.root / f"split_{folder}.txt"
@@ -132,6 +136,10 @@ class VideoDataset(Dataset):
                                     f"{self.root / 'gt.json'}; add its annotations or remove it from the split")
                 self.video_names.append(vid)
                 self.paths[vid] = str(self.root / folder / f"{vid}.npy")
+        self.arrays = {vid: x for vid, x in new_videos.items() if isinstance(x, np.ndarray)}   # in memory
+        for vid, source in new_videos.items():
+            self.video_names.append(vid)
+            self.paths[vid] = f"<array {vid}>" if vid in self.arrays else str(source)
         index = {name: i for i, name in enumerate(self.class_names)}
         self.gt_labels, self.video_labels, self.gt_segments = {}, {}, {}
         for vid in self.video_names:
@@ -154,7 +162,7 @@ class VideoDataset(Dataset):
     def _open(self, vid, check=False):
         """Cached array, or a memmap (header read; with `check` also the finite scan)."""
         path = self.paths[vid]
-        array = _CACHE.get(path)
+        array = self.arrays.get(vid, _CACHE.get(path))
         if array is None:
             stat = os.stat(path) if os.path.isfile(path) else None
             key = (path, stat.st_size, stat.st_mtime_ns) if stat else None

@@ -1,8 +1,9 @@
 """Training / evaluation passes shared by the refinement driver and test mode.
 
 Layers, each importing only those before it: the passes here (train epoch, evaluation, pseudo
-proposals, test mode) -> refinement.py (the multi-step training run, SPEC.md section 7) ->
-runner.py (the entry point of main_THUMOS.py / main_ActivityNet.py: config, lock, errors).
+proposals) -> inference.py (the trained cascade: test mode and predict.py) and refinement.py
+(the multi-step training run, SPEC.md section 7) -> runner.py (the entry point of
+main_THUMOS.py / main_ActivityNet.py: config, lock, errors).
 Under torchrun every pass works on this process's share and results are gathered (distributed.py).
 """
 import math
@@ -14,12 +15,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import distributed
-from dataset import VideoDataset, collate_fn
+from dataset import VideoDataset, collate_fn  # noqa: F401  (engine.VideoDataset: used by callers)
 from eval import ANETDetection, video_proposals
 from eval.proposals import write_results_json
 from losses import ASMLocBaseLoss, ASMLocLoss
 from model import ASMLoc, ASMLocBase
-from utils import Logger, UserError, load_checkpoint, load_model_state
+from utils import UserError
 
 
 class TrainingDiverged(UserError):
@@ -42,10 +43,6 @@ def build_loss(args, step):
 def step_file(step, kind):
     """model_step{k}_last_epoch.pth / model_step{k}_best_epoch.pth (released names)."""
     return f"model_step{step}_{kind}_epoch.pth"
-
-
-def test_checkpoint_name(step, args):
-    return step_file(step, "last" if step < args.num_steps else "best")
 
 
 def forward(model, batch, step, args):
@@ -135,6 +132,11 @@ def predict_proposals(model, dataset, args, step, pseudo, desc):
 def evaluate(model, dataset, args, step, result_path):
     """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP (main process)."""
     results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"test step {step}")
+    return score_results(results, outputs, args, result_path)
+
+
+def score_results(results, outputs, args, result_path):
+    """Write one step's detections {vid: [...]} and score them against gt.json (main process; None elsewhere)."""
     if not args.is_main:
         return None
     write_results_json(result_path, results)
@@ -192,28 +194,3 @@ def generate_pseudo_proposals(model, full_dataset, args, step):
     return results, weights
 
 
-# ----------------------------------------------------------------------------- test mode
-def test_cascade(args):
-    """Replay the refinement cascade from a checkpoint folder (SPEC section 7, test mode)."""
-    log = Logger(args.log_path, enabled=args.is_main)
-    paths = [os.path.join(args.checkpoint, test_checkpoint_name(step, args)) for step in range(args.num_steps + 1)]
-    missing = [path for path in paths if not os.path.isfile(path)]
-    if missing:
-        raise UserError(f"checkpoint folder {args.checkpoint} is missing {', '.join(map(os.path.basename, missing))}; "
-                        f"--test needs one file per step (num_steps = {args.num_steps})")
-    test_set, full_set = VideoDataset(args, "test", "uniform"), VideoDataset(args, "full", "uniform")
-    results = weights = None
-    detectors = []
-    for step, path in enumerate(paths):
-        test_set.set_proposals(results, weights)
-        full_set.set_proposals(results, weights)
-        model = build_model(args, step)
-        load_model_state(model, load_checkpoint(path, map_location=args.device), path, args)
-        detector = evaluate(model, test_set, args, step, os.path.join(args.save_dir, f"test_result_step{step}.json"))
-        if args.is_main:
-            log(format_map_line(detector, f"test step {step} ({os.path.basename(path)})"))
-            report_evaluation(detector, args, step, test_set, "test_", log)
-        detectors.append(detector)
-        if step < args.num_steps:
-            results, weights = generate_pseudo_proposals(model, full_set, args, step)
-    return detectors

@@ -1,6 +1,7 @@
 """Entry point shared by main_THUMOS.py and main_ActivityNet.py: config, run-folder lock, errors.
 
-The top layer: it imports the refinement driver (refinement.py) and the passes (engine.py);
+The top layer: it imports the refinement driver (refinement.py) and the trained cascade of test mode
+(inference.py), which import the passes (engine.py);
 neither imports it back.
 """
 import errno
@@ -8,7 +9,7 @@ import os
 import sys
 
 import distributed
-import engine
+import inference
 from config import build_args, save_config
 from refinement import Refinement
 from utils import RunFolderLock, UserError, set_seed
@@ -44,7 +45,7 @@ def run(dataset, argv):
     try:
         distributed.barrier()
         if args.test:
-            return engine.test_cascade(args)
+            return inference.test_cascade(args)
         if args.is_main:
             save_config(args, os.path.join(args.save_dir, "config.json"))
         return Refinement(args).run()

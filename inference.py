@@ -1,0 +1,236 @@
+"""The trained cascade as a function (SPEC.md §7 test mode, §8, §9), shared by test mode and predict.py.
+
+Step k runs model k (model_step{k}_last_epoch.pth for k < num_steps, model_step{num_steps}_best_epoch.pth
+last) once per video: uniform sampling at step 0, uniform(dynamic(x)) with the previous step's pseudo
+proposals after that. One forward pass gives the step's detections (evaluation thresholds) and, for
+k < num_steps, its pseudo proposals and dynamic weights for step k+1. A test video's inputs at every
+step depend only on its own proposals (its label set is the labels in them, SPEC §4, §9), so the
+cascade of one video, or of a folder of new videos, is replayed alone and exactly as test mode does.
+
+Layering: this module uses engine's passes, model, dataset, eval and utils; nothing imports it but
+the entry points (test mode, predict.py) and users.
+"""
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+import distributed
+import engine
+from dataset import VideoDataset, collate_fn
+from eval import video_proposals
+from model import ASMLoc, ASMLocBase
+from utils import CheckpointError, Logger, UserError, load_checkpoint, load_model_state
+
+
+class InputError(UserError):
+    """Feature files or arrays handed to predict.py / localize() are unusable; one line naming the input."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def step_checkpoint_name(step, args):
+    """Test mode's file for step k: the last epoch of steps < num_steps, the best epoch of the final step."""
+    return engine.step_file(step, "last" if step < args.num_steps else "best")
+
+
+def step_checkpoint_paths(checkpoint_dir, args, needed_by="--test"):
+    """One checkpoint path per step 0..num_steps; a one-line error when the folder lacks any."""
+    folder = os.fspath(checkpoint_dir)
+    if not os.path.isdir(folder):
+        raise UserError(f"checkpoint folder {folder} not found; {needed_by} needs a run folder with one "
+                        f"model_step*.pth file per step")
+    paths = [os.path.join(folder, step_checkpoint_name(step, args)) for step in range(args.num_steps + 1)]
+    missing = [os.path.basename(path) for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise UserError(f"checkpoint folder {folder} is missing {', '.join(missing)}; {needed_by} needs one file "
+                        f"per step (num_steps = {args.num_steps}): pass the flags the run was trained with "
+                        f"(e.g. --demo, --num_steps)")
+    return paths
+
+
+def load_step_model(path, step, args):
+    """Model of step `step` (base at 0, full after) with the checkpoint's weights, in eval mode.
+
+    Checks the stored dataset and the tensor shapes first (utils.load_model_state: one-line errors).
+    """
+    state = load_checkpoint(path, map_location=args.device)
+    stored = state.get("dataset")
+    if stored is not None and stored != args.dataset:
+        raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
+                        f"preset (predict.py --dataset {stored}, main_{stored}.py --test)")
+    model = build_model_for_loading(args, step)
+    load_model_state(model, state, path, args)      # strict: every parameter and buffer is overwritten
+    return model.eval()
+
+
+def build_model_for_loading(args, step):
+    """engine.build_model without the random initialisation its weights would get (about 0.5 s of CPU
+    per full model at D = 2048): built on the meta device, then given uninitialised memory. Only when
+    every buffer is in the state_dict (so the strict load overwrites all of it); else the plain build."""
+    with torch.device("meta"):
+        model = ASMLocBase(args) if step == 0 else ASMLoc(args)
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        return engine.build_model(args, step)
+    return model.to_empty(device=args.device)
+
+
+def load_cascade(checkpoint_dir, args, needed_by="--test"):
+    """Every step's model, loaded once: [model_0, ..., model_num_steps]."""
+    paths = step_checkpoint_paths(checkpoint_dir, args, needed_by)
+    return [load_step_model(path, step, args) for step, path in enumerate(paths)]
+
+
+# ----------------------------------------------------------------------------- the cascade
+@torch.no_grad()
+def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False, detect=True):
+    """One forward pass per video of `dataset` (batch 1) with model `step`.
+
+    Returns (detections {vid: [...]} or None, pseudo proposals {vid: [...]} or None, outputs {vid: raw
+    outputs for plots} or {}), in dataset order on every process (under torchrun each process runs its
+    share). detect / pseudo: compute the evaluation-threshold detections / the pseudo proposals.
+    """
+    model.eval()
+    indices = distributed.shard(len(dataset), split=args.distributed_eval)
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=args.num_workers,
+                        collate_fn=collate_fn, pin_memory=args.device.startswith("cuda"))
+    detections, proposals, outputs = {}, {}, {}
+    for batch in engine.progress(loader, args, f"step {step}"):
+        out = engine.forward(model, batch, step, args)
+        vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
+        fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
+        if detect:
+            detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
+        if pseudo:
+            proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
+        if keep_outputs:
+            outputs[vid] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
+
+    def in_order(local):                       # dataset order: ties in later sorts break the same way
+        merged = distributed.all_gather_dict(local)
+        return {vid: merged[vid] for vid in dataset.video_names}
+    return (in_order(detections) if detect else None, in_order(proposals) if pseudo else None,
+            in_order(outputs) if keep_outputs else {})
+
+
+def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
+    """Replay the cascade on every video of `dataset` (test videos: label sets from their own proposals).
+
+    models: per step an nn.Module or a checkpoint path (loaded at its step and freed after it).
+    on_step(step, detections, outputs) is called after each step's pass, while `dataset` still holds that
+    step's dynamic weights; without it only the final step's detections are computed (the earlier steps
+    only hand on pseudo proposals). Returns the final step's (detections, outputs).
+    """
+    results = weights = None
+    detections, outputs = {}, {}
+    for step, model in enumerate(models):
+        dataset.set_proposals(results, weights)
+        if not isinstance(model, torch.nn.Module):
+            model = load_step_model(model, step, args)
+        last = step == len(models) - 1
+        detections, results, outputs = cascade_step(model, dataset, args, step, pseudo=not last,
+                                                    keep_outputs=keep_outputs and (last or on_step is not None),
+                                                    detect=last or on_step is not None)
+        if on_step is not None:
+            on_step(step, detections, outputs)
+        if not last:
+            weights = dataset.compute_dynamic_weights(results, args) if args.use_dynamic_sampling else None
+    return detections, outputs
+
+
+def test_cascade(args):
+    """Test mode (--test --checkpoint DIR): the cascade on the test split, scored at every step."""
+    log = Logger(args.log_path, enabled=args.is_main)
+    paths = step_checkpoint_paths(args.checkpoint, args, "--test")
+    test_set = VideoDataset(args, "test", "uniform")
+    detectors = []
+
+    def score(step, detections, outputs):
+        path = os.path.join(args.save_dir, f"test_result_step{step}.json")
+        detector = engine.score_results(detections, outputs, args, path)
+        if args.is_main:
+            log(engine.format_map_line(detector, f"test step {step} ({os.path.basename(paths[step])})"))
+            engine.report_evaluation(detector, args, step, test_set, "test_", log)
+        detectors.append(detector)
+
+    run_cascade(paths, test_set, args, on_step=score, keep_outputs=args.visualize)
+    return detectors
+
+
+# ----------------------------------------------------------------------------- new videos
+def list_feature_files(path):
+    """{VID: path} for one .npy file or a folder of them (sorted by name)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".npy":
+            raise InputError(f"features {path} is not a .npy file; expected a (T, D) float32 .npy or a folder of them")
+        return {path.stem: path}
+    if not path.is_dir():
+        raise InputError(f"features {path} not found; pass a (T, D) .npy file or a folder of them")
+    files = sorted(p for p in path.iterdir() if p.suffix == ".npy" and p.is_file())
+    if not files:
+        raise InputError(f"feature folder {path} holds no .npy files; expected one (T, D) float32 file per video")
+    return {p.stem: p for p in files}
+
+
+def check_features(array, feature_dim, source):
+    """The checks a video's features must pass (rank, dtype, dimension, finite, non-empty)."""
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"features {source} are a {type(array).__name__}; expected a numpy array (T, {feature_dim})")
+    if array.ndim != 2:
+        raise InputError(f"features {source} have shape {array.shape}; expected a 2-D (T, {feature_dim}) array "
+                         f"(one row per snippet)")
+    if array.dtype != np.float32:
+        raise InputError(f"features {source} have dtype {array.dtype}; expected float32 "
+                         f"(convert with .astype(np.float32))")
+    if array.shape[1] != feature_dim:
+        raise InputError(f"features {source} have dimension {array.shape[1]}, but the checkpoint expects "
+                         f"{feature_dim} (I3D RGB || flow); extract features the way the model was trained")
+    if array.shape[0] == 0:
+        raise InputError(f"features {source} have no snippets (shape {array.shape})")
+    if not np.isfinite(array.sum(dtype=np.float64)):
+        raise InputError(f"features {source} contain NaN or inf values; re-extract them")
+    return array
+
+
+def read_feature_file(path, feature_dim):
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"features {path} are not a readable .npy array ({err})") from None
+    return check_features(array, feature_dim, path)
+
+
+def new_video_dataset(videos, args):
+    """VideoDataset of new videos {VID: .npy path or (T, D) array}, every input checked (one-line errors)."""
+    for vid, source in videos.items():
+        if isinstance(source, (str, os.PathLike)):
+            read_feature_file(source, args.feature_dim)
+        else:
+            check_features(source, args.feature_dim, f"of video {vid}")
+    checked = argparse.Namespace(**{**vars(args), "skip_data_checks": True})      # checked above, with these messages
+    return VideoDataset(checked, "predict", "uniform", videos=videos)
+
+
+def localize_videos(videos, checkpoint, args):
+    """Detections of the cascade for new videos: {VID: [{label, score, segment: [s, e] seconds}]}.
+
+    videos: {VID: .npy path or (T, D) float32 array}, or a .npy file / folder path;
+    checkpoint: a run folder, or the models of load_cascade (load once, call many times).
+    """
+    if isinstance(videos, (str, os.PathLike)):
+        videos = list_feature_files(videos)
+    models = checkpoint if isinstance(checkpoint, (list, tuple)) else load_cascade(checkpoint, args, "predict")
+    if len(models) != args.num_steps + 1:
+        raise UserError(f"{len(models)} models given, but the cascade has num_steps + 1 = {args.num_steps + 1}")
+    return run_cascade(models, new_video_dataset(videos, args), args)[0]
+
+
+def localize(features, checkpoint, args):
+    """Detections of the cascade for one video's features (T, D) float32 (array or .npy path)."""
+    if isinstance(features, (str, os.PathLike)):
+        return next(iter(localize_videos({Path(features).stem: features}, checkpoint, args).values()))
+    return localize_videos({"video": features}, checkpoint, args)["video"]

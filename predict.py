@@ -1,0 +1,119 @@
+"""Localize actions in new videos with a trained cascade: I3D feature files in, detections out.
+
+    python predict.py --checkpoint RUN_FOLDER --features PATH [--out FILE] [--format json|csv] [--plot]
+
+PATH is one (T, D) float32 .npy file or a folder of them (one per video, named VID.npy). The cascade
+is replayed exactly as test mode does (inference.py); no gt.json or split file is needed. Any config
+key can be overridden as in the entry scripts (`--demo`, `--num_steps 2`, ...); the config must be
+the one the checkpoints were trained with.
+"""
+import argparse
+import csv
+import errno
+import io
+import os
+import sys
+from pathlib import Path
+
+from config import build_args
+from eval.proposals import write_results_json
+from utils import UserError, atomic_write_text
+
+
+def parse_predict_args(argv):
+    """Predict-only flags; everything else goes to config.build_args (the entry scripts' flags)."""
+    parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"],
+                        help="preset of config.py the checkpoints were trained with")
+    parser.add_argument("--features", required=True, help="a (T, D) float32 .npy file or a folder of them")
+    parser.add_argument("--out", default="", help="output file (default predictions.json / predictions.csv)")
+    parser.add_argument("--format", default="json", choices=["json", "csv"],
+                        help="json: ActivityNet result file; csv: video,label,score,start,end")
+    parser.add_argument("--plot", action="store_true", help="one PNG per video beside --out (OUT_plots/VID.png)")
+    parser.add_argument("--fps", type=float, help="frame rate of the feature extraction (default 25)")
+    parser.add_argument("--snippet_frames", type=int, help="frames per feature snippet (default 16)")
+    parser.add_argument("--score_threshold", type=float, help="keep detections with score >= X")
+    parser.add_argument("--top_k", type=int, help="keep the K best-scored detections per video")
+    known, rest = parser.parse_known_args(argv)
+    if known.fps is not None:
+        rest += ["--frames_per_sec", f"{known.fps:g}"]
+    if known.snippet_frames is not None:
+        rest += ["--segment_frames_num", str(known.snippet_frames)]
+    if known.top_k is not None and known.top_k < 1:
+        raise UserError(f"--top_k must be at least 1, got {known.top_k}")
+    if not any(flag == "--checkpoint" or flag.startswith("--checkpoint=") for flag in rest):
+        raise UserError("predict.py needs --checkpoint RUN_FOLDER (the folder with model_step*.pth)")
+    return known, rest
+
+
+def filter_detections(detections, score_threshold=None, top_k=None):
+    """Detections with score >= score_threshold, then the top_k best scored; original order kept."""
+    kept = [d for d in detections if score_threshold is None or d["score"] >= score_threshold]
+    if top_k is not None and len(kept) > top_k:
+        best = sorted(range(len(kept)), key=lambda i: -kept[i]["score"])[:top_k]   # stable: ties keep order
+        kept = [kept[i] for i in sorted(best)]
+    return kept
+
+
+def detections_csv(results):
+    """CSV text: one row per detection, video,label,score,start,end (seconds)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["video", "label", "score", "start", "end"])
+    for vid, detections in results.items():
+        for d in detections:
+            writer.writerow([vid, d["label"], repr(d["score"]), repr(d["segment"][0]), repr(d["segment"][1])])
+    return buffer.getvalue()
+
+
+def write_plots(folder, results, outputs, dataset, args):
+    import visualize
+    for vid, out in outputs.items():
+        visualize.plot_video(os.path.join(folder, f"{vid}.png"), vid, out["vid_len"], args.class_name_lst,
+                             out["fg_cas"], out["temp_att"], results[vid], [], args.frames_per_sec,
+                             args.segment_frames_num, weights=dataset.dynamic_weights(vid), cum=out["cum"],
+                             title_extra=f"step {args.num_steps} (final)", score_threshold=0.0)
+
+
+def run(argv):
+    known, rest = parse_predict_args(argv)
+    args = build_args(known.dataset, rest)
+    from inference import list_feature_files, load_cascade, new_video_dataset, run_cascade   # imports torch
+    videos = list_feature_files(known.features)
+    models = load_cascade(args.checkpoint, args, "predict.py")
+    dataset = new_video_dataset(videos, args)
+    results, outputs = run_cascade(models, dataset, args, keep_outputs=known.plot)
+    results = {vid: filter_detections(dets, known.score_threshold, known.top_k) for vid, dets in results.items()}
+    out = Path(known.out or f"predictions.{known.format}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if known.format == "csv":
+        atomic_write_text(out, detections_csv(results))
+    else:
+        write_results_json(out, results)
+    if known.plot:
+        write_plots(out.with_name(out.stem + "_plots"), results, outputs, dataset, args)
+    count = sum(map(len, results.values()))
+    print(f"{count} detections in {len(results)} video{'s' if len(results) != 1 else ''} -> {out}")
+    return results
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        run(argv)
+    except UserError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; choose another --out",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
