@@ -248,8 +248,8 @@ def parse_cli(argv):
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a grid axis (repeatable); replaces the default grid by the product of the axes")
-    parser.add_argument("--variants", default="default", choices=["default", "components", "steps"],
-                        help="the default grid, or only its component / num_steps rows")
+    parser.add_argument("--variants", default="default", choices=["default", "components", "steps", "full"],
+                        help="the default grid, or only its component / num_steps rows, or only the full model")
     parser.add_argument("--name", default="ablation", help="name of the result files")
     parser.add_argument("--dry_run", action="store_true", help="print the cells' commands, run nothing")
     return parser.parse_known_args(argv)
@@ -270,7 +270,7 @@ def main(argv=None):
         variants = parse_grid_axes(opts.grid)
     else:
         variants = {"default": default_grid(probe.num_steps), "components": COMPONENT_GRID,
-                    "steps": STEPS_GRID}[opts.variants]
+                    "steps": STEPS_GRID, "full": [COMPONENT_GRID[-1]]}[opts.variants]
     base_args, cells = plan_cells(opts.dataset, passthrough, variants, seeds, outdir)
     result_dir = os.path.join(base_args.checkpoint_root, opts.dataset, outdir)
     todo = [cell for cell in cells if cell.result() is None]
