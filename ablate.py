@@ -246,6 +246,7 @@ def parse_cli(argv):
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (or --seed_list)")
     parser.add_argument("--seed_list", type=int, nargs="+", default=None)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (default cores // jobs)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a grid axis (repeatable); replaces the default grid by the product of the axes")
     parser.add_argument("--variants", default="default", choices=["default", "components", "steps", "full"],
@@ -275,7 +276,7 @@ def main(argv=None):
     result_dir = os.path.join(base_args.checkpoint_root, opts.dataset, outdir)
     todo = [cell for cell in cells if cell.result() is None]
     jobs = min(opts.jobs, max(len(todo), 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
     print(f"{len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), {len(cells) - len(todo)} finished, "
           f"{len(todo)} to run with {jobs} jobs x {threads} threads")
     if opts.dry_run:
