@@ -24,7 +24,7 @@ from config import build_args  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", default="video_test_0000048", help="test video to show")
+    parser.add_argument("--video", default="video_test_0000029", help="test video to show")
     parser.add_argument("--run_dir", default="", help="a finished THUMOS demo run folder (default: the --demo one)")
     cli = parser.parse_args(argv)
     os.chdir(REPO_ROOT)                       # the demo's data/ and checkpoints/ paths are relative
