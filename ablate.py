@@ -50,7 +50,8 @@ COMPONENT_GRID = [
 STEPS_GRID = [(f"steps{n}", dict(num_steps=n)) for n in (1, 2, 3)]
 REFERENCE = "full"                  # paired differences are taken to this variant (else the first)
 
-EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \| mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
+# an evaluation line of log.txt (losses may come between the epoch and the mAP part)
+EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
 FINAL_LINE = "best average mAP per step:"
 
 

@@ -90,7 +90,8 @@ def test_parse_log_takes_each_steps_last_best(tmp_path):
         "step 0 epoch 4 | mAP@tIoU 0.10:10.00 0.20:5.00 | avg 7.50 | best 7.50 *",
         "step 0 epoch 9 | mAP@tIoU 0.10:20.00 0.20:6.00 | avg 13.00 | best 13.00 *",
         "step 0 epoch 14 | mAP@tIoU 0.10:12.00 0.20:2.00 | avg 7.00 | best 13.00",
-        "step 1 epoch 19 | mAP@tIoU 0.10:30.00 0.20:10.00 | avg 20.00 | best 20.00 *",
+        "step 1 epoch 19 | total 1.2 accuracy 0.5 | lr 0.001 | mAP@tIoU 0.10:30.00 0.20:10.00 | avg 20.00 "
+        "| best 20.00 *",                                       # the merged format: losses before the mAP
         "best average mAP per step: step 0 13.00, step 1 20.00 (final model: x)"]) + "\n")
     parsed = ablate.parse_log(log)
     assert parsed == {"best": {0: 13.0, 1: 20.0}, "tiou": {0: {0.1: 20.0, 0.2: 6.0}, 1: {0.1: 30.0, 0.2: 10.0}},
