@@ -107,10 +107,12 @@ PRESETS = {
     ),
 }
 
-# The demo: a small synthetic THUMOS-like dataset (generated on first use) and a schedule
-# that runs the whole multi-step pipeline in a few minutes on a 2-core CPU.
-DEMO = dict(
-    # data_dir: data/synthetic_THUMOS14 or data/synthetic_ActivityNet13 (set in build_args)
+# The demos: small synthetic datasets shaped like each benchmark (generated on first use, see
+# synthetic_data.py) and schedules that run the whole multi-step pipeline in a few minutes on a
+# 2-core CPU. Each keeps its preset's shape: THUMOS base + 2 refinement steps, ActivityNet base +
+# 1 step (the ActivityNet preset's), with that preset's post-processing and loss weights.
+DEMO = dict(                    # THUMOS demo
+    # data_dir: data/synthetic_THUMOS14 (set in build_args)
     outdir="demo",
     feature_dim=256,
     epochs=60, epochs_per_step=20, num_steps=2,
@@ -119,6 +121,20 @@ DEMO = dict(
     eval_freq=5,
     lr=1e-3,
 )
+DEMO_PRESETS = {
+    "THUMOS": DEMO,
+    "ActivityNet": dict(
+        # data_dir: data/synthetic_ActivityNet13 (set in build_args)
+        class_list="ActivityNet13_demo.txt",  # 20 of the 200 classes (every 10th): enough videos per class
+        outdir="demo",
+        feature_dim=256,
+        epochs=40, epochs_per_step=20, num_steps=1,
+        sample_segments_num=150,              # the preset's S
+        batch_size=16,
+        eval_freq=5,
+        lr=1e-3,
+    ),
+}
 
 # Flags that take no value (released CLI switches and run modes).
 SWITCHES = {
@@ -226,7 +242,8 @@ def build_args(dataset, argv=None):
     cli = parser.parse_args([] if argv is None else argv)
     values = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
     if cli.demo:
-        values.update(DEMO, data_dir=os.path.join("data", "synthetic_" + Path(PRESETS[dataset]["data_dir"]).name))
+        values.update(DEMO_PRESETS[dataset],
+                      data_dir=os.path.join("data", "synthetic_" + Path(PRESETS[dataset]["data_dir"]).name))
     values.update({key: val for key, val in vars(cli).items() if val is not None})
     args = argparse.Namespace(**values)
     args.dataset = dataset

@@ -21,8 +21,8 @@ from utils import UserError, atomic_write_json, atomic_write_text
 
 R = 25 / 16
 MARKER = "SYNTHETIC.json"            # written last: its presence means the set is complete
-DEMO_SIZES = {"THUMOS": (100, 60), "ActivityNet": (100, 60)}
-DEMO_DURATIONS = (20.0, 160.0)       # seconds: 31..250 snippets, below the demo's S = 256
+DEMO_SIZES = {"THUMOS": (100, 60), "ActivityNet": (160, 80)}   # (train, test) videos of the demo sets
+GENERATOR_VERSION = 2                # in the demo marker: a demo set from an older generator is rebuilt
 KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"), ("HammerThrow", "ThrowDiscus"),
                ("HighJump", "LongJump"), ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
                ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
@@ -110,25 +110,81 @@ def _features(T, annotations, bank, rng):
     return np.maximum(pre, 0, out=pre)
 
 
-def _one_timeline(kind, rng, durations):
-    d = float(np.exp(rng.uniform(*np.log(durations))))
+# ---------------------------------------------------------------------------------------------
+# Timeline statistics measured on the real annotations (../shared/data, see README there) with
+# bench/annotation_stats.py: quantiles at p = 0, 0.05, ..., 1 of the training subset
+# (THUMOS14/gt.json subset "validation", 200 videos; ActivityNet13/gt.json subset "train",
+# 9019 videos). The generator draws from them by inverse CDF (linear between quantiles).
+# ---------------------------------------------------------------------------------------------
+QUANTILE_P = np.linspace(0, 1, 21)
+REAL_STATS = {
+    "THUMOS": {
+        # video duration (s)
+        "duration_s": [8.8, 30.7, 36.9, 51.3, 67.3, 81.1, 100.3, 112.3, 128.4, 135.6, 150.4, 168.3, 180.6,
+                       191.1, 210.2, 228.6, 275.9, 311.0, 450.4, 600.8, 1174.4],
+        # per video: fraction of snippets whose centre lies inside an annotated instance
+        "inside_frac": [0.004, 0.059, 0.084, 0.118, 0.136, 0.158, 0.173, 0.186, 0.196, 0.208, 0.229, 0.247,
+                        0.28, 0.313, 0.345, 0.372, 0.419, 0.482, 0.583, 0.751, 0.994],
+        # instance length (s)
+        "length_s": [0.2, 0.7, 0.9, 1.1, 1.3, 1.5, 1.8, 2.0, 2.3, 2.6, 2.9, 3.3, 3.7, 4.4, 5.0, 5.5, 6.2, 7.0,
+                     8.0, 9.7, 118.1],
+        # distinct classes per video: probability of 1, 2
+        "classes_p": [0.865, 0.135],
+    },
+    "ActivityNet": {
+        "duration_s": [1.6, 18.2, 30.2, 40.5, 52.0, 61.6, 70.6, 80.7, 91.5, 102.6, 114.4, 125.2, 136.4, 148.4,
+                       160.6, 172.7, 184.6, 197.1, 210.7, 224.3, 755.1],
+        "inside_frac": [0.0, 0.119, 0.209, 0.292, 0.362, 0.439, 0.506, 0.567, 0.622, 0.672, 0.718, 0.763, 0.802,
+                        0.839, 0.872, 0.901, 0.929, 0.958, 0.992, 1.0, 1.0],
+        # instances per video: probability of 1, 2, 3, 4, 5, >= 6 (the last folded into 6)
+        "instances_p": [0.7551, 0.1302, 0.0473, 0.0265, 0.0159, 0.0250],
+        "classes_p": [1.0],                 # 99.96 % of the videos have one class
+    },
+}
+# Scaling to the demo's time budget: every video duration is multiplied by TIME_SCALE and clipped
+# to DEMO_DURATIONS (so videos fit the demo's S snippets). THUMOS keeps instance lengths in seconds
+# (short actions are the point of THUMOS) and the per-video action fraction, so the number of
+# instances per video shrinks with the duration; ActivityNet keeps the per-video structure
+# (instances per video, action fraction, hence instance length as a fraction of the video).
+TIME_SCALE = {"THUMOS": 0.35, "ActivityNet": 0.5}
+DEMO_DURATIONS = {"THUMOS": (20.0, 160.0), "ActivityNet": (10.0, 150.0)}
+MAX_INSTANCE_S = 30.0                       # THUMOS: longest drawn instance (0.5 % are longer in the real set)
+# mean of the THUMOS instance length table after that cap (by integration of the inverse CDF)
+MEAN_INSTANCE_S = float(np.mean(np.minimum(np.interp(np.linspace(0, 1, 100001), QUANTILE_P,
+                                                     REAL_STATS["THUMOS"]["length_s"]), MAX_INSTANCE_S)))
+
+
+def draw_quantiles(quantiles, rng, size=None):
+    """Inverse-CDF draw from a quantile table at QUANTILE_P (linear between quantiles)."""
+    return np.interp(rng.uniform(0, 1, size), QUANTILE_P, quantiles)
+
+
+def sample_timeline(kind, rng, time_scale=None, durations=None):
+    """(duration, starts, ends, n_classes) of one demo video, from the measured statistics."""
+    stats = REAL_STATS[kind]
+    scale = TIME_SCALE[kind] if time_scale is None else time_scale
+    low, high = DEMO_DURATIONS[kind] if durations is None else durations
+    d = float(np.clip(scale * draw_quantiles(stats["duration_s"], rng), low, high))
+    coverage = float(np.clip(draw_quantiles(stats["inside_frac"], rng), 0.02, 0.98))
+    n_cls = 1 + int(rng.choice(len(stats["classes_p"]), p=stats["classes_p"]))
     if kind == "THUMOS":
-        n_cls = 1 if rng.random() < 0.85 else 2
-        coverage, mean_len = rng.uniform(0.1, 0.4), rng.uniform(1.5, 8.0)
-        n = max(1, int(round(coverage * d / mean_len)))
-        lengths = np.clip(mean_len * rng.lognormal(0, 0.35, n), 0.6, 30.0)
+        # iid lengths (never rejected, so their distribution stays the measured one); their number
+        # gives the video's action fraction on average
+        n = max(1, int(round(coverage * d / MEAN_INSTANCE_S)))
+        lengths = np.minimum(draw_quantiles(stats["length_s"], rng, n), MAX_INSTANCE_S)
+        if lengths.sum() > 0.95 * d:
+            lengths *= 0.95 * d / lengths.sum()
     else:
-        n_cls, n = 1, int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
-        lengths = rng.dirichlet(np.ones(n)) * rng.uniform(0.3, 0.9) * d
-    if lengths.sum() > 0.9 * d:
-        lengths *= 0.9 * d / lengths.sum()
-    gaps = rng.dirichlet(np.ones(n + 1)) * (d - lengths.sum())
+        n = 1 + int(rng.choice(len(stats["instances_p"]), p=stats["instances_p"]))
+        lengths = rng.dirichlet(np.ones(n)) * coverage * d
+    n_cls = min(n_cls, len(lengths))
+    gaps = rng.dirichlet(np.ones(len(lengths) + 1)) * max(d - lengths.sum(), 0.0)
     starts = np.cumsum(gaps[:-1]) + np.concatenate([[0], np.cumsum(lengths[:-1])])
     return d, starts, starts + lengths, n_cls
 
 
 def generate_synthetic_dataset(out_dir, kind="THUMOS", num_train=40, num_test=40, feature_dim=2048, seed=0,
-                               class_names=None, timeline_gt=None, durations=(30.0, 240.0)):
+                               class_names=None, timeline_gt=None, durations=None):
     """Write gt.json, split_{train,test}.txt and {train,test}/VID.npy under out_dir; returns the database."""
     if kind not in SUBSETS:
         raise ValueError(f"kind must be THUMOS or ActivityNet, got {kind!r}")
@@ -159,16 +215,14 @@ def generate_synthetic_dataset(out_dir, kind="THUMOS", num_train=40, num_test=40
 def _generated_videos(kind, num_train, num_test, seed, class_names, durations):
     C = len(class_names)
     rng = np.random.default_rng([seed, 104729])
-    class_len_rank = rng.permutation(C)        # each class its own typical length
     for number in range(num_train + num_test):
         folder = "train" if number < num_train else "test"
         i = number if folder == "train" else number - num_train
         vid = (f"video_{'validation' if folder == 'train' else 'test'}_{i:07d}" if kind == "THUMOS"
                else f"v_synth{number:06d}")
-        d, starts, ends, n_cls = _one_timeline(kind, rng, durations)
+        d, starts, ends, n_cls = sample_timeline(kind, rng, durations=durations)
         classes = rng.choice(C, n_cls, replace=False)
-        main = classes[np.argsort(class_len_rank[classes])]
-        labels = main[rng.integers(0, n_cls, len(starts))]
+        labels = classes[rng.permutation(np.r_[np.arange(n_cls), rng.integers(0, n_cls, len(starts) - n_cls)])]
         T = max(int(round(d * R)), 1)
         duration = T / R                           # the features cover exactly the annotated time
         step = 10 if kind == "THUMOS" else 100
@@ -197,7 +251,8 @@ def _demo_params(args):
     kind = getattr(args, "dataset", "THUMOS")
     num_train, num_test = DEMO_SIZES[kind]
     return {"kind": kind, "num_train": num_train, "num_test": num_test, "feature_dim": int(args.feature_dim),
-            "seed": 0, "class_names": list(args.class_name_lst), "durations": list(DEMO_DURATIONS)}
+            "seed": 0, "class_names": list(args.class_name_lst), "durations": list(DEMO_DURATIONS[kind]),
+            "generator": GENERATOR_VERSION}
 
 
 def ensure_demo_dataset(args):
@@ -222,7 +277,7 @@ def ensure_demo_dataset(args):
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        generate_synthetic_dataset(tmp, **params)
+        generate_synthetic_dataset(tmp, **{key: val for key, val in params.items() if key != "generator"})
         atomic_write_json(tmp / MARKER, params)
         if target.exists():
             target.rmdir()                                 # empty folder
@@ -244,13 +299,14 @@ def main(argv=None):
     parser.add_argument("--num_test", type=int, default=40)
     parser.add_argument("--feature_dim", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min_duration", type=float, default=30.0, help="seconds")
-    parser.add_argument("--max_duration", type=float, default=240.0, help="seconds")
+    parser.add_argument("--min_duration", type=float, default=None, help="seconds (default: DEMO_DURATIONS)")
+    parser.add_argument("--max_duration", type=float, default=None, help="seconds (default: DEMO_DURATIONS)")
     parser.add_argument("--timeline_gt", default=None, help="take videos and annotations from this real gt.json")
     opts = parser.parse_args(argv)
     database = generate_synthetic_dataset(opts.out, opts.kind, opts.num_train, opts.num_test, opts.feature_dim,
                                           opts.seed, timeline_gt=opts.timeline_gt,
-                                          durations=(opts.min_duration, opts.max_duration))
+                                          durations=None if opts.min_duration is None and opts.max_duration is None
+                                          else (opts.min_duration or 0.0, opts.max_duration or float("inf")))
     print(f"wrote {len(database)} videos to {opts.out}")
 
 

@@ -2,11 +2,13 @@
 
     python main_THUMOS.py --demo                 # trains; the run folder is printed in log.txt
     python figs/make_figures.py                  # replays it in test mode with --visualize
+    python figs/make_figures.py --run_dir checkpoints/THUMOS/ablate_demo/RUN   # or any THUMOS demo run folder
 
 Writes figs/demo_map_over_steps.png (mAP per tIoU for each refinement step) and
 figs/demo_video.png (one test video: GT, proposals, CAS, attention, sampling weights).
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,14 +24,23 @@ from config import build_args  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", default="video_test_0000048", help="test video to show")
+    parser.add_argument("--video", default="video_test_0000029", help="test video to show")
+    parser.add_argument("--run_dir", default="", help="a finished THUMOS demo run folder (default: the --demo one)")
     cli = parser.parse_args(argv)
     os.chdir(REPO_ROOT)                       # the demo's data/ and checkpoints/ paths are relative
     args = build_args("THUMOS", ["--demo"])
-    run_dir = args.save_dir
+    run_dir = cli.run_dir or args.save_dir
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
-    runner.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
+    if cli.run_dir:                           # replay into that folder, with its own seed and schedule
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            config = json.load(handle)
+        args.save_dir = run_dir
+        extra = ["--outdir", config["outdir"], "--suffix", config["suffix"], "--seed", str(config["seed"])]
+    else:
+        extra = []
+    runner.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"]
+               + extra)
     figs = REPO_ROOT / "figs"
     per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(run_dir, "test_summary.json")))
     visualize.plot_map_over_steps(figs / "demo_map_over_steps.png", per_step)

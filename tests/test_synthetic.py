@@ -44,15 +44,99 @@ def test_deterministic(tmp_path):
         assert path.read_bytes() == (b / path.relative_to(a)).read_bytes()
 
 
-def test_activitynet_long_instances(tmp_path):
+def test_activitynet_layout_and_single_class(tmp_path):
     sd.generate_synthetic_dataset(tmp_path, "ActivityNet", 6, 4, feature_dim=16, seed=0,
                                   class_names=[f"c{i}" for i in range(12)])
     gt, splits = read_set(tmp_path)
     subsets = {gt["database"][v]["subset"] for v in splits["train"] + splits["test"]}
     assert subsets == {"train", "val"}
-    cover = [sum(a["segment"][1] - a["segment"][0] for a in e["annotations"]) / e["duration"]
-             for e in gt["database"].values()]
-    assert min(cover) > 0.25
+    for entry in gt["database"].values():
+        assert len({a["label"] for a in entry["annotations"]}) == 1 and entry["annotations"]
+
+
+def sample_statistics(kind, n, seed):
+    """Per-video duration, action fraction, classes; per-instance length (s and fraction) of n timelines."""
+    rng = np.random.default_rng(seed)
+    out = {"duration": [], "cover": [], "classes": [], "length": [], "length_frac": [], "instances": []}
+    for _ in range(n):
+        d, starts, ends, n_cls = sd.sample_timeline(kind, rng)
+        out["duration"].append(d)
+        out["cover"].append((ends - starts).sum() / d)
+        out["classes"].append(n_cls)
+        out["instances"].append(len(starts))
+        out["length"].extend(ends - starts)
+        out["length_frac"].extend((ends - starts) / d)
+        assert np.all(np.diff(starts) > 0) and np.all(starts[1:] >= ends[:-1] - 1e-9) and ends[-1] <= d + 1e-9
+    return {key: np.asarray(val, dtype=np.float64) for key, val in out.items()}
+
+
+def target_quantile(table, p, scale=1.0, low=-np.inf, high=np.inf):
+    """(x, F(x)): quantile p of a measured table after the generator's scaling and clipping, and the
+    target CDF there (clipping puts the mass below `low` at `low`, so F(low) can exceed p)."""
+    x = float(np.clip(scale * np.interp(p, sd.QUANTILE_P, table), low, high))
+    return x, (1.0 if x >= high else float(np.interp(x / scale, table, sd.QUANTILE_P)))
+
+
+# Sampling error of an empirical quantile: sd(F(q_hat)) = sqrt(p(1-p)/n) <= 0.5/sqrt(n) in probability;
+# with n >= 4000 that is <= 0.008, so comparing the empirical CDF at the target quantile with p
+# within 0.04 (5 standard errors) fails by chance with probability < 1e-6 per check.
+P_CHECK = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def cdf_at(values, x):
+    return float(np.mean(values <= x))
+
+
+def test_thumos_timelines_match_measured_statistics():
+    stats, n = sd.REAL_STATS["THUMOS"], 4000
+    sample = sample_statistics("THUMOS", n, seed=11)
+    low, high = sd.DEMO_DURATIONS["THUMOS"]
+    for p in P_CHECK:
+        q, f = target_quantile(stats["duration_s"], p, sd.TIME_SCALE["THUMOS"], low, high)
+        assert abs(cdf_at(sample["duration"], q) - f) < 0.04, ("duration", p)
+        # instance lengths are drawn iid from the measured table (capped at MAX_INSTANCE_S and at 0.95 d)
+        q, f = target_quantile(stats["length_s"], p, high=sd.MAX_INSTANCE_S)
+        assert abs(cdf_at(sample["length"], q) - f) < 0.04, ("length", p)
+    # classes per video: 2 classes as often as measured, less the 1-instance videos that cannot have 2
+    two = np.mean(sample["classes"] == 2)
+    possible = np.mean(sample["instances"] >= 2)
+    assert abs(two - stats["classes_p"][1] * possible) < 4 * np.sqrt(0.25 / n)
+    # the action fraction is matched on average (the number of instances is rounded per video)
+    target_cover = np.mean(np.interp(np.linspace(0, 1, 10001), sd.QUANTILE_P, stats["inside_frac"]).clip(0.02, 0.98))
+    assert abs(sample["cover"].mean() - target_cover) < 0.03
+
+
+def test_activitynet_timelines_match_measured_statistics():
+    stats, n = sd.REAL_STATS["ActivityNet"], 4000
+    sample = sample_statistics("ActivityNet", n, seed=12)
+    low, high = sd.DEMO_DURATIONS["ActivityNet"]
+    for p in P_CHECK:
+        q, f = target_quantile(stats["duration_s"], p, sd.TIME_SCALE["ActivityNet"], low, high)
+        assert abs(cdf_at(sample["duration"], q) - f) < 0.04, ("duration", p)
+        # the per-video action fraction is drawn from the table (clipped to [0.02, 0.98]) and kept exactly
+        q, f = target_quantile(stats["inside_frac"], p, low=0.02, high=0.98)
+        assert abs(cdf_at(sample["cover"], q) - f) < 0.04, ("action fraction", p)
+    counts = np.bincount(sample["instances"].astype(int), minlength=7)[1:7] / n
+    assert np.abs(counts - np.asarray(stats["instances_p"])).max() < 4 * np.sqrt(0.25 / n)
+    assert np.all(sample["classes"] == 1)
+
+
+def test_annotation_statistics_of_generated_set(tmp_path):
+    """bench/annotation_stats.py measures what the generator wrote (hand-checkable on one video)."""
+    from bench.annotation_stats import annotation_statistics, video_statistics
+    entry = {"duration": 10.0, "annotations": [{"segment": [1.0, 2.0], "label": "a"},
+                                               {"segment": [1.5, 3.0], "label": "b"},
+                                               {"segment": [6.0, 7.0], "label": "a"}]}
+    stats = video_statistics(entry)
+    # T = round(10 * 25/16) = 16 snippets, centres (t + 0.5) / 1.5625; inside [1, 3] or [6, 7]:
+    centres = (np.arange(16) + 0.5) / (25 / 16)
+    inside = ((centres >= 1) & (centres <= 3)) | ((centres >= 6) & (centres <= 7))
+    assert stats["inside_frac"] == inside.mean() and stats["instances"] == 3 and stats["classes"] == 2
+    assert stats["length_s"] == [1.0, 1.5, 1.0] and stats["gap_s"] == [3.0]        # overlaps merged first
+    db = sd.generate_synthetic_dataset(tmp_path, "THUMOS", 30, 10, feature_dim=8, seed=1)
+    train = annotation_statistics(tmp_path / "gt.json", "validation")
+    assert len(train["duration_s"]) == 30
+    assert train["instances"].sum() == sum(len(e["annotations"]) for e in db.values() if e["subset"] == "validation")
 
 
 def test_real_timeline(tmp_path, shared_data):

@@ -1,0 +1,331 @@
+"""Ablation runner: a grid of variants x seeds, each an ordinary run of the entry script.
+
+    python ablate.py --demo --seeds 3                          # the default grid on the THUMOS demo
+    python ablate.py --dataset ActivityNet --demo --seeds 3
+    python ablate.py --demo --seeds 2 --grid use_uncertainty=true,false --grid lr=1e-3,3e-4
+
+Every flag ablate.py does not know is passed to main_{dataset}.py unchanged. Each cell runs as
+`python main_{dataset}.py ARGS --seed S --outdir OUTDIR --suffix VARIANT_seedS` in its own run
+folder (so it resumes, and can be rerun alone with the command printed in the table file);
+cells whose log ends with the final "best average mAP per step" line are not rerun. Up to
+--jobs cells run at once, each with cores // jobs torch threads. At the end the tables
+(mean +- std over seeds of the best average mAP of every step, the mAP at each tIoU of the
+final step's best evaluation, and the paired difference to the reference variant per seed)
+are printed and written, with a plot, to checkpoints/{dataset}/{OUTDIR}/ablation.{md,csv,png}.
+All numbers are read back from the runs' own log.txt.
+"""
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from config import build_args
+from utils import UserError, atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent
+OFF = dict(use_intra_attention=False, use_inter_attention=False, use_dynamic_sampling=False,
+           use_pseudo_instance_loss=False, use_uncertainty=False)
+
+# The default grid: (name, config overrides), relative to the preset (or the demo preset).
+# The component rows follow the paper's component ablation, each adding one part to the row above.
+# "num_steps" cells train epochs_per_step * (num_steps + 1) epochs unless "epochs" is given;
+# the base model (num_steps 0) trains as many epochs as the full model, so budgets are equal.
+COMPONENT_GRID = [
+    ("base", dict(num_steps=0, epochs="full")),                                 # base model only
+    ("+intra", {**OFF, "use_intra_attention": True}),                           # + intra-segment attention
+    ("+inter", {**OFF, "use_intra_attention": True, "use_inter_attention": True}),  # + inter-segment attention
+    ("+dynamic", {**OFF, "use_intra_attention": True, "use_inter_attention": True,
+                  "use_dynamic_sampling": True}),                               # + dynamic segment sampling
+    ("+pseudo_loss", {**OFF, "use_intra_attention": True, "use_inter_attention": True,
+                      "use_dynamic_sampling": True, "use_pseudo_instance_loss": True}),  # + pseudo instance loss
+    ("full", {}),                                                               # + uncertainty = the full model
+]
+STEPS_GRID = [(f"steps{n}", dict(num_steps=n)) for n in (1, 2, 3)]
+REFERENCE = "full"                  # paired differences are taken to this variant (else the first)
+
+# an evaluation line of log.txt (losses may come between the epoch and the mAP part)
+EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
+FINAL_LINE = "best average mAP per step:"
+
+
+def parse_grid_axes(axes):
+    """['key=v1,v2', ...] -> [(name, overrides)] of their cartesian product."""
+    parsed = []
+    for axis in axes:
+        key, sep, values = axis.partition("=")
+        if not sep or not key or not values:
+            raise UserError(f"--grid {axis!r}: expected KEY=V1,V2,...")
+        parsed.append([(key, value) for value in values.split(",")])
+    return [("_".join(f"{k}={v}" for k, v in combo), dict(combo)) for combo in itertools.product(*parsed)]
+
+
+def default_grid(preset_steps):
+    """Component rows, then the num_steps rows that differ from the full model (same cell otherwise)."""
+    return COMPONENT_GRID + [(name, o) for name, o in STEPS_GRID if o["num_steps"] != preset_steps]
+
+
+def cell_flags(overrides, base_args):
+    """Command-line flags of one variant; num_steps changes the epochs to epochs_per_step * (n + 1)."""
+    overrides = dict(overrides)
+    if overrides.get("epochs") == "full":
+        overrides["epochs"] = base_args.epochs
+    if "num_steps" in overrides and "epochs" not in overrides:
+        eps = int(overrides.get("epochs_per_step", base_args.epochs_per_step))
+        overrides["epochs"] = eps * (int(overrides["num_steps"]) + 1)
+    return [item for key, value in overrides.items() for item in (f"--{key}", str(value).lower()
+                                                                     if isinstance(value, bool) else str(value))]
+
+
+def folder_safe(name):
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name.replace("+", "plus_")).strip("-")
+
+
+def parse_log(path):
+    """{'best': {step: avg %}, 'tiou': {step: {tiou: mAP %}} at each step's best evaluation, 'finished'}."""
+    best, tiou, finished = {}, {}, False
+    with open(path) as handle:
+        for line in handle:
+            line = line.rstrip("\n")
+            if line.startswith(FINAL_LINE):
+                finished = True
+            match = EVAL_LINE.match(line)
+            if match and match.group(6):                     # ' *': a new best of its step
+                step = int(match.group(1))
+                best[step] = float(match.group(5))
+                tiou[step] = {float(k): float(v) for k, v in (p.split(":") for p in match.group(3).split())}
+            elif match:
+                finished = False                             # an evaluation after the final line: resumed
+    return {"best": best, "tiou": tiou, "finished": finished}
+
+
+class Cell:
+    def __init__(self, variant, seed, argv, save_dir, num_steps):
+        self.variant, self.seed, self.argv, self.save_dir, self.num_steps = variant, seed, argv, save_dir, num_steps
+        self.log_path = os.path.join(save_dir, "log.txt")
+
+    def result(self):
+        if not os.path.isfile(self.log_path):
+            return None
+        parsed = parse_log(self.log_path)
+        done = parsed["finished"] and self.num_steps in parsed["best"]
+        return parsed if done else None
+
+
+def plan_cells(dataset, passthrough, variants, seeds, outdir):
+    cells = []
+    base_args = build_args(dataset, passthrough + ["--device", "cpu"])
+    user_suffix = base_args.suffix
+    for name, overrides in variants:
+        for seed in seeds:
+            suffix = "_".join(filter(None, [user_suffix, folder_safe(name), f"seed{seed}"]))
+            argv = passthrough + cell_flags(overrides, base_args) + ["--seed", str(seed), "--outdir", outdir,
+                                                                     "--suffix", suffix]
+            args = build_args(dataset, argv + ["--device", "cpu"])        # the run folder the entry script uses
+            cells.append(Cell(name, seed, argv, args.save_dir, args.num_steps))
+    return base_args, cells
+
+
+def run_cell(cell, dataset, threads, out_dir):
+    """Run one cell as a subprocess of the entry script; returns (cell, return code, wall s, CPU s).
+
+    The CPU time (user + system of the cell's process) says what a cell costs even on a busy machine.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, str(REPO_ROOT / f"main_{dataset}.py")] + cell.argv
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(out_dir, f"{os.path.basename(cell.save_dir)}.out"), "w") as handle:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return cell, process.returncode, time.time() - start, usage.ru_utime + usage.ru_stime
+
+
+def mean_std(values):
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return float(values.mean()), float(std)
+
+
+def fmt(pair):
+    mean, std = pair
+    return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def summarize(cells, reference):
+    """Per variant: per-step best avg, final-step tIoU mAP and the paired difference, over seeds."""
+    variants = list(dict.fromkeys(cell.variant for cell in cells))
+    results = {(c.variant, c.seed): c.result() for c in cells}
+    ref = reference if reference in variants else variants[0]
+    rows = []
+    for name in variants:
+        mine = [c for c in cells if c.variant == name and results[(c.variant, c.seed)]]
+        if not mine:
+            continue
+        steps = mine[0].num_steps
+        per_step = {k: mean_std([results[(c.variant, c.seed)]["best"][k] for c in mine]) for k in range(steps + 1)}
+        finals = {c.seed: results[(c.variant, c.seed)]["best"][steps] for c in mine}
+        tious = sorted(results[(mine[0].variant, mine[0].seed)]["tiou"][steps])
+        per_tiou = {t: mean_std([results[(c.variant, c.seed)]["tiou"][steps][t] for c in mine]) for t in tious}
+        ref_finals = {c.seed: results[(c.variant, c.seed)]["best"][c.num_steps] for c in cells
+                      if c.variant == ref and results[(c.variant, c.seed)]}
+        paired = [finals[s] - ref_finals[s] for s in finals if s in ref_finals]
+        rows.append(dict(variant=name, steps=steps, seeds=sorted(finals), per_step=per_step,
+                         final=mean_std(list(finals.values())), per_tiou=per_tiou,
+                         paired=mean_std(paired) if paired else (float("nan"), float("nan")),
+                         finals=finals))
+    return rows, ref
+
+
+def markdown(rows, ref, header):
+    max_steps = max(row["steps"] for row in rows)
+    lines = [header, "", f"Best average mAP (%) per step, mean ± std over seeds; Δ = final − {ref}'s final, "
+             "paired by seed (mean ± std):", "",
+             "| variant | seeds | " + " | ".join(f"step {k}" for k in range(max_steps + 1))
+             + f" | final | Δ vs {ref} |",
+             "|---|---|" + "---|" * (max_steps + 3)]
+    for row in rows:
+        cells = [fmt(row["per_step"][k]) if k in row["per_step"] else "" for k in range(max_steps + 1)]
+        delta = "—" if row["variant"] == ref else fmt(row["paired"])
+        lines.append(f"| {row['variant']} | {len(row['seeds'])} | " + " | ".join(cells)
+                     + f" | **{fmt(row['final'])}** | {delta} |")
+    tious = list(rows[0]["per_tiou"])
+    lines += ["", "mAP (%) at each tIoU of the final step's best evaluation, mean ± std over seeds:", "",
+              "| variant | " + " | ".join(f"{t:.2f}" for t in tious) + " |", "|---|" + "---|" * len(tious)]
+    for row in rows:
+        lines.append(f"| {row['variant']} | " + " | ".join(fmt(row["per_tiou"].get(t, (np.nan, np.nan)))
+                                                          for t in tious) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows, cells):
+    """One line per finished cell (the raw numbers), then mean and std lines per variant."""
+    max_steps = max(row["steps"] for row in rows)
+    head = ["variant", "seed", "num_steps"] + [f"step{k}_best" for k in range(max_steps + 1)] + ["final_best",
+                                                                                                 "run_folder"]
+    lines = [",".join(head)]
+    for cell in cells:
+        result = cell.result()
+        if result:
+            steps = [f"{result['best'][k]:.2f}" if k in result["best"] else "" for k in range(max_steps + 1)]
+            lines.append(",".join([cell.variant, str(cell.seed), str(cell.num_steps)] + steps
+                                  + [f"{result['best'][cell.num_steps]:.2f}", cell.save_dir]))
+    for row in rows:
+        for index, stat in enumerate(("mean", "std")):
+            steps = [f"{row['per_step'][k][index]:.4f}" if k in row["per_step"] else "" for k in range(max_steps + 1)]
+            lines.append(",".join([row["variant"], stat, str(row["steps"])] + steps
+                                  + [f"{row['final'][index]:.4f}", ""]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, ref, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows)), 3.8), layout="constrained")
+    x = np.arange(len(rows))
+    means = [row["final"][0] for row in rows]
+    stds = [0 if np.isnan(row["final"][1]) else row["final"][1] for row in rows]
+    ax.bar(x, means, yerr=stds, capsize=4, color=["tab:orange" if r["variant"] == ref else "tab:blue" for r in rows])
+    for i, row in enumerate(rows):
+        ax.plot([i] * len(row["finals"]), list(row["finals"].values()), "k.", ms=4)
+    ax.set_xticks(x, [row["variant"] for row in rows], rotation=30, ha="right")
+    ax.set_ylabel("best avg mAP (%) of the final step")
+    ax.set_title("Ablation: mean ± std over seeds (dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_cli(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (or --seed_list)")
+    parser.add_argument("--seed_list", type=int, nargs="+", default=None)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (default cores // jobs)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a grid axis (repeatable); replaces the default grid by the product of the axes")
+    parser.add_argument("--variants", default="default", choices=["default", "components", "steps", "full"],
+                        help="the default grid, or only its component / num_steps rows, or only the full model")
+    parser.add_argument("--name", default="ablation", help="name of the result files")
+    parser.add_argument("--dry_run", action="store_true", help="print the cells' commands, run nothing")
+    return parser.parse_known_args(argv)
+
+
+def main(argv=None):
+    opts, passthrough = parse_cli(sys.argv[1:] if argv is None else argv)
+    if opts.jobs < 1 or opts.seeds < 1:
+        raise UserError("--jobs and --seeds must be at least 1")
+    seeds = opts.seed_list or list(range(opts.seeds))
+    outdir = "ablate_demo" if "--demo" in passthrough else "ablate"
+    if "--outdir" in passthrough:
+        index = passthrough.index("--outdir")
+        outdir = passthrough[index + 1]
+        del passthrough[index:index + 2]
+    probe = build_args(opts.dataset, passthrough + ["--device", "cpu"])
+    if opts.grid:
+        variants = parse_grid_axes(opts.grid)
+    else:
+        variants = {"default": default_grid(probe.num_steps), "components": COMPONENT_GRID,
+                    "steps": STEPS_GRID, "full": [COMPONENT_GRID[-1]]}[opts.variants]
+    base_args, cells = plan_cells(opts.dataset, passthrough, variants, seeds, outdir)
+    result_dir = os.path.join(base_args.checkpoint_root, opts.dataset, outdir)
+    todo = [cell for cell in cells if cell.result() is None]
+    jobs = min(opts.jobs, max(len(todo), 1))
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
+    print(f"{len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), {len(cells) - len(todo)} finished, "
+          f"{len(todo)} to run with {jobs} jobs x {threads} threads")
+    if opts.dry_run:
+        for cell in todo:
+            print(" ".join(["python", f"main_{opts.dataset}.py"] + cell.argv))
+        return 0
+    if "--demo" in passthrough:                     # generate the demo set once, before the parallel cells
+        from synthetic_data import ensure_demo_dataset
+        ensure_demo_dataset(base_args)
+    start = time.time()
+    failed, cpu = [], 0.0
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for cell, code, seconds, cpu_s in pool.map(lambda c: run_cell(c, opts.dataset, threads, result_dir), todo):
+            status = "done" if code == 0 and cell.result() else f"FAILED (exit {code})"
+            cpu += cpu_s
+            print(f"  {cell.variant} seed {cell.seed}: {status} in {seconds:.0f} s wall, {cpu_s:.0f} s CPU "
+                  f"({cell.save_dir})", flush=True)
+            if status != "done":
+                failed.append(cell)
+    wall = time.time() - start
+    rows, ref = summarize(cells, REFERENCE)
+    if not rows:
+        raise UserError("no cell finished; see the .out files in " + result_dir)
+    command = " ".join(["python ablate.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    header = (f"`{command}`: {len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), "
+              f"{len(todo)} run now in {wall / 60:.1f} min wall time ({cpu / 60:.1f} min CPU) with {jobs} parallel "
+              f"jobs x {threads} threads on {os.cpu_count()} cores.")
+    text = markdown(rows, ref, header)
+    print("\n" + text)
+    base = os.path.join(result_dir, opts.name)
+    atomic_write_text(base + ".md", text)
+    atomic_write_text(base + ".csv", csv_text(rows, cells))
+    plot(rows, ref, base + ".png")
+    print(f"wrote {base}.md, {base}.csv and {base}.png")
+    if failed:
+        print(f"error: {len(failed)} cells failed; their output is in {result_dir}/*.out", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,92 @@
+"""Snippet-level precision / recall of a run's pseudo instance labels against the training GT.
+
+The pseudo instance label of step k (SPEC.md section 4) marks, in each training video, the
+snippets max(round(s*r), 0) .. min(round(e*r), T-1) of every proposal in
+pseudo_proposals_step{k}.json whose label is one of the video's GT labels. This script marks
+the GT instances with the same rule and compares, over all training videos:
+  action precision / recall: snippet marked as action (any class) vs inside a GT instance;
+  class precision / recall:  (snippet, class) pairs;
+  marked: fraction of training snippets the pseudo label calls action (GT: the same for the GT).
+
+    python bench/pseudo_label_quality.py checkpoints/THUMOS/demo/RUN_FOLDER [--step 1] [--gt GT_JSON]
+
+The gt.json and the training subset come from the run folder's config.json unless --gt is given.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+TRAIN_SUBSET = {"THUMOS": "validation", "ActivityNet": "train"}
+
+
+def marked_rows(segments, T, r):
+    """(T,) bool: rows max(round(s*r), 0) .. min(round(e*r), T-1) of any [s, e] (SPEC.md section 4)."""
+    rows = np.arange(T)
+    if not segments:
+        return np.zeros(T, bool)
+    s, e = np.asarray(segments, dtype=np.float64).reshape(-1, 2).T              # (N,), (N,)
+    start = np.maximum(np.round(s * r), 0)
+    end = np.minimum(np.round(e * r), T - 1)
+    return ((rows[:, None] >= start) & (rows[:, None] <= end)).any(1)            # (T,)
+
+
+def pseudo_label_quality(proposals, database, subset, r=25 / 16):
+    """Counts and ratios of the pseudo labels {VID: [{label, score, segment}]} on `subset` videos."""
+    tp = fp = fn = tp_c = fp_c = fn_c = total = marked = gt_marked = 0
+    for vid, entry in database.items():
+        if entry.get("subset") != subset:
+            continue
+        T = max(int(round(float(entry["duration"]) * r)), 1)
+        labels = sorted({a["label"] for a in entry["annotations"]})
+        any_pred, any_gt = np.zeros(T, bool), np.zeros(T, bool)
+        for label in labels:
+            pred = marked_rows([p["segment"] for p in proposals.get(vid, []) if p["label"] == label], T, r)
+            gt = marked_rows([a["segment"] for a in entry["annotations"] if a["label"] == label], T, r)
+            tp_c, fp_c, fn_c = tp_c + (pred & gt).sum(), fp_c + (pred & ~gt).sum(), fn_c + (~pred & gt).sum()
+            any_pred |= pred
+            any_gt |= gt
+        tp, fp, fn = tp + (any_pred & any_gt).sum(), fp + (any_pred & ~any_gt).sum(), fn + (~any_pred & any_gt).sum()
+        total, marked, gt_marked = total + T, marked + any_pred.sum(), gt_marked + any_gt.sum()
+
+    def ratio(a, b):
+        return float(a / b) if b else float("nan")
+    return {"action_precision": ratio(tp, tp + fp), "action_recall": ratio(tp, tp + fn),
+            "class_precision": ratio(tp_c, tp_c + fp_c), "class_recall": ratio(tp_c, tp_c + fn_c),
+            "marked_frac": ratio(marked, total), "gt_frac": ratio(gt_marked, total), "snippets": int(total)}
+
+
+def run_folder_quality(run_dir, step=1, gt_path=None):
+    """pseudo_label_quality of run_dir/pseudo_proposals_step{step}.json (gt.json from its config.json)."""
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        config = json.load(handle)
+    gt_path = gt_path or os.path.join(config["data_dir"], "gt.json")
+    with open(gt_path) as handle:
+        database = json.load(handle)["database"]
+    with open(os.path.join(run_dir, f"pseudo_proposals_step{step}.json")) as handle:
+        proposals = json.load(handle)["results"]
+    r = config["frames_per_sec"] / config["segment_frames_num"]
+    return pseudo_label_quality(proposals, database, TRAIN_SUBSET[config["dataset"]], r)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", help="run folders (with config.json and pseudo_proposals_step*.json)")
+    parser.add_argument("--step", type=int, default=1, help="pseudo labels of this step (made by step-1's model)")
+    parser.add_argument("--gt", default=None, help="gt.json (default: data_dir of the run's config.json)")
+    opts = parser.parse_args(argv)
+    print("| run | action precision | action recall | class precision | class recall | marked | GT |")
+    print("|---|---|---|---|---|---|---|")
+    for run_dir in opts.run_dirs:
+        try:
+            q = run_folder_quality(run_dir, opts.step, opts.gt)
+        except (OSError, ValueError, KeyError) as err:
+            sys.exit(f"error: {run_dir}: cannot read the run's files ({err})")
+        print(f"| {run_dir} | {q['action_precision']:.3f} | {q['action_recall']:.3f} | {q['class_precision']:.3f} "
+              f"| {q['class_recall']:.3f} | {q['marked_frac']:.3f} | {q['gt_frac']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""ablate.py: a tiny grid through the real entry script, tables read back from the runs, reruns skip."""
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ablate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# tiny demo: 16-dim features, 1 epoch per step, evaluation after every epoch
+TINY = ["--demo", "--feature_dim", "16", "--epochs_per_step", "1", "--sample_segments_num", "32",
+        "--eval_freq", "1", "--batch_size", "32"]
+
+
+def run_ablate(tmp_path, extra=()):
+    command = [sys.executable, str(REPO_ROOT / "ablate.py"), "--seeds", "2", "--jobs", "2", "--grid", "num_steps=0,1",
+               *TINY, "--data_dir", str(tmp_path / "data"), "--checkpoint_root", str(tmp_path / "ck"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def final_line_best(log_path):
+    """The run's own summary: 'best average mAP per step: step 0 X, step 1 Y (...)' -> [X, Y]."""
+    line = [x for x in Path(log_path).read_text().splitlines() if x.startswith("best average mAP per step:")][-1]
+    return [float(v) for v in re.findall(r"step \d+ (-?[\d.]+)", line)]
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path):
+    out = run_ablate(tmp_path)
+    assert "4 cells (2 variants x 2 seeds), 0 finished, 4 to run" in out
+    result_dir = tmp_path / "ck" / "THUMOS" / "ablate_demo"
+    rows = list(csv.DictReader(io.StringIO((result_dir / "ablation.csv").read_text())))
+    cells = [row for row in rows if row["seed"] not in ("mean", "std")]
+    assert len(cells) == 4 and {row["variant"] for row in cells} == {"num_steps=0", "num_steps=1"}
+    folders = {row["run_folder"] for row in cells}
+    assert len(folders) == 4                                     # every seed its own run folder
+    for row in cells:
+        folder = Path(row["run_folder"])
+        folder = folder if folder.is_absolute() else tmp_path / folder
+        own = final_line_best(folder / "log.txt")
+        steps = int(row["num_steps"])
+        table = [float(row[f"step{k}_best"]) for k in range(steps + 1)]
+        assert table == own                                       # exactly what the run printed
+        # and what its checkpoint holds (the log rounds to 2 decimals of %)
+        state = torch.load(folder / "model_latest.pth", map_location="cpu", weights_only=False)
+        assert np.allclose(table, 100 * np.asarray(state["best_mAP_per_step"]), atol=0.005 + 1e-9)
+        assert '"seed": ' + row["seed"] in (folder / "config.json").read_text()
+    # mean / std lines and the markdown agree with the per-cell numbers
+    for variant in ("num_steps=0", "num_steps=1"):
+        finals = [float(r["final_best"]) for r in cells if r["variant"] == variant]
+        mean = next(r for r in rows if r["variant"] == variant and r["seed"] == "mean")
+        std = next(r for r in rows if r["variant"] == variant and r["seed"] == "std")
+        assert float(mean["final_best"]) == pytest.approx(np.mean(finals), abs=1e-4)
+        assert float(std["final_best"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-4)
+    assert (result_dir / "ablation.md").is_file() and (result_dir / "ablation.png").stat().st_size > 0
+    # a rerun skips every finished cell and rewrites the same table
+    table = (result_dir / "ablation.csv").read_text()
+    out = run_ablate(tmp_path)
+    assert "4 finished, 0 to run" in out
+    assert (result_dir / "ablation.csv").read_text() == table
+
+
+def test_cell_flags_and_grid():
+    base = type("A", (), {"epochs": 60, "epochs_per_step": 20})()
+    assert ablate.cell_flags({"num_steps": 3}, base) == ["--num_steps", "3", "--epochs", "80"]
+    assert ablate.cell_flags({"num_steps": 0, "epochs": "full"}, base) == ["--num_steps", "0", "--epochs", "60"]
+    assert ablate.cell_flags({"use_uncertainty": False}, base) == ["--use_uncertainty", "false"]
+    grid = ablate.parse_grid_axes(["a=1,2", "b=x"])
+    assert grid == [("a=1_b=x", {"a": "1", "b": "x"}), ("a=2_b=x", {"a": "2", "b": "x"})]
+    names = [name for name, _ in ablate.default_grid(2)]
+    assert names == ["base", "+intra", "+inter", "+dynamic", "+pseudo_loss", "full", "steps1", "steps3"]
+    with pytest.raises(ablate.UserError):
+        ablate.parse_grid_axes(["novalues"])
+
+
+def test_parse_log_takes_each_steps_last_best(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("\n".join([
+        "step 0 epoch 0 | loss 1.0",
+        "step 0 epoch 4 | mAP@tIoU 0.10:10.00 0.20:5.00 | avg 7.50 | best 7.50 *",
+        "step 0 epoch 9 | mAP@tIoU 0.10:20.00 0.20:6.00 | avg 13.00 | best 13.00 *",
+        "step 0 epoch 14 | mAP@tIoU 0.10:12.00 0.20:2.00 | avg 7.00 | best 13.00",
+        "step 1 epoch 19 | total 1.2 accuracy 0.5 | lr 0.001 | mAP@tIoU 0.10:30.00 0.20:10.00 | avg 20.00 "
+        "| best 20.00 *",                                       # the merged format: losses before the mAP
+        "best average mAP per step: step 0 13.00, step 1 20.00 (final model: x)"]) + "\n")
+    parsed = ablate.parse_log(log)
+    assert parsed == {"best": {0: 13.0, 1: 20.0}, "tiou": {0: {0.1: 20.0, 0.2: 6.0}, 1: {0.1: 30.0, 0.2: 10.0}},
+                      "finished": True}
+    with open(log, "a") as handle:                              # resumed and evaluated again: not finished
+        handle.write("step 1 epoch 19 | mAP@tIoU 0.10:30.00 0.20:10.00 | avg 20.00 | best 20.00\n")
+    assert ablate.parse_log(log)["finished"] is False
+
+
+def test_summary_paired_difference():
+    class FakeCell:
+        def __init__(self, variant, seed, final):
+            self.variant, self.seed, self.num_steps, self._final = variant, seed, 1, final
+
+        def result(self):
+            return {"best": {0: 1.0, 1: self._final}, "tiou": {1: {0.5: self._final}}, "finished": True}
+    cells = [FakeCell("full", 0, 10.0), FakeCell("full", 1, 14.0), FakeCell("x", 0, 11.0), FakeCell("x", 1, 12.0)]
+    rows, ref = ablate.summarize(cells, "full")
+    x = next(r for r in rows if r["variant"] == "x")
+    assert ref == "full"
+    assert x["final"] == pytest.approx((11.5, np.std([11.0, 12.0], ddof=1)))
+    assert x["paired"] == pytest.approx((-0.5, np.std([1.0, -2.0], ddof=1)))     # 11-10, 12-14
