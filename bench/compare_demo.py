@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BEST = re.compile(r"best average mAP per step: (.*)")
+BEST = re.compile(r"best average mAP per step: ([^(\n]*)")
 
 
 def tree_python(tree):
@@ -46,8 +46,7 @@ def run_demo(tree, seed, extra):
     found = BEST.findall(proc.stdout + proc.stderr)
     maps = {}
     if found:
-        for item in found[-1].split(","):
-            _, step, value = item.split()
+        for step, value in re.findall(r"step (\d+) ([-\d.]+)", found[-1]):
             maps[int(step)] = float(value)
     return wall, maps
 
