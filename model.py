@@ -64,17 +64,19 @@ def attention_masks(membership, valid):
     return intra, inter
 
 
-def masked_attention(q, k, v, mask):
-    """softmax(q k^T) v with mask (B, Nq, Nk) bool; fully masked rows give 0 (not NaN).
+def segment_attention(q, k, v, mask, scale):
+    """softmax(scale q k^T) v with mask (B, Nq, Nk) bool (True = may attend); fully masked
+    rows give 0, with no NaN in the forward or the backward pass.
 
-    q (B, h, Nq, dh) already scaled, k/v (B, h, Nk, dh). Empty rows are softmaxed unmasked and
-    then zeroed, so no NaN appears in the forward or backward pass.
+    q (B, h, Nq, dh), k/v (B, h, Nk, dh), all unscaled. Runs torch's fused
+    scaled_dot_product_attention (flash / memory-efficient kernels where the device has them).
+    Backends disagree on all-False rows (NaN on some, 0 on others), so an empty row attends to
+    every key instead and its output is zeroed after: the zeroing also stops its gradient.
+    No host sync. The dense loop version lives in the tests as the oracle.
     """
     empty = ~mask.any(dim=-1, keepdim=True)                             # (B, Nq, 1)
-    logits = q @ k.transpose(-1, -2)                                    # (B, h, Nq, Nk)
-    logits = logits.masked_fill(~(mask | empty)[:, None], float("-inf"))
-    attn = torch.softmax(logits, dim=-1).masked_fill(empty[:, None], 0.0)
-    return attn @ v                                                     # (B, h, Nq, dh)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=(mask | empty)[:, None], scale=scale)
+    return out.masked_fill(empty[:, None], 0.0)                         # (B, h, Nq, dh)
 
 
 # ----------------------------------------------------------------------------- attention blocks
@@ -99,21 +101,21 @@ class AttentionBlock(nn.Module):
         return x.view(B, self.heads, self.head_dim, N).transpose(2, 3)  # (B, h, N, dh)
 
     def qkv_rows(self, rows):
-        """Query (scaled), key, value of channels-last rows (B, N, D), each (B, h, N, dh)."""
+        """Query, key, value (unscaled) of channels-last rows (B, N, D), each (B, h, N, dh)."""
         B, N, D = rows.shape
         weight = torch.cat([self.conv_query.weight, self.conv_key.weight, self.conv_value.weight])[..., 0]
         bias = torch.cat([self.conv_query.bias, self.conv_key.bias, self.conv_value.bias])
         qkv = F.linear(rows, weight, bias).view(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, h, dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B, h, N, dh)
-        return q * self.scale, k, v
+        return q, k, v
 
     def dense_attend(self, x, mask):
         """Released-style attention over all N positions of channels-first x (B, D, N)."""
         B, D, N = x.shape
-        q = self.split_heads_cf(self.conv_query(x)) * self.scale        # (B, h, N, dh)
+        q = self.split_heads_cf(self.conv_query(x))                     # (B, h, N, dh)
         k = self.split_heads_cf(self.conv_key(x))
         v = self.split_heads_cf(self.conv_value(x))
-        out = masked_attention(q, k, v, mask)                           # (B, h, N, dh)
+        out = segment_attention(q, k, v, mask, self.scale)              # (B, h, N, dh)
         return out.transpose(2, 3).reshape(B, D, N)                     # (B, D, N)
 
 
@@ -141,7 +143,7 @@ class IntraSegmentAttention(AttentionBlock):
         member = member.new_zeros(B * n_max, K).index_copy(0, slot, member).view(B, n_max, K)  # (B, N, K)
         mask = (member @ member.transpose(1, 2)) > 0                    # (B, N, N); padding rows empty
         q, k, v = self.qkv_rows(packed)                                 # 3 x (B, h, N, dh)
-        att = masked_attention(q, k, v, mask)                           # (B, h, N, dh)
+        att = segment_attention(q, k, v, mask, self.scale)              # (B, h, N, dh)
         att = att.transpose(1, 2).reshape(B * n_max, D)[slot]           # (n, D)
         att = conv1x1(att, self.conv_out, bias=False)                   # (n, D)
         out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)      # (B*T, D); dtype of att (autocast)
@@ -177,7 +179,7 @@ class InterSegmentAttention(AttentionBlock):
         segments = col.transpose(1, 2) @ x                              # (B, K', D)
         q, k, v = self.qkv_rows(segments)                               # 3 x (B, h, K', dh)
         mask = valid[:, :k_max, None] & valid[:, None, :k_max]          # (B, K', K')
-        att = masked_attention(q, k, v, mask).transpose(1, 2).reshape(B, k_max, D)  # (B, K', D)
+        att = segment_attention(q, k, v, mask, self.scale).transpose(1, 2).reshape(B, k_max, D)  # (B, K', D)
         out = row @ conv1x1(att, self.conv_out, bias=False)             # (B, T, D)
         out = (out + self.conv_out.bias).reshape(B * T, D)              # (B*T, D)
         return x + self.bn(out).view(B, T, D)                           # (B, T, D)

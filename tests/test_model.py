@@ -1,13 +1,14 @@
 """Model tests: released state_dict layout, masks vs a loop oracle, identity start, NaN safety,
 fast segment attention == dense released-style attention (outputs and gradients)."""
 import copy
+import math
 
 import pytest
 import torch
 
 import config
 from losses import ASMLocLoss
-from model import ASMLoc, ASMLocBase, attention_masks, proposal_membership
+from model import ASMLoc, ASMLocBase, attention_masks, proposal_membership, segment_attention
 
 
 def small_args(dataset="THUMOS", *extra):
@@ -238,3 +239,92 @@ def test_fast_path_runs_under_autocast():
         out = model(torch.randn(3, 20, 32), bbox, count)
     sum(o.float().sum() for o in out).backward()
     assert all(torch.isfinite(o.float()).all() for o in out)
+
+
+# ----------------------------------------------------------------------------- fused attention
+def masked_attention(q, k, v, mask, scale):
+    """Oracle (the model's former hand-written attention): dense masked softmax, empty rows 0."""
+    empty = ~mask.any(dim=-1, keepdim=True)                             # (B, Nq, 1)
+    logits = (q * scale) @ k.transpose(-1, -2)                          # (B, h, Nq, Nk)
+    logits = logits.masked_fill(~(mask | empty)[:, None], float("-inf"))
+    attn = torch.softmax(logits, dim=-1).masked_fill(empty[:, None], 0.0)
+    return attn @ v                                                     # (B, h, Nq, dh)
+
+
+def loop_attention(q, k, v, mask, scale):
+    """Oracle from the definition, one query row at a time: softmax over the allowed keys only."""
+    B, h, Nq, dh = q.shape
+    rows = []
+    for b in range(B):
+        for head in range(h):
+            for i in range(Nq):
+                keys = mask[b, i].nonzero().squeeze(1)
+                if len(keys) == 0:
+                    rows.append(q.new_zeros(dh))
+                    continue
+                weights = torch.softmax(scale * (k[b, head, keys] @ q[b, head, i]), dim=0)  # (n,)
+                rows.append(weights @ v[b, head, keys])                 # (dh,)
+    return torch.stack(rows).view(B, h, Nq, dh)
+
+
+def attention_case(generator, dtype, B=3, h=2, T=11, dh=4, kind="proposals"):
+    """Random q/k/v and a mask with empty rows, fully covered rows and single-snippet proposals."""
+    q, k, v = (3 * torch.randn(B, h, T, dh, generator=generator, dtype=dtype) for _ in range(3))
+    if kind == "proposals":
+        bbox, count = random_proposals(B, T, 4, generator)
+        bbox[0, 2] = torch.tensor([0, T - 1])                           # covers every snippet of video 0
+        bbox[0, 3] = torch.tensor([5, 5])                               # single snippet
+        member, valid = proposal_membership(bbox, count, T)
+        mask = attention_masks(member, valid)[0]                        # (B, T, T); video 1 all empty
+    else:  # unstructured, including non-square (Nq != Nk) masks
+        k, v = k[:, :, :T - 3], v[:, :, :T - 3]
+        mask = torch.rand(B, T, T - 3, generator=generator) < 0.4
+        mask[0, 0] = False
+        mask[0, 1] = True
+    return [t.requires_grad_() for t in (q, k, v)], mask
+
+
+def attention_and_grads(fn, q, k, v, mask, scale, upstream):
+    out = fn(q, k, v, mask, scale)
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("kind", ["proposals", "random"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_segment_attention_equals_loop_oracle(kind, dtype):
+    generator = torch.Generator().manual_seed(11)
+    (q, k, v), mask = attention_case(generator, dtype, kind=kind)
+    assert (~mask.any(-1)).any() and mask.all(-1).any()                 # empty and full rows present
+    scale = q.shape[-1] ** -0.5
+    upstream = torch.randn(q.shape, generator=generator, dtype=dtype)
+    fused = attention_and_grads(segment_attention, q, k, v, mask, scale, upstream)
+    for oracle in (loop_attention, masked_attention):
+        expected = attention_and_grads(oracle, q, k, v, mask, scale, upstream)
+        # float32: a row mixes Nk <= 11 values after a dh = 4 term dot product, inputs of size ~3
+        # with logits up to ~30: relative rounding of a few (Nk + dh) eps per result; 8x margin
+        tol = 1e-10 if dtype == torch.float64 else 8 * (11 + 4) * 2.0 ** -23
+        for got, want in zip(fused, expected):
+            assert torch.isfinite(got).all()
+            assert (got - want).abs().max() <= tol * max(want.abs().max().item(), 1.0)
+    empty = ~mask.any(-1)                                               # (B, Nq)
+    assert torch.count_nonzero(fused[0].transpose(1, 2)[empty]) == 0    # empty rows give 0 ...
+    assert torch.count_nonzero(fused[1].transpose(1, 2)[empty]) == 0    # ... and pass no gradient
+
+
+def test_segment_attention_hand_case():
+    """One head, dh = 1, scale 1: q = 1, keys 0 and ln 3 -> weights 1/4, 3/4 over values 1 and 5."""
+    q = torch.ones(1, 1, 3, 1, dtype=torch.float64)
+    k = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64).view(1, 1, 2, 1)
+    v = torch.tensor([1.0, 5.0], dtype=torch.float64).view(1, 1, 2, 1)
+    mask = torch.tensor([[[True, True], [True, False], [False, False]]])
+    out = segment_attention(q, k, v, mask, 1.0).flatten()
+    torch.testing.assert_close(out, torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_segment_attention_all_empty_no_nan():
+    q, k, v = (torch.randn(2, 2, 5, 4, requires_grad=True) for _ in range(3))
+    out = segment_attention(q, k, v, torch.zeros(2, 5, 5, dtype=torch.bool), 0.5)
+    out.sum().backward()
+    assert torch.count_nonzero(out) == 0
+    assert all(t.grad is not None and torch.count_nonzero(t.grad) == 0 for t in (q, k, v))

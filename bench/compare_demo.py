@@ -1,0 +1,96 @@
+"""Time `main_THUMOS.py --demo` in two checkouts back to back and compare wall time and mAP.
+
+    .venv/bin/python bench/compare_demo.py --old ../old_checkout [--seeds 0 1 2] [--repeats 1]
+
+Each (repeat, seed) runs the old tree and then the new one (the order alternates between
+repeats, so a slow phase of the machine does not always hit the same tree), each in a fresh
+temporary checkpoint root with --no_resume. The demo data of each tree is generated once,
+untimed, before the first run. Prints every run, then per tree the wall time (mean, min) and
+the per-step best average mAP (mean +- std over seeds), and the new / old time ratio.
+Each tree runs with its own .venv/bin/python when it has one.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BEST = re.compile(r"best average mAP per step: ([^(\n]*)")
+
+
+def tree_python(tree):
+    venv = Path(tree) / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def prepare(tree):
+    code = ("import config, synthetic_data; "
+            "synthetic_data.ensure_demo_dataset(config.build_args('THUMOS', ['--demo']))")
+    subprocess.run([tree_python(tree), "-c", code], cwd=tree, check=True, stdout=subprocess.DEVNULL)
+
+
+def run_demo(tree, seed, extra):
+    """Wall seconds and {step: best mAP %} of one demo run."""
+    with tempfile.TemporaryDirectory(prefix="asmloc_cmp_") as root:
+        cmd = [tree_python(tree), "main_THUMOS.py", "--demo", "--no_resume", "--seed", str(seed),
+               "--checkpoint_root", root, *extra]
+        tic = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+        wall = time.perf_counter() - tic
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} in {tree} failed:\n{proc.stderr[-2000:]}")
+    found = BEST.findall(proc.stdout + proc.stderr)
+    maps = {}
+    if found:
+        for step, value in re.findall(r"step (\d+) ([-\d.]+)", found[-1]):
+            maps[int(step)] = float(value)
+    return wall, maps
+
+
+def summary(values):
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} +- {std:.2f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", required=True, help="checkout of the old version")
+    parser.add_argument("--new", default=str(Path(__file__).resolve().parents[1]), help="default: this checkout")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for both runs")
+    args = parser.parse_args(argv)
+    trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
+    for tree in trees.values():
+        prepare(tree)
+    print(f"load average at start {os.getloadavg()[0]:.1f}; {os.cpu_count()} cpus")
+    walls = {name: [] for name in trees}
+    maps = {name: {} for name in trees}
+    for repeat in range(args.repeats):
+        for seed in args.seeds:
+            order = ("old", "new") if repeat % 2 == 0 else ("new", "old")
+            for name in order:
+                wall, per_step = run_demo(trees[name], seed, args.extra)
+                walls[name].append(wall)
+                for step, value in per_step.items():
+                    maps[name].setdefault(step, {})[seed] = value  # same seed, same result
+                print(f"repeat {repeat} seed {seed} {name}: {wall:7.1f} s  mAP " +
+                      " ".join(f"s{step} {value:.2f}" for step, value in sorted(per_step.items())), flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    for name in trees:
+        steps = " | ".join(f"step {step} {summary(list(by_seed.values()))}"
+                           for step, by_seed in sorted(maps[name].items()))
+        print(f"{name}: wall mean {statistics.mean(walls[name]):.1f} s, min {min(walls[name]):.1f} s; mAP {steps}")
+    ratios = [new / old for new, old in zip(walls["new"], walls["old"])]
+    print(f"new / old wall time: mean of paired ratios {statistics.mean(ratios):.2f}, "
+          f"ratio of means {statistics.mean(walls['new']) / statistics.mean(walls['old']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
