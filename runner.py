@@ -5,6 +5,7 @@ The top layer: it imports the refinement driver (refinement.py) and the trained 
 neither imports it back.
 """
 import errno
+import json
 import os
 import sys
 
@@ -27,6 +28,27 @@ def check_writable(folder):
                         f"choose another with --outdir or --checkpoint_root") from None
 
 
+def check_resume_seed(args):
+    """A run folder holds one seed's run: resuming it under another --seed would mix two runs.
+
+    The folder name does not carry the seed (it keeps the released naming), so the seed recorded
+    in the folder's config.json is compared before that file is rewritten.
+    """
+    config_path = os.path.join(args.save_dir, "config.json")
+    if args.test or args.no_resume or args.checkpoint or not (
+            os.path.isfile(config_path) and os.path.isfile(os.path.join(args.save_dir, "model_latest.pth"))):
+        return
+    try:
+        with open(config_path) as handle:
+            saved = json.load(handle).get("seed")
+    except (OSError, ValueError):
+        return                                  # unreadable: the checkpoint's own checks decide
+    if saved is not None and saved != args.seed:
+        raise UserError(f"run folder {args.save_dir} holds a run with seed {saved}, not --seed {args.seed}; "
+                        f"add --suffix seed{args.seed} for a run folder of its own, or --no_resume to start "
+                        f"this folder over")
+
+
 def run(dataset, argv):
     """Build the config and run training (or --test); returns the best mAP per step (or the detectors).
 
@@ -42,6 +64,7 @@ def run(dataset, argv):
     if args.is_main:
         check_writable(args.save_dir)
         lock.acquire()
+        check_resume_seed(args)
     try:
         distributed.barrier()
         if args.test:
