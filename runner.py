@@ -4,7 +4,6 @@ The top layer: it imports the refinement driver (refinement.py) and the trained 
 (inference.py), which import the passes (engine.py);
 neither imports it back.
 """
-import errno
 import json
 import os
 import sys
@@ -13,7 +12,7 @@ import distributed
 import inference
 from config import build_args, save_config
 from refinement import Refinement
-from utils import RunFolderLock, UserError, set_seed
+from utils import RunFolderLock, UserError, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -78,19 +77,6 @@ def run(dataset, argv):
 
 def main(dataset, argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(dataset, argv)
-    except UserError as err:
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise
-        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; files written before are "
-              f"intact (writes are atomic), free space or change --checkpoint_root and rerun", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from model_latest.pth", file=sys.stderr)
-        sys.exit(130)
+    run_cli(lambda: run(dataset, argv), argv,
+            "files written before are intact (writes are atomic), free space or change --checkpoint_root and rerun",
+            interrupt_hint="interrupted: rerun the same command to resume from model_latest.pth")

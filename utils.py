@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
@@ -14,6 +15,30 @@ class UserError(Exception):
     Entry points print its message on one line and exit non-zero (traceback only with --debug).
     The message must name the file or key and say what to do.
     """
+
+
+def run_cli(function, argv, write_hint, interrupt_hint=None):
+    """Run an entry point: a UserError, or a full / read-only disk, ends with one `error:` line and exit 2.
+
+    --debug in argv shows the traceback instead; Ctrl-C prints interrupt_hint and exits 130 when given.
+    """
+    try:
+        return function()
+    except UserError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if interrupt_hint is None:
+            raise
+        print(interrupt_hint, file=sys.stderr)
+        sys.exit(130)
 
 
 # ----------------------------------------------------------------------------- atomic writes
