@@ -220,11 +220,13 @@ def _numpy_safe_globals():
     return items
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", mmap=False):
     """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
     with torch.load(weights_only=True); only numpy scalars are allow-listed (SPEC section 13).
 
-    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}.
+    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the file
+    instead of reading it whole (inference: a training checkpoint's optimizer state, twice the
+    weights, is then never read); files torch cannot map (the legacy format) are read normally.
     """
     import torch
     path = os.fspath(path)
@@ -232,7 +234,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} not found; check --checkpoint or the run folder")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except Exception:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt zip, truncated file, disallowed pickled objects, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} could not be read ({type(err).__name__}: {reason}); "
