@@ -51,12 +51,13 @@ def step_checkpoint_paths(checkpoint_dir, args, needed_by="--test"):
     return paths
 
 
-def load_step_model(path, step, args):
+def load_step_model(path, step, args, mmap=True):
     """Model of step `step` (base at 0, full after) with the checkpoint's weights, in eval mode.
 
     Checks the stored dataset and the tensor shapes first (utils.load_model_state: one-line errors).
+    mmap: map the checkpoint instead of reading it whole (its optimizer state is never read).
     """
-    state = load_checkpoint(path, map_location=args.device)
+    state = load_checkpoint(path, map_location=args.device, mmap=mmap)
     stored = state.get("dataset")
     if stored is not None and stored != args.dataset:
         raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
@@ -78,10 +79,10 @@ def build_model_for_loading(args, step):
     return model.to_empty(device=args.device)
 
 
-def load_cascade(checkpoint_dir, args, needed_by="--test"):
+def load_cascade(checkpoint_dir, args, needed_by="--test", mmap=True):
     """Every step's model, loaded once: [model_0, ..., model_num_steps]."""
     paths = step_checkpoint_paths(checkpoint_dir, args, needed_by)
-    return [load_step_model(path, step, args) for step, path in enumerate(paths)]
+    return [load_step_model(path, step, args, mmap) for step, path in enumerate(paths)]
 
 
 # ----------------------------------------------------------------------------- the cascade

@@ -9,7 +9,6 @@ the one the checkpoints were trained with.
 """
 import argparse
 import csv
-import errno
 import io
 import os
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from config import build_args
 from eval.proposals import write_results_json
-from utils import UserError, atomic_write_text
+from utils import UserError, atomic_write_text, run_cli
 
 
 def parse_predict_args(argv):
@@ -100,19 +99,7 @@ def run(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(argv)
-    except UserError as err:
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise
-        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; choose another --out",
-              file=sys.stderr)
-        sys.exit(2)
+    run_cli(lambda: run(argv), argv, "choose another --out")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The top layer: it imports the refinement driver (refinement.py) and the trained 
 (inference.py), which import the passes (engine.py);
 neither imports it back.
 """
-import errno
+import json
 import os
 import sys
 
@@ -12,7 +12,7 @@ import distributed
 import inference
 from config import build_args, save_config
 from refinement import Refinement
-from utils import RunFolderLock, UserError, set_seed
+from utils import RunFolderLock, UserError, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -25,6 +25,27 @@ def check_writable(folder):
     except OSError as err:
         raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
                         f"choose another with --outdir or --checkpoint_root") from None
+
+
+def check_resume_seed(args):
+    """A run folder holds one seed's run: resuming it under another --seed would mix two runs.
+
+    The folder name does not carry the seed (it keeps the released naming), so the seed recorded
+    in the folder's config.json is compared before that file is rewritten.
+    """
+    config_path = os.path.join(args.save_dir, "config.json")
+    if args.test or args.no_resume or args.checkpoint or not (
+            os.path.isfile(config_path) and os.path.isfile(os.path.join(args.save_dir, "model_latest.pth"))):
+        return
+    try:
+        with open(config_path) as handle:
+            saved = json.load(handle).get("seed")
+    except (OSError, ValueError):
+        return                                  # unreadable: the checkpoint's own checks decide
+    if saved is not None and saved != args.seed:
+        raise UserError(f"run folder {args.save_dir} holds a run with seed {saved}, not --seed {args.seed}; "
+                        f"add --suffix seed{args.seed} for a run folder of its own, or --no_resume to start "
+                        f"this folder over")
 
 
 def run(dataset, argv):
@@ -42,6 +63,7 @@ def run(dataset, argv):
     if args.is_main:
         check_writable(args.save_dir)
         lock.acquire()
+        check_resume_seed(args)
     try:
         distributed.barrier()
         if args.test:
@@ -55,19 +77,6 @@ def run(dataset, argv):
 
 def main(dataset, argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(dataset, argv)
-    except UserError as err:
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise
-        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; files written before are "
-              f"intact (writes are atomic), free space or change --checkpoint_root and rerun", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from model_latest.pth", file=sys.stderr)
-        sys.exit(130)
+    run_cli(lambda: run(dataset, argv), argv,
+            "files written before are intact (writes are atomic), free space or change --checkpoint_root and rerun",
+            interrupt_hint="interrupted: rerun the same command to resume from model_latest.pth")

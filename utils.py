@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
@@ -14,6 +15,30 @@ class UserError(Exception):
     Entry points print its message on one line and exit non-zero (traceback only with --debug).
     The message must name the file or key and say what to do.
     """
+
+
+def run_cli(function, argv, write_hint, interrupt_hint=None):
+    """Run an entry point: a UserError, or a full / read-only disk, ends with one `error:` line and exit 2.
+
+    --debug in argv shows the traceback instead; Ctrl-C prints interrupt_hint and exits 130 when given.
+    """
+    try:
+        return function()
+    except UserError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if "--debug" in argv or err.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if interrupt_hint is None:
+            raise
+        print(interrupt_hint, file=sys.stderr)
+        sys.exit(130)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -195,11 +220,13 @@ def _numpy_safe_globals():
     return items
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", mmap=False):
     """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
     with torch.load(weights_only=True); only numpy scalars are allow-listed (SPEC section 13).
 
-    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}.
+    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the file
+    instead of reading it whole (inference: a training checkpoint's optimizer state, twice the
+    weights, is then never read); files torch cannot map (the legacy format) are read normally.
     """
     import torch
     path = os.fspath(path)
@@ -207,7 +234,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} not found; check --checkpoint or the run folder")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except Exception:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt zip, truncated file, disallowed pickled objects, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} could not be read ({type(err).__name__}: {reason}); "

@@ -54,23 +54,27 @@ def test_numpy_float64_checkpoint_loads_with_weights_only(tmp_path, numpy1):
         assert torch.equal(fresh.state_dict()[key], value)
 
 
-def test_missing_and_corrupt_files(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_missing_and_corrupt_files(tmp_path, mmap):
     with pytest.raises(CheckpointError, match="nothere.pth not found"):
-        load_checkpoint(tmp_path / "nothere.pth")
+        load_checkpoint(tmp_path / "nothere.pth", mmap=mmap)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="garbage.pth could not be read"):
-        load_checkpoint(garbage)
+        load_checkpoint(garbage, mmap=mmap)
     good = tmp_path / "good.pth"
-    torch.save(released_state(ASMLocBase(small_args())), good)
+    state = released_state(ASMLocBase(small_args()))
+    torch.save(state, good)
+    loaded = load_checkpoint(good, mmap=mmap)                # mapped or read: the same tensors
+    assert all(torch.equal(loaded["model_state_dict"][k], v) for k, v in state["model_state_dict"].items())
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated.pth could not be read"):
-        load_checkpoint(truncated)
+        load_checkpoint(truncated, mmap=mmap)
     other = tmp_path / "other.pth"
     torch.save({"epoch": 3}, other)
     with pytest.raises(CheckpointError, match="no model_state_dict"):
-        load_checkpoint(other)
+        load_checkpoint(other, mmap=mmap)
 
 
 def meta_model(model_cls, dataset, *extra):

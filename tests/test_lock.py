@@ -80,3 +80,28 @@ def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(tmp
     resumed = subprocess.run(entry + argv + ["--epochs", "1"], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_resume_with_another_seed_is_refused(tmp_path):
+    """A run folder holds one seed: rerunning it with another --seed stops with a one-line error
+    instead of resuming the first seed's run; the same seed resumes."""
+    data_dir = tmp_path / "THUMOS14"
+    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=4, num_test=3, feature_dim=16, seed=2,
+                               durations=(10.0, 30.0))
+    argv = ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"), "--feature_dim", "16",
+            "--num_steps", "0", "--epochs_per_step", "2", "--eval_freq", "1000", "--sample_segments_num", "16",
+            "--batch_size", "2", "--device", "cpu", "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    entry = [sys.executable, str(REPO_ROOT / "main_THUMOS.py")]
+    first = subprocess.run(entry + argv + ["--seed", "3"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = subprocess.run(entry + argv + ["--seed", "4"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    err = other.stderr.strip()
+    assert other.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert "seed 3" in err and "--seed 4" in err and build_args("THUMOS", argv).save_dir in err
+    same = subprocess.run(entry + argv + ["--seed", "3", "--epochs", "2"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr[-3000:]
