@@ -20,10 +20,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from config import build_args  # noqa: E402
 from eval.diagnosis import diagnose  # noqa: E402
 
-try:                                          # the entry point moves from engine.py to runner.py
-    from runner import run  # noqa: E402
-except ImportError:
-    from engine import run  # noqa: E402
+from runner import run  # noqa: E402
 
 
 def plot_length_by_step(path, tables):
