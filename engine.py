@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import distributed
-from dataset import VideoDataset, collate_fn  # noqa: F401  (engine.VideoDataset: used by callers)
+from dataset import collate_fn
 from eval import ANETDetection, video_proposals
 from eval.proposals import write_results_json
 from losses import ASMLocBaseLoss, ASMLocLoss
@@ -105,28 +105,43 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
 
 
 @torch.no_grad()
-def predict_proposals(model, dataset, args, step, pseudo, desc):
-    """Run the model over a dataset (batch 1) and turn each video's outputs into proposals.
+def inference_pass(model, dataset, args, step, detect=True, pseudo=False, keep_outputs=False, desc=None):
+    """One forward pass per video of `dataset` (batch 1), each video's outputs turned into proposals.
 
-    Returns ({vid: proposals}, {vid: raw outputs for plots}) in dataset order on every process.
+    detect / pseudo: the evaluation-threshold detections / the pseudo proposals (SPEC section 8),
+    both from the same forward. Returns (detections {vid: [...]} or None, pseudo proposals or None,
+    raw outputs {vid: ...} for plots or {}), in dataset order on every process (under torchrun each
+    process runs its share and the results are gathered).
     """
     model.eval()
     indices = distributed.shard(len(dataset), split=args.distributed_eval)
     loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=args.num_workers,
                         collate_fn=collate_fn, pin_memory=args.device.startswith("cuda"))
-    results, outputs = {}, {}
-    for batch in progress(loader, args, desc):
+    detections, proposals, outputs = {}, {}, {}
+    for batch in progress(loader, args, desc or f"step {step}"):
         out = forward(model, batch, step, args)
-        vid_name, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
+        vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
         fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
-        results[vid_name] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=pseudo, cum=cum)
-        if args.visualize and not pseudo:
-            outputs[vid_name] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
-    results = distributed.all_gather_dict(results)
-    results = {vid: results[vid] for vid in dataset.video_names}       # dataset order: ties break the same
-    if args.visualize and not pseudo:
-        outputs = distributed.all_gather_dict(outputs)
-    return results, outputs
+        if detect:
+            detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
+        if pseudo:
+            proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
+        if keep_outputs:
+            outputs[vid] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
+
+    def in_order(local):                       # dataset order: ties in later sorts break the same way
+        merged = distributed.all_gather_dict(local)
+        return {vid: merged[vid] for vid in dataset.video_names}
+    return (in_order(detections) if detect else None, in_order(proposals) if pseudo else None,
+            in_order(outputs) if keep_outputs else {})
+
+
+def predict_proposals(model, dataset, args, step, pseudo, desc):
+    """Detections (or, with `pseudo`, pseudo proposals) of every video, and the raw outputs for
+    --visualize plots: ({vid: proposals}, {vid: outputs})."""
+    detections, proposals, outputs = inference_pass(model, dataset, args, step, detect=not pseudo, pseudo=pseudo,
+                                                    keep_outputs=args.visualize and not pseudo, desc=desc)
+    return (proposals if pseudo else detections), outputs
 
 
 def evaluate(model, dataset, args, step, result_path):

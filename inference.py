@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
-import distributed
 import engine
-from dataset import VideoDataset, collate_fn
-from eval import video_proposals
+from dataset import VideoDataset
 from model import ASMLoc, ASMLocBase
 from utils import CheckpointError, Logger, UserError, load_checkpoint, load_model_state
 
@@ -86,37 +83,6 @@ def load_cascade(checkpoint_dir, args, needed_by="--test", mmap=True):
 
 
 # ----------------------------------------------------------------------------- the cascade
-@torch.no_grad()
-def cascade_step(model, dataset, args, step, pseudo, keep_outputs=False, detect=True):
-    """One forward pass per video of `dataset` (batch 1) with model `step`.
-
-    Returns (detections {vid: [...]} or None, pseudo proposals {vid: [...]} or None, outputs {vid: raw
-    outputs for plots} or {}), in dataset order on every process (under torchrun each process runs its
-    share). detect / pseudo: compute the evaluation-threshold detections / the pseudo proposals.
-    """
-    model.eval()
-    indices = distributed.shard(len(dataset), split=args.distributed_eval)
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=args.num_workers,
-                        collate_fn=collate_fn, pin_memory=args.device.startswith("cuda"))
-    detections, proposals, outputs = {}, {}, {}
-    for batch in engine.progress(loader, args, f"step {step}"):
-        out = engine.forward(model, batch, step, args)
-        vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
-        fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
-        if detect:
-            detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
-        if pseudo:
-            proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
-        if keep_outputs:
-            outputs[vid] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
-
-    def in_order(local):                       # dataset order: ties in later sorts break the same way
-        merged = distributed.all_gather_dict(local)
-        return {vid: merged[vid] for vid in dataset.video_names}
-    return (in_order(detections) if detect else None, in_order(proposals) if pseudo else None,
-            in_order(outputs) if keep_outputs else {})
-
-
 def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
     """Replay the cascade on every video of `dataset` (test videos: label sets from their own proposals).
 
@@ -132,9 +98,9 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
         if not isinstance(model, torch.nn.Module):
             model = load_step_model(model, step, args)
         last = step == len(models) - 1
-        detections, results, outputs = cascade_step(model, dataset, args, step, pseudo=not last,
-                                                    keep_outputs=keep_outputs and (last or on_step is not None),
-                                                    detect=last or on_step is not None)
+        detections, results, outputs = engine.inference_pass(
+            model, dataset, args, step, detect=last or on_step is not None, pseudo=not last,
+            keep_outputs=keep_outputs and (last or on_step is not None))
         if on_step is not None:
             on_step(step, detections, outputs)
         if not last:

@@ -11,6 +11,7 @@ import engine
 import runner
 from config import build_args
 from conftest import REPO_ROOT
+from dataset import VideoDataset
 from synthetic_data import generate_synthetic_dataset
 
 
@@ -62,7 +63,7 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
     assert len([line for line in log.splitlines() if line.startswith("mean")]) == 6
     assert len(out) <= 6 + 3 * 30 + 5
     with open(os.path.join(save_dir, "pseudo_proposals_step1.json")) as handle:
-        assert set(json.load(handle)["results"]) == set(engine.VideoDataset(build_args("THUMOS", argv), "full",
+        assert set(json.load(handle)["results"]) == set(VideoDataset(build_args("THUMOS", argv), "full",
                                                                             "uniform").video_names)
 
 
