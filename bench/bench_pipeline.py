@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 import dataset as ds  # noqa: E402
 import engine  # noqa: E402
+import refinement  # noqa: E402
 from bench_model import random_proposals, sync  # noqa: E402
 from config import build_args  # noqa: E402
 from synthetic_data import generate_synthetic_dataset  # noqa: E402
@@ -304,21 +305,21 @@ def part_schedule(args, epoch_time, passes, save_time, startup):
     cost = {"train": [0, 0.0], "eval": [0, 0.0], "pseudo": [0, 0.0], "checkpoint": [0, 0.0], "startup": [1, startup]}
     step = 0
     for epoch in range(args.epochs):
-        if 0 < epoch <= args.epochs_per_step * args.num_steps and epoch % args.epochs_per_step == 0:
+        if refinement.is_switch_epoch(epoch, args):
             parts = [("pseudo", passes[("base" if step == 0 else "full", "pseudo")])]
             step = epoch // args.epochs_per_step
         else:
             parts = []
         kind = "base" if step == 0 else "full"
         parts += [("train", epoch_time[(kind, "on")]), ("checkpoint", save_time[kind])]
-        if (epoch + 1) % args.eval_freq == 0 or epoch >= args.epochs - 10:
+        if refinement.is_eval_epoch(epoch, args):
             parts.append(("eval", passes[(kind, "eval")]))
         for part, seconds in parts:
             cost[part][0] += 1
             cost[part][1] += seconds
     total = sum(s for _, s in cost.values())
     table(f"(4) estimated THUMOS schedule: {args.epochs} epochs, a new step every {args.epochs_per_step} up to step "
-          f"{args.num_steps}, eval every {args.eval_freq} + last 10, cache on: {total / 3600:.1f} h",
+          f"{args.num_steps}, eval every {args.eval_freq} + last 9, cache on: {total / 3600:.1f} h",
           ["part", "count", "hours", "share"],
           [[part, str(n), s / 3600, f"{100 * s / total:.1f}%"] for part, (n, s) in cost.items()])
 
