@@ -9,7 +9,8 @@ The full model has two exact ways to compute segment attention:
 - dense (`fast_attention = False`): every snippet goes through q/k/v/out and T x T masked
   attention, as the released code does;
 - fast (default): only snippets inside some proposal are projected and attend to each other
-  (others get zero attention output, so conv_out gives them just its bias), and inter-segment
+  (others get zero attention output, so conv_out gives them just its bias), packed per video or
+  per run of proposal-joined snippets, whichever is cheaper (`intra_packing`), and inter-segment
   attention runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its
   batch statistics are unchanged; outputs and gradients equal the dense path up to rounding.
 """
@@ -101,13 +102,15 @@ class AttentionBlock(nn.Module):
         return x.view(B, self.heads, self.head_dim, N).transpose(2, 3)  # (B, h, N, dh)
 
     def qkv_rows(self, rows):
-        """Query, key, value (unscaled) of channels-last rows (B, N, D), each (B, h, N, dh)."""
-        B, N, D = rows.shape
-        weight = torch.cat([self.conv_query.weight, self.conv_key.weight, self.conv_value.weight])[..., 0]
-        bias = torch.cat([self.conv_query.bias, self.conv_key.bias, self.conv_value.bias])
-        qkv = F.linear(rows, weight, bias).view(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, h, dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B, h, N, dh)
-        return q, k, v
+        """Query, key, value (unscaled) of channels-last rows (B, N, D), each (B, h, N, dh).
+
+        Each is a (B, N, h, dh) tensor viewed as heads, not copied: scaled_dot_product_attention
+        keeps that memory layout for its output and gradients on the CPU, so neither the forward
+        nor the backward pass makes a transposed copy (a fused 3D-wide projection would need a
+        stack and a permuted copy of all three gradients)."""
+        B, N, _ = rows.shape
+        return tuple(conv1x1(rows, conv).view(B, N, self.heads, self.head_dim).transpose(1, 2)
+                     for conv in (self.conv_query, self.conv_key, self.conv_value))  # 3 x (B, h, N, dh)
 
     def dense_attend(self, x, mask):
         """Released-style attention over all N positions of channels-first x (B, D, N)."""
@@ -122,6 +125,8 @@ class AttentionBlock(nn.Module):
 class IntraSegmentAttention(AttentionBlock):
     """Snippets attend to the snippets sharing a proposal with them."""
 
+    packing = "auto"            # intra_packing of the fast path: "auto", "video" or "run"
+
     def forward_dense(self, x, intra_mask):
         """x (B, T, D), intra_mask (B, T, T) -> (B, T, D); all snippets through every projection."""
         xc = x.transpose(1, 2)                                          # (B, D, T)
@@ -129,26 +134,83 @@ class IntraSegmentAttention(AttentionBlock):
         return y.transpose(1, 2)                                        # (B, T, D)
 
     def forward_fast(self, x, membership):
-        """Same result, projecting and attending among the covered snippets only."""
+        """Same result, projecting the covered snippets only and attending among them in the
+        packing of `intra_packing` (per video, or per run of snippets that proposals join)."""
         B, T, D = x.shape
+        K = membership.shape[2]
         rows = x.reshape(B * T, D)                                      # (B*T, D)
         covered = membership.any(dim=2)                                 # (B, T)
         sel = covered.reshape(-1).nonzero().squeeze(1)                  # (n,) covered row indices
-        n_max = int(covered.sum(dim=1).max())                           # N; 0 gives empty tensors
-        rank = covered.cumsum(dim=1) - 1                                # (B, T) position among covered
-        slot = (torch.arange(B, device=x.device)[:, None] * n_max + rank).reshape(-1)[sel]  # (n,)
-        packed = rows.new_zeros(B * n_max, D).index_copy(0, slot, rows[sel]).view(B, n_max, D)
-        K = membership.shape[2]
-        member = membership.reshape(B * T, K)[sel].float()              # (n, K)
-        member = member.new_zeros(B * n_max, K).index_copy(0, slot, member).view(B, n_max, K)  # (B, N, K)
-        mask = (member @ member.transpose(1, 2)) > 0                    # (B, N, N); padding rows empty
-        q, k, v = self.qkv_rows(packed)                                 # 3 x (B, h, N, dh)
-        att = segment_attention(q, k, v, mask, self.scale)              # (B, h, N, dh)
-        att = att.transpose(1, 2).reshape(B * n_max, D)[slot]           # (n, D)
-        att = conv1x1(att, self.conv_out, bias=False)                   # (n, D)
+        slot, groups = intra_packing(membership, covered, sel, self.packing)
+        covered_rows = rows.index_select(0, sel)                        # (n, D)
+        total = groups[-1][0] + groups[-1][1] * groups[-1][2]           # slots in the packed buffer
+
+        def packed(values):                                             # (n, F) -> (slots, F), padding 0
+            return values.new_zeros(total, values.shape[1]).index_copy(0, slot, values)
+        q, k, v = (packed(conv1x1(covered_rows, conv)) for conv in
+                   (self.conv_query, self.conv_key, self.conv_value))   # 3 x (slots, D)
+        member = packed(membership.reshape(B * T, K).index_select(0, sel).to(q.dtype))  # (slots, K)
+        outputs = []
+        for offset, count, length in groups:                            # one attention call per group
+            part = slice(offset, offset + count * length)
+            heads = [t[part].view(count, length, self.heads, self.head_dim).transpose(1, 2)
+                     for t in (q, k, v)]                                # 3 x (count, h, length, dh)
+            m = member[part].view(count, length, K)
+            mask = (m @ m.transpose(1, 2)) > 0                          # (count, length, length)
+            att = segment_attention(*heads, mask, self.scale)           # (count, h, length, dh)
+            outputs.append(att.transpose(1, 2).reshape(count * length, D))
+        att = outputs[0] if len(outputs) == 1 else torch.cat(outputs)   # (slots, D)
+        att = conv1x1(att.index_select(0, slot), self.conv_out, bias=False)  # (n, D)
         out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)      # (B*T, D); dtype of att (autocast)
         out_rows = out_rows + self.conv_out.bias                        # conv_out(0) = bias outside
         return (rows + self.bn(out_rows)).view(B, T, D)                 # (B, T, D)
+
+
+def intra_packing(membership, covered, sel, packing="auto"):
+    """Where each covered snippet goes for intra-segment attention: slot (n,) into a packed
+    buffer, and groups [(first slot, rows, row length)], each one attention call over
+    (rows, row length) padded with empty slots.
+
+    Two snippets can only attend to each other if a proposal joins them, directly or through a
+    chain of overlapping proposals: the covered snippets split into runs (maximal intervals in
+    which neighbours share a proposal) that never attend across. "video" packs each video's
+    covered snippets into one row (B rows of the largest count N, cost B N^2); "run" gives every
+    run a row of its own, grouped by length class (lengths in (2^(j-1), 2^j] share a group padded
+    to the group's longest), cost sum rows x length^2. "auto" takes the cheaper by that cost;
+    runs win when proposals are short and scattered (real THUMOS videos), videos win when one
+    proposal spans most of each video. Both give the same attention up to rounding.
+    """
+    B, T, K = membership.shape
+    device = sel.device
+    n = sel.numel()                                                     # 0: one empty group (no NaN, zero gradients)
+    counts = covered.sum(dim=1)                                         # (B,)
+    rank = covered.reshape(-1).cumsum(0).index_select(0, sel) - 1       # (n,) position among all covered
+    video = sel // T                                                    # (n,)
+    first_of_video = counts.cumsum(0) - counts                          # (B,)
+    n_max = int(counts.max())
+    video_cost = B * n_max ** 2
+    if packing != "video" and n:
+        joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)    # (B, T-1) t-1 and t share a proposal
+        starts = covered.clone()
+        starts[:, 1:] &= ~joined                                        # (B, T) first snippet of a run
+        run = starts.reshape(-1).cumsum(0).index_select(0, sel) - 1     # (n,) run of each covered snippet
+        lengths = torch.bincount(run)                                   # (R,)
+        position = torch.arange(n, device=device) - (lengths.cumsum(0) - lengths)[run]  # (n,) inside its run
+        length_class = torch.ceil(torch.log2(lengths.double())).long()  # (R,) 0 for length 1
+        classes = torch.unique(length_class).tolist()
+        by_class = [(length_class == j).nonzero().squeeze(1) for j in classes]
+        longest = [int(lengths[ids].max()) for ids in by_class]
+        run_cost = sum(len(ids) * length ** 2 for ids, length in zip(by_class, longest))
+        if packing == "run" or (packing == "auto" and run_cost < video_cost):
+            row_of_run = torch.empty_like(lengths)                      # (R,) first slot of each run's row
+            groups, offset = [], 0
+            for ids, length in zip(by_class, longest):
+                row_of_run[ids] = offset + torch.arange(len(ids), device=device) * length
+                groups.append((offset, len(ids), length))
+                offset += len(ids) * length
+            return row_of_run[run] + position, groups
+    slot = video * n_max + rank - first_of_video[video]                 # (n,)
+    return slot, [(0, B, n_max)]
 
 
 class InterSegmentAttention(AttentionBlock):

@@ -12,7 +12,7 @@ import distributed
 import inference
 from config import build_args, save_config
 from refinement import Refinement
-from utils import RunFolderLock, UserError, run_cli, set_seed
+from utils import RunFolderLock, UserError, keep_freed_memory, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -54,6 +54,7 @@ def run(dataset, argv):
     The run folder is locked for the whole run (rank 0 takes the lock for all torchrun ranks),
     so a second command on the same folder stops at once instead of mixing its files in.
     """
+    keep_freed_memory()                  # reuse freed activation buffers instead of page-faulting them back
     args = distributed.init_distributed(build_args(dataset, argv))
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:

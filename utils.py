@@ -157,6 +157,31 @@ class RunFolderLock:
 
 
 # ----------------------------------------------------------------------------- seeding
+# ----------------------------------------------------------------------------- memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # mallopt parameters (glibc malloc.h)
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed activation buffers for reuse; True when it took effect.
+
+    Every training iteration frees and reallocates the same multi-MB tensors. By default glibc
+    maps each block above 128 KB freshly from the kernel and hands it back when freed, so the
+    next iteration page-faults it in again and the kernel zeroes it: about a million page faults
+    in a demo run, a quarter of a base-model iteration at the demo's sizes (bench/README.md).
+    Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB keeps
+    those blocks in the heap. No effect on results; elsewhere (macOS, musl) it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+
+
 def set_seed(seed):
     """Seed python, numpy and torch (all devices) for a reproducible run."""
     import torch

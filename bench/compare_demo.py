@@ -1,13 +1,16 @@
 """Time `main_THUMOS.py --demo` in two checkouts back to back and compare wall time and mAP.
 
     .venv/bin/python bench/compare_demo.py --old ../old_checkout [--seeds 0 1 2] [--repeats 1]
+    .venv/bin/python bench/compare_demo.py --old ../old_checkout --same_data   # old code on this demo's data
 
 Each (repeat, seed) runs the old tree and then the new one (the order alternates between
 repeats, so a slow phase of the machine does not always hit the same tree), each in a fresh
 temporary checkpoint root with --no_resume. The demo data of each tree is generated once,
 untimed, before the first run. Prints every run, then per tree the wall time (mean, min) and
 the per-step best average mAP (mean +- std over seeds), and the new / old time ratio.
-Each tree runs with its own .venv/bin/python when it has one.
+Each tree runs with its own .venv/bin/python when it has one. With --same_data the old tree does
+not run its own --demo (whose generator may differ) but this tree's demo schedule as flags on
+this tree's demo data, so the two versions see the same inputs.
 """
 import argparse
 import os
@@ -33,10 +36,21 @@ def prepare(tree):
     subprocess.run([tree_python(tree), "-c", code], cwd=tree, check=True, stdout=subprocess.DEVNULL)
 
 
-def run_demo(tree, seed, extra):
+def same_data_flags(tree):
+    """This tree's THUMOS demo as explicit flags: its schedule and its (absolute) demo data folder."""
+    sys.path.insert(0, tree)
+    import config
+    demo = config.build_args("THUMOS", ["--demo"])
+    flags = ["--data_dir", os.path.join(tree, demo.data_dir)]
+    for key, value in config.DEMO_PRESETS["THUMOS"].items():
+        flags += [f"--{key}", str(value)]
+    return flags
+
+
+def run_demo(tree, seed, extra, demo_flags=("--demo",)):
     """Wall seconds and {step: best mAP %} of one demo run."""
     with tempfile.TemporaryDirectory(prefix="asmloc_cmp_") as root:
-        cmd = [tree_python(tree), "main_THUMOS.py", "--demo", "--no_resume", "--seed", str(seed),
+        cmd = [tree_python(tree), "main_THUMOS.py", *demo_flags, "--no_resume", "--seed", str(seed),
                "--checkpoint_root", root, *extra]
         tic = time.perf_counter()
         proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
@@ -64,11 +78,14 @@ def main(argv=None):
     parser.add_argument("--new", default=str(Path(__file__).resolve().parents[1]), help="default: this checkout")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--same_data", action="store_true", help="old tree: the new tree's demo data and schedule")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for both runs")
     args = parser.parse_args(argv)
     trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
-    for tree in trees.values():
-        prepare(tree)
+    for name, tree in trees.items():
+        if not (args.same_data and name == "old"):
+            prepare(tree)
+    demo_flags = {"old": same_data_flags(trees["new"]) if args.same_data else ["--demo"], "new": ["--demo"]}
     print(f"load average at start {os.getloadavg()[0]:.1f}; {os.cpu_count()} cpus")
     walls = {name: [] for name in trees}
     maps = {name: {} for name in trees}
@@ -76,7 +93,7 @@ def main(argv=None):
         for seed in args.seeds:
             order = ("old", "new") if repeat % 2 == 0 else ("new", "old")
             for name in order:
-                wall, per_step = run_demo(trees[name], seed, args.extra)
+                wall, per_step = run_demo(trees[name], seed, args.extra, demo_flags[name])
                 walls[name].append(wall)
                 for step, value in per_step.items():
                     maps[name].setdefault(step, {})[seed] = value  # same seed, same result

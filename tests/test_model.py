@@ -8,7 +8,7 @@ import torch
 
 import config
 from losses import ASMLocLoss
-from model import ASMLoc, ASMLocBase, attention_masks, proposal_membership, segment_attention
+from model import ASMLoc, ASMLocBase, attention_masks, intra_packing, proposal_membership, segment_attention
 
 
 def small_args(dataset="THUMOS", *extra):
@@ -155,10 +155,11 @@ def run_and_grad(model, features, bbox, count, dense_oracle):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}, model.state_dict()
 
 
+@pytest.mark.parametrize("packing", ["video", "run"])
 @pytest.mark.parametrize("dataset", ["THUMOS", "ActivityNet"])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fast_path_equals_dense_oracle(dataset, train, dtype):
+def test_fast_path_equals_dense_oracle(dataset, train, dtype, packing):
     # Both paths compute the same sums in other orders and groupings. A sum of n terms is off by
     # at most n*u times the sum of |terms| (u = eps/2, the unit roundoff); the longest sums here
     # run over the B*T = 120 snippets (BatchNorm statistics, weight gradients), and the forward
@@ -177,6 +178,7 @@ def test_fast_path_equals_dense_oracle(dataset, train, dtype):
             if p.dim() == 3 and p.shape[0] == p.shape[1]:
                 p.mul_(3.0)
     dense = copy.deepcopy(model)
+    model.MHSA_Intra.packing = packing
     features = torch.randn(4, 30, 32, generator=generator, dtype=dtype)
     bbox, count = random_proposals(4, 30, 9, generator)
     out_f, grad_f, state_f = run_and_grad(model, features, bbox, count, dense_oracle=False)
@@ -190,6 +192,88 @@ def test_fast_path_equals_dense_oracle(dataset, train, dtype):
         close(grad_f[name], grad_d[name])
     for name in state_d:  # BN running statistics see the same batch
         close(state_f[name].to(dtype), state_d[name].to(dtype))
+
+
+def loop_runs(bbox, count, T):
+    """Runs of covered snippets written from their definition with loops: t-1 and t are in one run
+    when some proposal contains both. Returns [(video, [snippets])] in (video, time) order."""
+    runs = []
+    for b in range(bbox.shape[0]):
+        spans = [(int(bbox[b, k, 0]), int(bbox[b, k, 1])) for k in range(int(count[b]))]
+        current = []
+        for t in range(T):
+            inside = any(s <= t <= e for s, e in spans)
+            joined = bool(current) and any(s <= t - 1 and t <= e for s, e in spans)
+            if current and not (inside and joined):
+                runs.append((b, current))
+                current = []
+            if inside:
+                current.append(t)
+        if current:
+            runs.append((b, current))
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_intra_packing_equals_loop_runs(seed):
+    generator = torch.Generator().manual_seed(seed)
+    B, T, K = 5, 40, 7
+    bbox, count = random_proposals(B, T, K, generator)
+    if seed == 0:       # touching but not overlapping: two runs; a one-snippet proposal: a run of 1
+        bbox[3, :3] = torch.tensor([[2, 6], [7, 9], [20, 20]])
+        count[3] = 3
+    member, _ = proposal_membership(bbox, count, T)
+    covered = member.any(dim=2)
+    sel = covered.reshape(-1).nonzero().squeeze(1)
+    runs = loop_runs(bbox, count, T)
+    for packing in ("video", "run", "auto"):
+        slot, groups = intra_packing(member, covered, sel, packing)
+        assert len(set(slot.tolist())) == len(sel)                       # one slot per covered snippet
+        row_of = {}                                                       # slot -> (group, row, column)
+        for g, (offset, rows, length) in enumerate(groups):
+            for i in range(rows * length):
+                row_of[offset + i] = (g, i // length, i % length)
+        where = {int(index): row_of[int(s)] for index, s in zip(sel, slot)}
+        videos = [(b, [t for t in range(T) if covered[b, t]]) for b in range(B)]
+        units = runs if packing == "run" else [(b, snippets) for b, snippets in videos if snippets]
+        if packing == "auto":
+            video_cost = B * max(len(snippets) for _, snippets in units) ** 2
+            classes = {}
+            for _, snippets in runs:
+                j = math.ceil(math.log2(len(snippets)))
+                classes[j] = classes.get(j, []) + [len(snippets)]
+            run_cost = sum(len(lengths) * max(lengths) ** 2 for lengths in classes.values())
+            if run_cost < video_cost:
+                units = runs
+        for b, snippets in units:                                         # a unit fills one row, in order
+            cells = [where[b * T + t] for t in snippets]
+            assert len({cell[:2] for cell in cells}) == 1
+            assert [cell[2] for cell in cells] == list(range(len(snippets)))
+        assert len({where[b * T + s[0]][:2] for b, s in units}) == len(units)  # no two units share a row
+        if packing == "run":            # a group: run lengths in (2^(j-1), 2^j], row length = the longest
+            lengths = {}
+            for b, snippets in runs:
+                lengths.setdefault(where[b * T + snippets[0]][0], []).append(len(snippets))
+            for g, (_, rows, length) in enumerate(groups):
+                assert rows == len(lengths[g]) and length == max(lengths[g])
+                assert math.ceil(math.log2(min(lengths[g]))) == math.ceil(math.log2(length))
+
+
+def test_intra_packing_hand_case():
+    # one video, T = 10: proposals [0, 2] and [2, 3] overlap (one run of 4), [5, 5] alone, [7, 8] alone
+    bbox = torch.tensor([[[0, 2], [2, 3], [5, 5], [7, 8]]])
+    member, _ = proposal_membership(bbox, torch.tensor([4]), 10)
+    covered = member.any(dim=2)
+    sel = covered.reshape(-1).nonzero().squeeze(1)
+    assert sel.tolist() == [0, 1, 2, 3, 5, 7, 8]
+    slot, groups = intra_packing(member, covered, sel, "run")
+    # classes: length 4 -> 2^2, length 1 -> 2^0, length 2 -> 2^1; groups in class order
+    assert groups == [(0, 1, 1), (1, 1, 2), (3, 1, 4)]
+    assert slot.tolist() == [3, 4, 5, 6, 0, 1, 2]
+    slot, groups = intra_packing(member, covered, sel, "video")
+    assert groups == [(0, 1, 7)] and slot.tolist() == list(range(7))
+    # cost: runs 1 + 4 + 16 = 21 < one video row 7^2 = 49
+    assert intra_packing(member, covered, sel, "auto")[1] == [(0, 1, 1), (1, 1, 2), (3, 1, 4)]
 
 
 def test_gradients_reach_parameters():
