@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 from losses import ASMLocLoss  # noqa: E402
-from model import ASMLoc, proposal_membership  # noqa: E402
+from model import ASMLoc, intra_packing, proposal_membership  # noqa: E402
 
 
 def loop_masks(proposal_bbox, proposal_count, T):
@@ -69,15 +69,16 @@ def matmul_gflops(device, dim, repeats=3, rounds=3):
     return best
 
 
-def iteration_flops(B, T, D, C, K, covered, n_pad, k_max, dense):
+def iteration_flops(B, T, D, C, K, covered, pair_count, k_max, dense):
     """Multiply-adds x 2 of the big matmuls in forward; backward costs 2x forward, except the
-    embedding conv, whose input needs no gradient (1x)."""
+    embedding conv, whose input needs no gradient (1x). pair_count: query-key pairs of the fast
+    intra attention, sum over its packing's groups of rows x length^2."""
     embed = 2 * B * T * 3 * D * D
     if dense:
         intra = 8 * B * T * D * D + 4 * B * T * T * D
         inter = 8 * B * K * D * D + 4 * B * K * K * D + 4 * B * K * T * D + 2 * B * T * D * D
     else:
-        intra = 8 * covered * D * D + 4 * B * n_pad * n_pad * D
+        intra = 8 * covered * D * D + 4 * pair_count * D
         inter = 8 * B * k_max * D * D + 4 * B * k_max * k_max * D + 4 * B * k_max * T * D
     heads = 2 * B * T * D * (C + 4)
     return 2 * embed + 3 * (intra + inter + heads)
@@ -167,7 +168,8 @@ def main():
     loss_fn = ASMLocLoss(args)
     membership, _ = proposal_membership(bbox, count, T)
     covered = membership.any(dim=2)                                     # (B, T)
-    n_pad = int(covered.sum(dim=1).max())
+    _, groups = intra_packing(membership, covered, covered.reshape(-1).nonzero().squeeze(1))
+    pair_count = sum(rows * length ** 2 for _, rows, length in groups)
     print(f"device {device}  B={B} T={T} D={D} K={K} proposals/video={per_video}  "
           f"snippets inside proposals: {covered.float().mean().item():.1%}")
 
@@ -195,7 +197,7 @@ def main():
             train_step(model, optimizer, loss_fn, batch, is_dense)
         sync(device)
         times[name] = (time.perf_counter() - tic) / opts.iters
-    flops = {name: iteration_flops(B, T, D, C, K, int(covered.sum()), n_pad, per_video, name == "dense")
+    flops = {name: iteration_flops(B, T, D, C, K, int(covered.sum()), pair_count, per_video, name == "dense")
              for name in times}
     print(f"plain matmul: {matmul_rate:.1f} GFLOP/s")
     for name in ("dense", "fast"):
