@@ -96,8 +96,8 @@ def install_timers():
     wrap(engine, "forward", forward_part)
     wrap(engine, "video_proposals", lambda *a, **k: f"{PHASE[0]} proposals")
     if hasattr(engine, "score_results"):              # older checkouts score inside engine.evaluate
-        wrap(engine, "score_results", lambda *a, **k: "eval mAP + reports")
-    wrap(engine, "report_evaluation", lambda *a, **k: "eval mAP + reports")
+        wrap(engine, "score_results", lambda *a, **k: "eval mAP")
+    wrap(engine, "report_evaluation", lambda *a, **k: "eval reports")     # called after the pass
     wrap(refinement.Refinement, "save_checkpoint", lambda *a, **k: "checkpoint saves")
     original_backward = torch.Tensor.backward
 
@@ -267,9 +267,9 @@ def main(argv=None):
         ("training: optimizer", S["train optimizer"], None, ""),
         ("training: rest of the loop", train - sum(S[f"train {p}"] for p in
                                                    ("data", "forward", "loss", "backward", "optimizer")), None, ""),
-        ("evaluation passes", S["eval pass total"], floor["eval forward"],
+        ("evaluation passes", S["eval pass total"] + S["eval reports"], floor["eval forward"],
          f"forward {S['eval forward']:.1f}, proposals {S['eval proposals']:.1f}, "
-         f"data {S['eval data']:.1f}, mAP + reports {S['eval mAP + reports']:.1f}; "
+         f"data {S['eval data']:.1f}, mAP {S['eval mAP']:.1f}, reports {S['eval reports']:.1f}; "
          f"{N['eval pass total']} passes, {N['eval forward']} videos"),
         ("pseudo-proposal passes", S["pseudo pass total"], floor["pseudo forward"],
          f"{N['pseudo pass total']} passes, {N['pseudo forward']} videos"),
