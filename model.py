@@ -183,11 +183,7 @@ def intra_packing(membership, covered, sel, packing="auto"):
     B, T, K = membership.shape
     device = sel.device
     n = sel.numel()                                                     # 0: one empty group (no NaN, zero gradients)
-    counts = covered.sum(dim=1)                                         # (B,)
-    rank = covered.reshape(-1).cumsum(0).index_select(0, sel) - 1       # (n,) position among all covered
-    video = sel // T                                                    # (n,)
-    first_of_video = counts.cumsum(0) - counts                          # (B,)
-    n_max = int(counts.max())
+    n_max = int(covered.sum(dim=1).max())                               # N
     video_cost = B * n_max ** 2
     if packing != "video" and n:
         joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)    # (B, T-1) t-1 and t share a proposal
@@ -209,8 +205,8 @@ def intra_packing(membership, covered, sel, packing="auto"):
                 groups.append((offset, len(ids), length))
                 offset += len(ids) * length
             return row_of_run[run] + position, groups
-    slot = video * n_max + rank - first_of_video[video]                 # (n,)
-    return slot, [(0, B, n_max)]
+    rank = (covered.cumsum(dim=1) - 1).reshape(-1).index_select(0, sel)  # (n,) position in its video
+    return (sel // T) * n_max + rank, [(0, B, n_max)]
 
 
 class InterSegmentAttention(AttentionBlock):

@@ -156,7 +156,6 @@ class RunFolderLock:
         self.release()
 
 
-# ----------------------------------------------------------------------------- seeding
 # ----------------------------------------------------------------------------- memory
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # mallopt parameters (glibc malloc.h)
 
@@ -182,6 +181,7 @@ def keep_freed_memory():
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
+# ----------------------------------------------------------------------------- seeding
 def set_seed(seed):
     """Seed python, numpy and torch (all devices) for a reproducible run."""
     import torch

@@ -53,33 +53,30 @@ def load(repo):
         entry = engine.run
     IMPORTED = time.perf_counter()
 
+
 SECONDS = defaultdict(float)
 COUNTS = defaultdict(int)
-SAMPLES = {}            # step -> (model, batch) of the step's first training batch; "eval" -> one video
+SAMPLES = {}            # (phase, step) -> (model, batch, args) of the first forward of a phase in a step
 
 
 @contextlib.contextmanager
-def timed(part, count=1):
+def timed(part):
     tic = time.perf_counter()
     try:
         yield
     finally:
         SECONDS[part] += time.perf_counter() - tic
-        COUNTS[part] += count
+        COUNTS[part] += 1
 
 
 def wrap(owner, name, part_of):
-    """Replace owner.name by a timed version; part_of(*args) names the part (None: not timed)."""
+    """Replace owner.name by a timed version; part_of(*args) names the part."""
     original = getattr(owner, name)
 
     def timed_call(*args, **kwargs):
-        part = part_of(*args, **kwargs)
-        if part is None:
-            return original(*args, **kwargs)
-        with timed(part):
+        with timed(part_of(*args, **kwargs)):
             return original(*args, **kwargs)
     setattr(owner, name, timed_call)
-    return original
 
 
 PHASE = ["startup"]     # what the process is doing: startup, train, eval, pseudo
@@ -87,12 +84,10 @@ PHASE = ["startup"]     # what the process is doing: startup, train, eval, pseud
 
 def install_timers():
     def forward_part(model, batch, step, args):
-        if model.training:
-            SAMPLES.setdefault(step, (model, batch, args))
-            return "train forward"
-        SAMPLES.setdefault((PHASE[0], step), (model, batch, args))
-        COUNTS[(PHASE[0], step)] += 1                    # videos per pass kind and step
-        return f"{PHASE[0]} forward"
+        phase = "train" if model.training else PHASE[0]
+        SAMPLES.setdefault((phase, step), (model, batch, args))
+        COUNTS[(phase, step)] += 1                       # training iterations / videos per phase and step
+        return f"{phase} forward"
     wrap(engine, "forward", forward_part)
     wrap(engine, "video_proposals", lambda *a, **k: f"{PHASE[0]} proposals")
     if hasattr(engine, "score_results"):              # older checkouts score inside engine.evaluate
@@ -184,27 +179,16 @@ def flops_of(fn):
     return counted_total - sdpa_counted, counter[0]
 
 
-def matmul_rate(device):
-    a = torch.randn(4096, 1024, device=device)
-    b = torch.randn(1024, 1024, device=device)
-    best = float("inf")
-    for _ in range(5):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - tic) / 10)
-    return 2 * 4096 * 1024 * 1024 / best
-
-
-def floors(train_iters, passes, rate):
-    """Seconds of matmul work per part at `rate` FLOP/s."""
+def floors(counts, rate):
+    """Seconds of matmul work per part at `rate` FLOP/s; counts {(phase, step): forwards}."""
     out = defaultdict(float)
-    for step, iters in train_iters.items():
-        model, batch, args = SAMPLES[step]
+    for (phase, step), forwards in counts.items():
+        model, batch, args = SAMPLES[(phase, step)]
+        if phase != "train":
+            with torch.no_grad():
+                per_video = sum(flops_of(lambda: engine.forward(model, batch, step, args)))
+            out[f"{phase} forward"] += forwards * per_video / rate
+            continue
         loss_fn = engine.build_loss(args, step)
         fwd = flops_of(lambda: loss_fn(batch["video_label"], engine.forward(model, batch, step, args),
                                        batch["pseudo_instance_label"] if step else None))
@@ -217,13 +201,8 @@ def floors(train_iters, passes, rate):
         model.zero_grad(set_to_none=True)
         fwd_flops = fwd[0] + fwd[1]
         bwd_flops = (total[0] - fwd[0]) + 2 * total[1]
-        out["train forward"] += iters * fwd_flops / rate
-        out["train backward"] += iters * bwd_flops / rate
-    for (phase, step), videos in passes.items():
-        model, batch, args = SAMPLES[(phase, step)]
-        with torch.no_grad():
-            per_video = sum(flops_of(lambda: engine.forward(model, batch, step, args)))
-        out[f"{phase} forward"] += videos * per_video / rate
+        out["train forward"] += forwards * fwd_flops / rate
+        out["train backward"] += forwards * bwd_flops / rate
     return out
 
 
@@ -236,33 +215,27 @@ def main(argv=None):
     args = parser.parse_args(argv)
     load(args.repo)
     install_timers()
-    iterations = defaultdict(int)
-    original_forward = engine.forward
-
-    def counting_forward(model, batch, step, run_args):
-        if model.training:
-            iterations[step] += 1
-        return original_forward(model, batch, step, run_args)
-    engine.forward = counting_forward
     with tempfile.TemporaryDirectory(prefix="asmloc_profile_") as root:
         run_argv = ([] if args.no_demo else ["--demo"]) + ["--no_resume", "--checkpoint_root", root] + args.run_args
         with contextlib.redirect_stdout(open(os.devnull, "w")):
             tic = time.perf_counter()
             entry(args.dataset, run_argv)
             run_seconds = time.perf_counter() - tic
-    wall = run_end = time.perf_counter() - START
-    engine.forward = original_forward
+    wall = time.perf_counter() - START
     S, N = defaultdict(float, SECONDS), defaultdict(int, COUNTS)   # the run's; the FLOP counting below adds more
-    device = SAMPLES[0][2].device
-    rate = matmul_rate(device)
-    passes = {key: value for key, value in N.items() if isinstance(key, tuple)}
-    floor = floors(iterations, passes, rate)
+    forwards = {key: value for key, value in N.items() if isinstance(key, tuple)}
+    iterations = sum(value for (phase, _), value in forwards.items() if phase == "train")
+    device = SAMPLES[("train", 0)][2].device
+    sys.path.insert(0, os.path.join(HERE, "bench"))
+    from bench_model import matmul_gflops
+    rate = matmul_gflops(torch.device(device), 1024) * 1e9
+    floor = floors(forwards, rate)
     train = S["train epochs total"]
     rows = [
         ("start-up (imports, datasets)", S["startup"], None, f"imports {IMPORTED - START:.1f} s"),
         ("training: data", S["train data"], None, ""),
         ("training: forward + loss", S["train forward"] + S["train loss"],
-         floor["train forward"], f"{sum(iterations.values())} iterations"),
+         floor["train forward"], f"{iterations} iterations"),
         ("training: backward", S["train backward"], floor["train backward"], ""),
         ("training: optimizer", S["train optimizer"], None, ""),
         ("training: rest of the loop", train - sum(S[f"train {p}"] for p in
@@ -276,9 +249,9 @@ def main(argv=None):
         ("checkpoint saves", S["checkpoint saves"], None, f"{N['checkpoint saves']} files"),
     ]
     accounted = sum(row[1] for row in rows)
-    rows.append(("rest (logging, TensorBoard, RNG states)", run_end - accounted, None, ""))
+    rows.append(("rest (logging, TensorBoard, RNG states)", wall - accounted, None, ""))
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"matmul rate {rate / 1e9:.0f} GFLOP/s (4096x1024 @ 1024x1024 float32)")
+          f"matmul rate {rate / 1e9:.0f} GFLOP/s (bench_model.matmul_gflops, 4096x1024 @ 1024x1024 float32)")
     print(f"{args.dataset}{'' if args.no_demo else ' --demo'} {' '.join(args.run_args)}: wall {wall:.1f} s "
           f"(run {run_seconds:.1f} s after imports)")
     print(f"{'part':40s} {'s':>7s} {'share':>6s} {'floor s':>8s}  notes")
