@@ -2,7 +2,7 @@
 
 Edit PRESETS to run ablations; every key can also be overridden as `--key value`
 (lists as `--key v1 v2 ...`, booleans as `--key true|false`). Unknown keys are an error.
-Attribute names follow the released ASM-Loc code (SPEC.md section 2).
+Attribute names follow the released ASM-Loc code (docs/method.md §2).
 """
 import argparse
 import json
@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 CLASS_LIST_DIR = REPO_ROOT / "classes"
 
 # ---------------------------------------------------------------------------------------------
-# Presets. One line per knob; values are the released code's (SPEC.md sections 2 and 8).
+# Presets. One line per knob; values are the released code's (docs/method.md §2 and §11).
 # ---------------------------------------------------------------------------------------------
 COMMON = dict(
     seed=2,                       # python / numpy / torch seed
@@ -67,7 +67,7 @@ PRESETS = {
         delta=0.5, alpha=0.7, gamma=6.0, beta=0.2,
         batch_size=16,
         embed_dropout=False,          # dropout before the embedding / attention / uncertainty
-        # proposal generation (SPEC section 8)
+        # proposal generation (docs/method.md §11)
         cas_thresh=np.arange(0.15, 0.25, 0.05),      # evaluation, CAS branch
         att_thresh=np.arange(0.1, 0.925, 0.025),     # evaluation, attention branch
         pseudo_cas_thresh=[],                        # pseudo proposals, CAS branch (unused)
@@ -235,7 +235,7 @@ def _validate(args):
 
 
 def build_args(dataset, argv=None):
-    """Resolve preset + (demo) + command line into one namespace (SPEC.md section 14)."""
+    """Resolve preset + (demo) + command line into one namespace."""
     if dataset not in PRESETS:
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(PRESETS)}")
     parser = make_parser(dataset)

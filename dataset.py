@@ -1,7 +1,7 @@
-"""The video dataset (SPEC.md §1, §4): features on disk, validation, cache, items and collate.
+"""The video dataset (docs/method.md §1, §8): features on disk, validation, cache, items and collate.
 
 The array functions it uses (sampling, targets, dynamic weights) live in sampling.py and are
-re-exported here, where SPEC §14 names them. Random sampling draws from a per-item generator
+re-exported here. Random sampling draws from a per-item generator
 when the key carries a seed (training, see distributed.GlobalBatchSampler), else numpy's global RNG.
 """
 import json
@@ -96,7 +96,7 @@ def _read_gt(path):
 
 # ----------------------------------------------------------------------------- the dataset
 class VideoDataset(Dataset):
-    """Videos of one phase ("train", "test", "full" = test list then train list) with SPEC §4 items.
+    """Videos of one phase ("train", "test", "full" = test list then train list) with docs/method.md §8 items.
 
     sampling: "random" (train) or "uniform" (test); after `set_proposals(results, weights)` with
     weights, the dynamic versions are used and `cum` is returned with each item.
@@ -104,7 +104,7 @@ class VideoDataset(Dataset):
 
     def __init__(self, args, phase="train", sampling="random", videos=None):
         """videos: phase "predict" only (predict.py): {VID: .npy path or (T_vid, D) array} of new
-        videos; no gt.json or split file is read and every video is a test video (SPEC §4)."""
+        videos; no gt.json or split file is read and every video is a test video (docs/method.md §8)."""
         if phase not in ("train", "test", "full", "predict") or sampling not in ("random", "uniform"):
             raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full|predict, "
                              f"random|uniform")
@@ -186,12 +186,12 @@ class VideoDataset(Dataset):
         return {vid: self.vid_len(vid) for vid in self.video_names}
 
     def is_train_video(self, vid):
-        """Training video = listed in split_train.txt (SPEC §13: not a name pattern)."""
+        """Training video = listed in split_train.txt (docs/method.md §14: not a name pattern)."""
         return vid in self.train_videos
 
     # -- proposals
     def label_set(self, vid, proposals):
-        """SPEC §4: GT labels for training videos, labels present in the proposals otherwise."""
+        """docs/method.md §8: GT labels for training videos, labels present in the proposals otherwise."""
         if self.is_train_video(vid):
             return set(self.gt_labels[vid])
         return set(proposal_arrays(proposals)[1].tolist())
@@ -206,7 +206,7 @@ class VideoDataset(Dataset):
         self._proposals = {vid: proposal_arrays(results[vid]) for vid in self.video_names if results.get(vid)}
 
     def compute_dynamic_weights(self, pseudo_results, args):
-        """SPEC §9 weights for every video of the phase: {vid: float64 (T_vid,)}."""
+        """docs/method.md §9 weights for every video of the phase: {vid: float64 (T_vid,)}."""
         out = {}
         for vid in self.video_names:
             proposals = proposal_arrays((pseudo_results or {}).get(vid, []))

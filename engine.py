@@ -2,7 +2,7 @@
 
 Layers, each importing only those before it: the passes here (train epoch, evaluation, pseudo
 proposals) -> inference.py (the trained cascade: test mode and predict.py) and refinement.py
-(the multi-step training run, SPEC.md section 7) -> runner.py (the entry point of
+(the multi-step training run, docs/method.md §10) -> runner.py (the entry point of
 main_THUMOS.py / main_ActivityNet.py: config, lock, errors).
 Under torchrun every pass works on this process's share and results are gathered (distributed.py).
 """
@@ -56,7 +56,7 @@ def forward(model, batch, step, args):
 
 
 def predicted_label_sets(fg_cls, threshold):
-    """Classes with score > threshold, argmax when none (SPEC section 8); fg_cls (B, C+1)."""
+    """Classes with score > threshold, argmax when none (docs/method.md §11); fg_cls (B, C+1)."""
     scores = fg_cls[:, :-1]                                                        # (B, C)
     chosen = scores > threshold
     argmax = torch.nn.functional.one_hot(scores.argmax(dim=1), scores.shape[1]).bool()
@@ -108,7 +108,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
 def inference_pass(model, dataset, args, step, detect=True, pseudo=False, keep_outputs=False, desc=None):
     """One forward pass per video of `dataset` (batch 1), each video's outputs turned into proposals.
 
-    detect / pseudo: the evaluation-threshold detections / the pseudo proposals (SPEC section 8),
+    detect / pseudo: the evaluation-threshold detections / the pseudo proposals (docs/method.md §11),
     both from the same forward. Returns (detections {vid: [...]} or None, pseudo proposals or None,
     raw outputs {vid: ...} for plots or {}), in dataset order on every process (under torchrun each
     process runs its share and the results are gathered).
@@ -203,7 +203,7 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
 
 
 def generate_pseudo_proposals(model, full_dataset, args, step):
-    """Pseudo proposals of the step-`step` model on the full set, and the dynamic weights (SPEC 8, 9)."""
+    """Pseudo proposals of the step-`step` model on the full set, and the dynamic weights (docs/method.md §11, §9)."""
     results, _ = predict_proposals(model, full_dataset, args, step, pseudo=True, desc=f"pseudo step {step}")
     weights = full_dataset.compute_dynamic_weights(results, args) if args.use_dynamic_sampling else None
     return results, weights

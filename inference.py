@@ -1,10 +1,10 @@
-"""The trained cascade as a function (SPEC.md §7 test mode, §8, §9), shared by test mode and predict.py.
+"""The trained cascade as a function (docs/method.md §10 test mode, §11, §9), shared by test mode and predict.py.
 
 Step k runs model k (model_step{k}_last_epoch.pth for k < num_steps, model_step{num_steps}_best_epoch.pth
 last) once per video: uniform sampling at step 0, uniform(dynamic(x)) with the previous step's pseudo
 proposals after that. One forward pass gives the step's detections (evaluation thresholds) and, for
 k < num_steps, its pseudo proposals and dynamic weights for step k+1. A test video's inputs at every
-step depend only on its own proposals (its label set is the labels in them, SPEC §4, §9), so the
+step depend only on its own proposals (its label set is the labels in them, docs/method.md §8, §9), so the
 cascade of one video, or of a folder of new videos, is replayed alone and exactly as test mode does.
 
 Layering: this module uses engine's passes, model, dataset, eval and utils; nothing imports it but

@@ -1,4 +1,4 @@
-"""ASM-Loc losses (SPEC.md section 6): video-level classification losses for every step and
+"""ASM-Loc losses (docs/method.md §3, §6): video-level classification losses for every step and
 the uncertainty-weighted pseudo instance loss of steps >= 1.
 
 Both modules return (loss tensor, dict of float terms); the dict always has "total".

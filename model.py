@@ -1,4 +1,4 @@
-"""ASM-Loc models (SPEC.md section 5): the base model of step 0 and the full model of steps >= 1.
+"""ASM-Loc models (docs/method.md §3-5): the base model of step 0 and the full model of steps >= 1.
 
 Shape legend: B batch, T snippets, D feature channels, C action classes (+1 background),
 K proposals per video (zero padded), h heads, dh = D / h head channels, N snippets inside
@@ -271,7 +271,7 @@ class ASMLocBase(nn.Module):
         return self.dropout(emb) if self.embed_dropout else emb
 
     def heads(self, emb):
-        """Attention, snippet dropout, classifier, top-k pooling (SPEC section 5) -> ModelOutput."""
+        """Attention, snippet dropout, classifier, top-k pooling (docs/method.md §3-5) -> ModelOutput."""
         emb = emb.contiguous()  # dropout masks follow memory order: same layout on every path
         B, T, _ = emb.shape
         temp_att = torch.softmax(conv1x1(self.head_input(emb), self.att_branch), dim=2)  # (B, T, 2)

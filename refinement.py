@@ -1,4 +1,4 @@
-"""The multi-step refinement run (SPEC.md section 7): step switches, checkpoints, exact resume.
+"""The multi-step refinement run (docs/method.md §10): step switches, checkpoints, exact resume.
 
 Step 0 trains the base model; at epochs k * epochs_per_step (k = 1..num_steps) the current
 model's pseudo proposals on the full set are saved and handed, with the dynamic sampling
@@ -27,7 +27,7 @@ def is_switch_epoch(epoch, args):
 
 
 def is_eval_epoch(epoch, args):
-    """Evaluate after 0-based `epoch`: every eval_freq epochs and in the last 9 (SPEC.md section 7,
+    """Evaluate after 0-based `epoch`: every eval_freq epochs and in the last 9 (docs/method.md §10,
     the released rule `(epoch + 1) % eval_freq == 0 or epoch > epochs - 10`)."""
     return (epoch + 1) % args.eval_freq == 0 or epoch > args.epochs - 10
 

@@ -1,4 +1,4 @@
-"""Temporal sampling, pseudo targets and dynamic segment weights as pure array functions (SPEC.md §3, §4, §9).
+"""Temporal sampling, pseudo targets and dynamic segment weights as pure array functions (docs/method.md §7, §8, §9).
 
 Shapes: T_vid snippets on disk, S rows fed to the model, D feature dim, C classes (+1 background),
 K proposals. Random sampling draws from the given generator, or numpy's global RNG when None.
@@ -34,7 +34,7 @@ def lerp_rows(x, pos):
 
 
 def uniform_plan(T, S):
-    """Row indices of uniform(x, S) (SPEC §3): T/S in float64 first, then floor(i*(T/S))."""
+    """Row indices of uniform(x, S) (docs/method.md §7): T/S in float64 first, then floor(i*(T/S))."""
     if T == 1:
         return np.zeros(2, dtype=np.int64)
     if T <= S:
@@ -51,7 +51,7 @@ def randint(rng, low, high):
 
 
 def random_plan(T, S, rng=None):
-    """random(x, S) as int row indices or float interpolation positions (SPEC §3, §13 for T == 1)."""
+    """random(x, S) as int row indices or float interpolation positions (docs/method.md §7, §14 for T == 1)."""
     if T == 1:
         return np.zeros(S, dtype=np.int64)
     if T < S:
@@ -69,12 +69,12 @@ def apply_plan(x, plan):
 
 
 def uniform_sample(x, S):
-    """SPEC §3 uniform sampling of x (T_vid, D) to at most S rows (2 rows when T_vid == 1)."""
+    """docs/method.md §7 uniform sampling of x (T_vid, D) to at most S rows (2 rows when T_vid == 1)."""
     return apply_plan(x, uniform_plan(x.shape[0], S))
 
 
 def random_sample(x, S, rng=None):
-    """SPEC §3 random sampling to S rows; rng: np.random.Generator/RandomState, None = np.random."""
+    """docs/method.md §7 random sampling to S rows; rng: np.random.Generator/RandomState, None = np.random."""
     return apply_plan(x, random_plan(x.shape[0], S, rng))
 
 
@@ -95,7 +95,7 @@ def dynamic_positions(weights):
 
 
 def dynamic_sample(x, weights):
-    """SPEC §3 dynamic sampling: (features (M, D), cum); row j = x interpolated at p_j on the grid 1..T_vid."""
+    """Dynamic sampling (docs/method.md §7) -> (features (M, D), cum); row j = x at p_j on the grid 1..T_vid."""
     if x.shape[0] == 1:
         return np.asarray(x[[0, 0]]), np.array([0.0, 0.5, 1.0])
     cum, pos = dynamic_positions(weights)
@@ -130,7 +130,7 @@ def select_labels(proposals, labels):
 
 
 def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_len=None, r=R):
-    """SPEC §4 attention proposals → (bbox (K, 2) int64, count). `warp` = cum of dynamic sampling or None."""
+    """docs/method.md §8 attention proposals → (bbox (K, 2) int64, count). `warp` = cum of dynamic sampling or None."""
     seg = np.unique(proposal_arrays(proposals)[0], axis=0)              # distinct [s, e]
     seg = seg[np.lexsort((-seg[:, 1], seg[:, 0]))]                      # start asc, equal start: end desc
     prev_max = np.maximum.accumulate(np.concatenate([[-np.inf], seg[:-1, 1]]))
@@ -142,7 +142,7 @@ def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_
     order = np.argsort(-start, kind="stable")                           # start descending, ties keep order
     if len(order) > K:
         warnings.warn(f"a video has more attention proposals than max_segments_num = {K}; "
-                      f"keeping the first {K} sorted by start (SPEC section 13)", stacklevel=2)
+                      f"keeping the first {K} sorted by start (docs/method.md §14)", stacklevel=2)
         order = order[:K]
     bbox = np.zeros((K, 2), dtype=np.int64)
     bbox[:len(order)] = np.stack([start[order], end[order]], axis=1)
@@ -150,7 +150,7 @@ def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_
 
 
 def pseudo_instance_label(proposals, gt_labels, class_names, scale, out_len, warp=None, vid_len=None, r=R):
-    """SPEC §4 pseudo instance label (out_len, C+1) float32 from proposals with a label in `gt_labels`."""
+    """docs/method.md §8 pseudo instance label (out_len, C+1) float32 from proposals with a label in `gt_labels`."""
     C = len(class_names)
     seg, names, _ = select_labels(proposals, set(gt_labels) & set(class_names))
     index = {name: i for i, name in enumerate(class_names)}
@@ -166,7 +166,7 @@ def pseudo_instance_label(proposals, gt_labels, class_names, scale, out_len, war
 
 
 def dynamic_segment_weights(proposals, vid_len, labels, alpha, delta, gamma, r=R):
-    """SPEC §9 per-snippet sampling weights (vid_len,) float64 from one video's pseudo proposals."""
+    """docs/method.md §9 per-snippet sampling weights (vid_len,) float64 from one video's pseudo proposals."""
     seg, names, scores = proposal_arrays(proposals)
     kept = []
     for label in sorted(set(labels)):                                   # a video has few labels

@@ -1,4 +1,4 @@
-"""Synthetic I3D-like features in the real on-disk layout (SPEC.md §1), for tests and the --demo run.
+"""Synthetic I3D-like features in the real on-disk layout (docs/method.md §1), for tests and the --demo run.
 
 Each video mixes, in a low-rank latent space projected to D dims and passed through a ReLU:
 a class scene context present through the whole video (confusable classes share part of it),

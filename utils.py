@@ -247,7 +247,7 @@ def _numpy_safe_globals():
 
 def load_checkpoint(path, map_location="cpu", mmap=False):
     """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
-    with torch.load(weights_only=True); only numpy scalars are allow-listed (SPEC section 13).
+    with torch.load(weights_only=True); only numpy scalars are allow-listed (docs/method.md §14).
 
     A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the file
     instead of reading it whole (inference: a training checkpoint's optimizer state, twice the

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-R = 25 / 16                                  # snippets per second (SPEC.md notation)
+R = 25 / 16                                  # snippets per second (docs/method.md notation)
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 ROWS = [("duration_s", "video duration (s)"), ("instances", "instances per video"),
         ("classes", "classes per video"), ("inside_frac", "fraction of snippets inside actions"),

@@ -301,7 +301,7 @@ def part_eval(args, device, n_videos, sets):
 
 
 def part_schedule(args, epoch_time, passes, save_time, startup):
-    """(4) the epoch loop of the refinement driver (SPEC section 7) with the measured costs, cache on."""
+    """(4) the epoch loop of the refinement driver (docs/method.md §10) with the measured costs, cache on."""
     cost = {"train": [0, 0.0], "eval": [0, 0.0], "pseudo": [0, 0.0], "checkpoint": [0, 0.0], "startup": [1, startup]}
     step = 0
     for epoch in range(args.epochs):

@@ -1,6 +1,6 @@
 """Snippet-level precision / recall of a run's pseudo instance labels against the training GT.
 
-The pseudo instance label of step k (SPEC.md section 4) marks, in each training video, the
+The pseudo instance label of step k (docs/method.md §8) marks, in each training video, the
 snippets max(round(s*r), 0) .. min(round(e*r), T-1) of every proposal in
 pseudo_proposals_step{k}.json whose label is one of the video's GT labels. This script marks
 the GT instances with the same rule and compares, over all training videos:
@@ -23,7 +23,7 @@ TRAIN_SUBSET = {"THUMOS": "validation", "ActivityNet": "train"}
 
 
 def marked_rows(segments, T, r):
-    """(T,) bool: rows max(round(s*r), 0) .. min(round(e*r), T-1) of any [s, e] (SPEC.md section 4)."""
+    """(T,) bool: rows max(round(s*r), 0) .. min(round(e*r), T-1) of any [s, e] (docs/method.md §8)."""
     rows = np.arange(T)
     if not segments:
         return np.zeros(T, bool)

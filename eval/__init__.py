@@ -1,4 +1,4 @@
-"""Evaluation: CAS -> proposals (SPEC.md section 8), detection mAP (section 10), DETAD-style diagnosis."""
+"""Evaluation: CAS -> proposals (docs/method.md §11), detection mAP (§12), DETAD-style diagnosis."""
 from eval.detection import ANETDetection, EvaluationInputError, format_report
 from eval.diagnosis import BIN_TABLE, diagnose, diagnose_detector, short_action_mAP, short_action_mAP_of
 from eval.proposals import (group_runs, nms, outer_inner_contrast, outer_ranges, range_sums,

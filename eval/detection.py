@@ -1,4 +1,4 @@
-"""ActivityNet-style detection mAP (SPEC.md section 10), array based.
+"""ActivityNet-style detection mAP (docs/method.md §12), array based.
 
 Shapes: G ground-truth segments, P predictions, H tIoU thresholds, C ground-truth classes.
 Ranking exactly as the official ActivityNet evaluator, ties included: a class's predictions in
@@ -230,7 +230,7 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
 
 def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_seg, thresholds,
                       order=None, return_gt=False):
-    """Greedy matching of SPEC section 10 for every class and threshold at once -> tp (P, H) bool.
+    """Greedy matching of docs/method.md §12 for every class and threshold at once -> tp (P, H) bool.
 
     With return_gt, the matched GT index (P, H) instead, -1 where a prediction is a false positive
     (the diagnosis needs to know which GT was taken).
@@ -309,7 +309,7 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
 
 
 def average_precision(hits, bounds, n_pos):
-    """VOC-style AP (SPEC section 10) for every threshold and class -> (H, C).
+    """VOC-style AP (docs/method.md §12) for every threshold and class -> (H, C).
 
     hits (P, H) bool in class order (class ascending, score descending); bounds (C+1,) start of
     each class in that order; n_pos (C,) GT count per class. Recall only rises at hits, and

@@ -3,7 +3,7 @@
 After Alwassel et al., "Diagnosing Error in Temporal Action Detectors" (DETAD, ECCV 2018), with
 the definitions of its paper and reference code:
 
-- Matching: the detection mAP's greedy matching (SPEC section 10) against *all* GT of the
+- Matching: the detection mAP's greedy matching (docs/method.md §12) against *all* GT of the
   subset, at every tIoU threshold. Predictions are ranked per class by
   ``np.argsort(scores)[::-1]`` on the class's predictions in file order (`eval.detection.class_order`).
 - By characteristic: every GT instance falls in one bin of its length (s), its coverage
@@ -115,7 +115,7 @@ def load_durations(gt_file, video_names):
 
 # ----------------------------------------------------------------------------- ranking, matching
 def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds, order):
-    """Greedy matching of SPEC section 10 -> matched GT index (P, H), -1 where unmatched.
+    """Greedy matching of docs/method.md §12 -> matched GT index (P, H), -1 where unmatched.
 
     The evaluator's own matching (eval.detection.match_predictions), so predictions and GT are
     visited exactly as the official evaluator visits them, ties included.
@@ -126,7 +126,7 @@ def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds,
 
 # ----------------------------------------------------------------------------- AP with ignored rows
 def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None):
-    """VOC AP (SPEC section 10) of M columns -> (M, C); NaN where a class has no GT in the column.
+    """VOC AP (docs/method.md §12) of M columns -> (M, C); NaN where a class has no GT in the column.
 
     Rows are the ranked predictions (class ascending, rank). A column lists its hits as
     (hit_col, hit_row) pairs sorted by column, then row; its false positives are those of its

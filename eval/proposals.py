@@ -1,4 +1,4 @@
-"""One video's model outputs -> scored action proposals (SPEC.md section 8), as array functions.
+"""One video's model outputs -> scored action proposals (docs/method.md §11), as array functions.
 
 Shapes: T snippets fed to the model, C classes (+1 background), k predicted classes,
 N = len(arange(0, T, 1/scale)) upsampled points, R score-map rows (one per class and threshold).
@@ -197,7 +197,7 @@ def _branch_settings(args, pseudo):
 
 
 def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=None):
-    """SPEC section 8 for one video -> [{label, score, segment: [start, end]}] after per-class NMS.
+    """docs/method.md §11 for one video -> [{label, score, segment: [start, end]}] after per-class NMS.
 
     fg_cls (C+1,), temp_att (T, 2), fg_cas (T, C+1); vid_len = T_vid snippets of the original
     video; cum = dynamic-sampling cumulative weights (T_vid+1,) or None.

@@ -1,4 +1,4 @@
-"""Slow loop version of the detection mAP, written straight from SPEC.md section 10.
+"""Slow loop version of the detection mAP, written straight from docs/method.md §12.
 
 Plain Python, one prediction at a time. Tests pin the array-based evaluator to it and
 bench/bench_eval.py times it. Ranking as the official ActivityNet evaluator: a class's

@@ -1,7 +1,7 @@
 """Slow loop version of the DETAD-style diagnosis (eval/diagnosis.py), written from the definitions.
 
 Plain Python, one prediction and one GT at a time; tests pin the vectorised diagnosis to it and
-bench/bench_diagnosis.py times it. Ranking as SPEC section 10: per class np.argsort(scores)[::-1]
+bench/bench_diagnosis.py times it. Ranking as docs/method.md §12: per class np.argsort(scores)[::-1]
 over the class's predictions in file order; candidate GT visited in np.argsort(tious)[::-1].
 """
 import numpy as np

@@ -1,5 +1,5 @@
-"""dataset.py: sampling and dynamic weights against slow loop versions of SPEC §3/§9, hand-computed
-targets (SPEC §4), validation errors, and the dataset items on a tiny synthetic set."""
+"""dataset.py: sampling and dynamic weights against slow loop versions of docs/method.md §7/§9, hand-computed
+targets (docs/method.md §8), validation errors, and the dataset items on a tiny synthetic set."""
 import json
 import math
 
@@ -15,7 +15,7 @@ from synthetic_data import generate_synthetic_dataset
 R = 25 / 16
 
 
-# ----------------------------------------------------------------------------- slow oracles (from SPEC)
+# ----------------------------------------------------------------------------- slow oracles (from docs/method.md)
 def lerp_loop(x, pos):
     T = len(x)
     out = np.zeros((len(pos), x.shape[1]))
@@ -126,7 +126,7 @@ def test_random_interpolates_short_videos(T, S):
 def test_random_edge_cases():
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     np.testing.assert_array_equal(ds.random_sample(x, 8), x)
-    np.testing.assert_array_equal(ds.random_sample(x[:1], 6), x[[0] * 6])      # SPEC §13: S copies
+    np.testing.assert_array_equal(ds.random_sample(x[:1], 6), x[[0] * 6])      # docs/method.md §14: S copies
 
 
 @pytest.mark.parametrize("T", [2, 7, 60, 333])

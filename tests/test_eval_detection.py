@@ -1,4 +1,4 @@
-"""eval.detection: array evaluator vs the loop oracle of SPEC §10, hand-computed AP, edge cases, CLI."""
+"""eval.detection: array evaluator vs the loop oracle of docs/method.md §12, hand-computed AP, edge cases, CLI."""
 import json
 import subprocess
 import sys

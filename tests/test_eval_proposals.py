@@ -1,4 +1,4 @@
-"""eval.proposals: pure helpers on hand-computed cases, video_proposals vs a loop version of SPEC §8."""
+"""eval.proposals: pure helpers on hand-computed cases, video_proposals vs a loop version of docs/method.md §11."""
 import json
 
 import numpy as np

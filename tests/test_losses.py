@@ -1,4 +1,4 @@
-"""Losses (SPEC section 6) against numbers computed by hand on tiny inputs."""
+"""Losses (docs/method.md §3, §6) against numbers computed by hand on tiny inputs."""
 import math
 
 import pytest

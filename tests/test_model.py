@@ -16,7 +16,7 @@ def small_args(dataset="THUMOS", *extra):
 
 
 def loop_masks(bbox, count, T):
-    """Reference masks written from SPEC section 5 with plain loops."""
+    """Reference masks written from docs/method.md §4-5 with plain loops."""
     B, K, _ = bbox.shape
     member = torch.zeros(B, T, K, dtype=torch.bool)
     intra = torch.zeros(B, T, T, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""bench/pseudo_label_quality.py against a per-snippet loop written from SPEC.md section 4, and by hand."""
+"""bench/pseudo_label_quality.py against a per-snippet loop written from docs/method.md §8, and by hand."""
 import numpy as np
 
 from bench.pseudo_label_quality import marked_rows, pseudo_label_quality
