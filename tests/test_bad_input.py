@@ -70,7 +70,7 @@ CASES = {
     "wrong rank": (lambda d: corrupt_feature(d, np.zeros(10, np.float32)), ["expected a 2-D"]),
     "wrong dimension": (lambda d: corrupt_feature(d, np.zeros((10, 16), np.float32)),
                         ["dimension 16", "--feature_dim"]),
-    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.float64)), ["dtype float64", "float32"]),
+    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.int32)), ["dtype int32", "floating point"]),
     "nan features": (lambda d: corrupt_feature(d, np.full((10, D), np.nan, np.float32)), ["NaN or inf"]),
     "gt not json": (lambda d: (d / "gt.json").write_text("{not json"), ["gt.json", "not valid JSON"]),
     "gt without database": (lambda d: (d / "gt.json").write_text('{"version": 1}'), ["gt.json", "database"]),
