@@ -107,7 +107,7 @@ def adopt_trained_config(args, argv):
             setattr(args, key, trained[key])
     lines += [f"{key}: {show(old)} → {show(new)}" for key, old, new in overridden]
     if from_run:
-        lines.append(f"the run's values are used where config.py now differs: {', '.join(from_run)}")
+        lines.append(f"the run's values, not config.py's: {', '.join(from_run)}")
     missing = sorted(result_keys(current) - result_keys(trained) - set(LAUNCH_KEYS))
     if missing:
         lines.append(f"not recorded in {path}, taken from config.py: {', '.join(missing)}")

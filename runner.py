@@ -42,6 +42,7 @@ def run(dataset, argv):
         notes = adopt_trained_config(args, argv)
         args.save_dir = test_output_folder(args)
         args.log_path = os.path.join(args.save_dir, "log.txt")
+        notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset

@@ -143,6 +143,7 @@ def test_test_mode_uses_the_runs_config_and_its_own_folder(trained, capsys):
         holder.wait()
     out = capsys.readouterr().out
     assert "config of the run: " + os.path.join(save_dir, "config.json") in out
+    assert "test mode writes its results, log and plots to " + os.path.join(save_dir, "test") in out
     final = [e for e in trained["evaluations"] if e[0] == 1]
     best = next(e for e in final if e[1] == max(x[1] for x in final))      # the first best: its checkpoint
     assert detectors[-1].average_mAP == best[1] == trained["best"][-1]
@@ -162,7 +163,7 @@ def test_test_mode_flags_win_and_are_printed(trained, capsys, monkeypatch):
                                                      "--nms_thresh", "0.45"])
     assert "nms_thresh: 0.3 → 0.45" in lines
     assert args.nms_thresh == 0.45 and args.cls_threshold == 0.25 and args.feature_dim == 32 and args.num_steps == 1
-    assert any(line.startswith("the run's values are used where config.py now differs") and "cls_threshold" in line
+    assert any(line.startswith("the run's values, not config.py's: ") and "cls_threshold" in line
                for line in lines)
     assert args.data_dir == str(trained["data"]) and args.class_name_lst == build_args("THUMOS").class_name_lst
 
