@@ -5,7 +5,8 @@ change a result (all but config.NON_RESULT_KEYS).
   folder's config.json before anything is written, and stops naming every changed key.
 - Test mode and predict.py take those keys from the config.json beside the checkpoints, flags given on
   the command line winning (adopt_trained_config); test mode writes into a folder of its own
-  (test_output_folder), never into the training run's files.
+  (test_output_folder), never into the training run's files, and writes over earlier test results
+  there only under their config (check_run_folder again).
 """
 import json
 import os
@@ -65,20 +66,23 @@ def format_changes(changed):
 
 
 def check_run_folder(args):
-    """Training, before anything is written to args.save_dir: the run there may be resumed only under the
-    config that made it. Raises RunConfigChanged listing each changed key; returns the notes to print."""
+    """Before anything is written to args.save_dir: a training run there may be resumed, and test results
+    there written over, only under the config that made them. Raises RunConfigChanged listing each changed
+    key; returns the notes to print."""
     folder = args.save_dir
     path = os.path.join(folder, CONFIG_NAME)
-    if args.no_resume or not os.path.isfile(os.path.join(folder, "model_latest.pth")):
+    if args.no_resume or not os.path.isfile(os.path.join(folder, CONFIG_NAME if args.test else "model_latest.pth")):
         return []
     if not os.path.isfile(path):
         return [f"note: run folder {folder} has no {CONFIG_NAME} (a released-code run folder?): resuming it, "
                 f"its config could not be checked"]
     changed, one_sided = differences(read_config(path), as_stored(args))
     if changed:
-        raise RunConfigChanged(f"run folder {folder} holds a run made with another config ({format_changes(changed)})"
-                               f" and was left untouched; add --suffix NAME for a run folder of its own, or "
-                               f"--no_resume to start this folder over")
+        what = ("test folder", "test results", "a test folder", "write over them") if args.test else \
+            ("run folder", "a run", "a run folder", "start this folder over")
+        raise RunConfigChanged(f"{what[0]} {folder} holds {what[1]} made with another config "
+                               f"({format_changes(changed)}) and was left untouched; add --suffix NAME for "
+                               f"{what[2]} of its own, or --no_resume to {what[3]}")
     if one_sided:
         return [f"note: {path} and this code record different keys; not compared: {', '.join(one_sided)}"]
     return []
@@ -116,10 +120,11 @@ def adopt_trained_config(args, argv):
 
 
 def test_output_folder(args):
-    """Where test mode writes: DIR/test when the checkpoint folder DIR is writable, else
-    {checkpoint_root}/{dataset}/test/{name of DIR}."""
+    """Where test mode writes: DIR/test[_SUFFIX] when the checkpoint folder DIR is writable, else
+    {checkpoint_root}/{dataset}/test/{name of DIR}[_SUFFIX]."""
     folder = os.path.abspath(os.fspath(args.checkpoint))
-    own = os.path.join(folder, "test")
+    suffix = f"_{args.suffix}" if args.suffix else ""
+    own = os.path.join(folder, "test" + suffix)
     if os.access(folder, os.W_OK | os.X_OK) and (not os.path.exists(own) or os.access(own, os.W_OK | os.X_OK)):
         return own
-    return os.path.join(args.checkpoint_root, args.dataset, "test", os.path.basename(folder))
+    return os.path.join(args.checkpoint_root, args.dataset, "test", os.path.basename(folder) + suffix)

@@ -53,7 +53,7 @@ def run(dataset, argv):
         lock.acquire()
     try:
         if args.is_main:
-            notes += [] if args.test else check_run_folder(args)     # raises before anything is written
+            notes += check_run_folder(args)         # raises before anything is written
             log = Logger(args.log_path)
             for line in notes:
                 log(line)

@@ -243,3 +243,17 @@ def test_non_finite_features_are_refused_with_the_file_name(tmp_path):
     np.save(tmp_path / "ints.npy", np.zeros((5, 8), dtype=np.int16))
     with pytest.raises(DataError, match="dtype int16; expected floating point"):
         check_feature_file(tmp_path / "ints.npy", 8)
+
+
+def test_test_results_are_written_over_only_under_their_config(trained, capsys):
+    save_dir = trained["save_dir"]
+    runner.run("THUMOS", ["--test", "--checkpoint", save_dir])
+    test_dir = os.path.join(save_dir, "test")
+    before = folder_hashes(test_dir, skip_dirs=())
+    err = error_line(["--test", "--checkpoint", save_dir, "--nms_thresh", "0.45"], capsys)
+    assert f"test folder {test_dir} holds test results made with another config (nms_thresh: 0.3 → 0.45)" in err
+    assert "--suffix NAME" in err
+    assert folder_hashes(test_dir, skip_dirs=()) == before
+    runner.run("THUMOS", ["--test", "--checkpoint", save_dir, "--nms_thresh", "0.45", "--suffix", "nms45"])
+    assert "nms_thresh: 0.3 → 0.45" in capsys.readouterr().out
+    assert json.load(open(os.path.join(save_dir, "test_nms45", "config.json")))["nms_thresh"] == 0.45
