@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from config import build_args
+from run_identity import RunConfigChanged, check_run_folder
 from utils import UserError, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -157,6 +158,11 @@ def plan_cells(dataset, passthrough, variants, seeds, outdir):
             argv = passthrough + cell_flags(overrides, base_args) + ["--seed", str(seed), "--outdir", outdir,
                                                                      "--suffix", suffix]
             args = build_args(dataset, argv + ["--device", "cpu"])        # the run folder the entry script uses
+            try:
+                check_run_folder(args)          # a folder of another config is neither reported nor resumed
+            except RunConfigChanged as err:
+                raise UserError(f"cell {name} seed {seed}: {err}; for this grid choose another --outdir "
+                                f"(or delete that folder)") from None
             cells.append(Cell(name, seed, argv, args.save_dir, args.num_steps))
     return base_args, cells
 

@@ -1,6 +1,7 @@
 """Experiment configuration: one table of presets per dataset, overridable from the command line.
 
-Edit PRESETS to run ablations; every key can also be overridden as `--key value`
+Edit PRESETS to run ablations (with `--suffix NAME`: a run folder resumes only under the config that
+made it); every key can also be overridden as `--key value`
 (lists as `--key v1 v2 ...`, booleans as `--key true|false`). Unknown keys are an error.
 Attribute names follow the released ASM-Loc code (docs/method.md §2).
 """

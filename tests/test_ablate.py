@@ -170,3 +170,20 @@ def test_dry_run_states_the_epoch_budget_and_gpus(tmp_path, monkeypatch, capsys)
     assert "last step 500 epochs" in out                                    # THUMOS: 800 - 3 * 100
     commands = [line for line in out.splitlines() if line.startswith("python main_THUMOS.py")]
     assert [c.split("--epochs ")[1].split()[0] for c in commands] == ["600", "700", "800"]
+
+
+def test_cell_folder_of_another_config_is_refused_before_anything_runs(tmp_path):
+    """A cell's folder made under another config (e.g. another epoch budget) is neither reported nor resumed."""
+    import json
+
+    import run_identity
+    passthrough = ["--checkpoint_root", str(tmp_path)]
+    _, cells = ablate.plan_cells("THUMOS", passthrough, [("steps1", {"num_steps": 1})], [0], "ablate")
+    args = ablate.build_args("THUMOS", cells[0].argv + ["--device", "cpu"])
+    saved = run_identity.as_stored(args)
+    saved["epochs"] = 200                                   # the cell as planned under another budget
+    os.makedirs(args.save_dir)
+    Path(args.save_dir, "config.json").write_text(json.dumps(saved))
+    Path(args.save_dir, "model_latest.pth").write_bytes(b"")
+    with pytest.raises(ablate.UserError, match=r"cell steps1 seed 0: .*epochs: 200 → 600.*another --outdir"):
+        ablate.plan_cells("THUMOS", passthrough, [("steps1", {"num_steps": 1})], [0], "ablate")
