@@ -347,7 +347,8 @@ def test_entry_without_gt(data_root):
 
 @pytest.mark.parametrize("kind,match", [
     ("truncated", "not a readable .npy"), ("text", "not a readable .npy"), ("rank", "expected a 2-D"),
-    ("dim", "has dimension 8"), ("dtype", "dtype int32; expected floating point"), ("nan", "NaN or inf"), ("inf", "NaN or inf"),
+    ("dim", "has dimension 8"), ("dtype", "dtype int32; expected floating point"), ("nan", "NaN or inf"),
+    ("inf", "NaN or inf"),
     ("empty", "no snippets")])
 def test_bad_feature_file(data_root, kind, match):
     path = first_train(data_root)
