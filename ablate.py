@@ -8,7 +8,9 @@ Every flag ablate.py does not know is passed to main_{dataset}.py unchanged. Eac
 `python main_{dataset}.py ARGS --seed S --outdir OUTDIR --suffix VARIANT_seedS` in its own run
 folder (so it resumes, and can be rerun alone with the command printed in the table file);
 cells whose log ends with the final "best average mAP per step" line are not rerun. Up to
---jobs cells run at once, each with cores // jobs torch threads. At the end the tables
+--jobs cells run at once, each with cores // jobs torch threads; on CUDA --jobs defaults to the
+number of visible GPUs and each cell runs on one GPU of its own (CUDA_VISIBLE_DEVICES per cell).
+Rows that change num_steps keep the full model's step lengths (EPOCH_BUDGET). At the end the tables
 (mean +- std over seeds of the best average mAP of every step, the mAP at each tIoU of the
 final step's best evaluation, and the paired difference to the reference variant per seed)
 are printed and written, with a plot, to checkpoints/{dataset}/{OUTDIR}/ablation.{md,csv,png}.
@@ -17,6 +19,7 @@ All numbers are read back from the runs' own log.txt.
 import argparse
 import itertools
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from config import build_args
+from run_identity import RunConfigChanged, check_run_folder
 from utils import UserError, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -35,8 +39,8 @@ OFF = dict(use_intra_attention=False, use_inter_attention=False, use_dynamic_sam
 
 # The default grid: (name, config overrides), relative to the preset (or the demo preset).
 # The component rows follow the paper's component ablation, each adding one part to the row above.
-# "num_steps" cells train epochs_per_step * (num_steps + 1) epochs unless "epochs" is given;
-# the base model (num_steps 0) trains as many epochs as the full model, so budgets are equal.
+# "num_steps" cells follow EPOCH_BUDGET unless "epochs" is given; the base row trains as many epochs
+# as the full model ("full").
 COMPONENT_GRID = [
     ("base", dict(num_steps=0, epochs="full")),                                 # base model only
     ("+intra", {**OFF, "use_intra_attention": True}),                           # + intra-segment attention
@@ -49,6 +53,17 @@ COMPONENT_GRID = [
 ]
 STEPS_GRID = [(f"steps{n}", dict(num_steps=n)) for n in (1, 2, 3)]
 REFERENCE = "full"                  # paired differences are taken to this variant (else the first)
+# A row that sets num_steps keeps the full model's step lengths: each step before the last trains
+# epochs_per_step epochs and the last step as many as the full model's last step. What a row reports is
+# the best evaluation of its last step, whose model is trained from scratch within that step: equal
+# last-step lengths give every row's model the same training and the same number of evaluations to
+# take the best of. Equal total epochs would lengthen the last step of rows with fewer steps (THUMOS:
+# 700 epochs for num_steps 1 against the full model's 500), and leave none when num_steps * epochs_per_step
+# reaches the total (num_steps 3 on the demo).
+EPOCH_BUDGET = ("rows that set num_steps keep the full model's step lengths: each step before the last trains "
+                "epochs_per_step = {eps} epochs and the last step {last} epochs, as the full model's last step "
+                "(epochs - num_steps * epochs_per_step = {epochs} - {steps} * {eps}); such a row trains "
+                "{eps} * num_steps + {last} epochs in all. The base row trains the full model's {epochs} epochs.")
 
 # an evaluation line of log.txt (losses may come between the epoch and the mAP part)
 EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
@@ -71,14 +86,29 @@ def default_grid(preset_steps):
     return COMPONENT_GRID + [(name, o) for name, o in STEPS_GRID if o["num_steps"] != preset_steps]
 
 
+def last_step_epochs(base_args):
+    """Epochs of the full model's last refinement step (EPOCH_BUDGET)."""
+    last = base_args.epochs - base_args.epochs_per_step * base_args.num_steps
+    if last < 1:
+        raise UserError(f"the full model's last step has no epochs (epochs {base_args.epochs} <= num_steps "
+                        f"{base_args.num_steps} * epochs_per_step {base_args.epochs_per_step})")
+    return last
+
+
+def budget_note(base_args):
+    return "epoch budget: " + EPOCH_BUDGET.format(eps=base_args.epochs_per_step, last=last_step_epochs(base_args),
+                                                  epochs=base_args.epochs, steps=base_args.num_steps)
+
+
 def cell_flags(overrides, base_args):
-    """Command-line flags of one variant; num_steps changes the epochs to epochs_per_step * (n + 1)."""
+    """Command-line flags of one variant; num_steps sets the epochs to epochs_per_step * num_steps + the
+    full model's last-step epochs (EPOCH_BUDGET)."""
     overrides = dict(overrides)
     if overrides.get("epochs") == "full":
         overrides["epochs"] = base_args.epochs
     if "num_steps" in overrides and "epochs" not in overrides:
         eps = int(overrides.get("epochs_per_step", base_args.epochs_per_step))
-        overrides["epochs"] = eps * (int(overrides["num_steps"]) + 1)
+        overrides["epochs"] = eps * int(overrides["num_steps"]) + last_step_epochs(base_args)
     return [item for key, value in overrides.items() for item in (f"--{key}", str(value).lower()
                                                                      if isinstance(value, bool) else str(value))]
 
@@ -128,16 +158,57 @@ def plan_cells(dataset, passthrough, variants, seeds, outdir):
             argv = passthrough + cell_flags(overrides, base_args) + ["--seed", str(seed), "--outdir", outdir,
                                                                      "--suffix", suffix]
             args = build_args(dataset, argv + ["--device", "cpu"])        # the run folder the entry script uses
+            try:
+                check_run_folder(args)          # a folder of another config is neither reported nor resumed
+            except RunConfigChanged as err:
+                raise UserError(f"cell {name} seed {seed}: {err}; for this grid choose another --outdir "
+                                f"(or delete that folder)") from None
             cells.append(Cell(name, seed, argv, args.save_dir, args.num_steps))
     return base_args, cells
 
 
-def run_cell(cell, dataset, threads, out_dir):
-    """Run one cell as a subprocess of the entry script; returns (cell, return code, wall s, CPU s).
+def visible_gpus(passthrough):
+    """GPU ids the cells are pinned to: CUDA_VISIBLE_DEVICES's entries (else 0..n-1); none on CPU."""
+    if "--gpu" in passthrough:
+        raise UserError("ablate.py pins each cell to one GPU itself; drop --gpu and choose the GPUs with "
+                        "CUDA_VISIBLE_DEVICES=0,1 python ablate.py ...")
+    device = passthrough[passthrough.index("--device") + 1] if "--device" in passthrough[:-1] else ""
+    if device and device != "cuda":
+        if device.startswith("cuda"):
+            raise UserError(f"--device {device}: ablate.py pins each cell to one GPU; pass --device cuda or nothing")
+        return []
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return (listed if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(count)])[:count]
+
+
+def run_cells(cells, jobs, gpus, run_one):
+    """run_one(cell, gpu) for every cell, `jobs` at a time, each on a GPU no other running cell has while
+    jobs <= len(gpus) (gpu None without GPUs); yields the results in the cells' order."""
+    slots = queue.Queue()
+    for index in range(jobs):
+        slots.put(gpus[index % len(gpus)] if gpus else None)
+
+    def on_a_slot(cell):
+        gpu = slots.get()
+        try:
+            return run_one(cell, gpu)
+        finally:
+            slots.put(gpu)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        yield from pool.map(on_a_slot, cells)
+
+
+def run_cell(cell, dataset, threads, out_dir, gpu=None):
+    """Run one cell as a subprocess of the entry script (on GPU `gpu` alone when given); returns
+    (cell, return code, wall s, CPU s).
 
     The CPU time (user + system of the cell's process) says what a cell costs even on a busy machine.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     command = [sys.executable, str(REPO_ROOT / f"main_{dataset}.py")] + cell.argv
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
@@ -251,7 +322,8 @@ def parse_cli(argv):
     parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (or --seed_list)")
     parser.add_argument("--seed_list", type=int, nargs="+", default=None)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cells run at once (default: the number of visible GPUs on CUDA, else of cores)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (default cores // jobs)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a grid axis (repeatable); replaces the default grid by the product of the axes")
@@ -264,7 +336,7 @@ def parse_cli(argv):
 
 def main(argv=None):
     opts, passthrough = parse_cli(sys.argv[1:] if argv is None else argv)
-    if opts.jobs < 1 or opts.seeds < 1:
+    if (opts.jobs is not None and opts.jobs < 1) or opts.seeds < 1:
         raise UserError("--jobs and --seeds must be at least 1")
     seeds = opts.seed_list or list(range(opts.seeds))
     outdir = "ablate_demo" if "--demo" in passthrough else "ablate"
@@ -281,10 +353,14 @@ def main(argv=None):
     base_args, cells = plan_cells(opts.dataset, passthrough, variants, seeds, outdir)
     result_dir = os.path.join(base_args.checkpoint_root, opts.dataset, outdir)
     todo = [cell for cell in cells if cell.result() is None]
-    jobs = min(opts.jobs, max(len(todo), 1))
+    gpus = visible_gpus(passthrough)
+    jobs = min(opts.jobs or len(gpus) or os.cpu_count() or 1, max(len(todo), 1))
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
     print(f"{len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), {len(cells) - len(todo)} finished, "
-          f"{len(todo)} to run with {jobs} jobs x {threads} threads")
+          f"{len(todo)} to run with {jobs} jobs x {threads} threads"
+          + (f", each cell on one GPU of CUDA_VISIBLE_DEVICES={','.join(gpus)}" if gpus else ""))
+    if any("num_steps" in overrides for _, overrides in variants):
+        print(budget_note(base_args))
     if opts.dry_run:
         for cell in todo:
             print(" ".join(["python", f"main_{opts.dataset}.py"] + cell.argv))
@@ -294,8 +370,8 @@ def main(argv=None):
         ensure_demo_dataset(base_args)
     start = time.time()
     failed, cpu = [], 0.0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for cell, code, seconds, cpu_s in pool.map(lambda c: run_cell(c, opts.dataset, threads, result_dir), todo):
+    for cell, code, seconds, cpu_s in run_cells(todo, jobs, gpus,
+                                                lambda c, gpu: run_cell(c, opts.dataset, threads, result_dir, gpu)):
             status = "done" if code == 0 and cell.result() else f"FAILED (exit {code})"
             cpu += cpu_s
             print(f"  {cell.variant} seed {cell.seed}: {status} in {seconds:.0f} s wall, {cpu_s:.0f} s CPU "

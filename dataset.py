@@ -46,7 +46,8 @@ def _cache_put(path, array, budget_gb):
 
 
 def check_feature_file(path, feature_dim, full=True, load=False):
-    """Open VID.npy (header + mmap) and check it; returns the array (mmap, or in memory if `load`)."""
+    """Open VID.npy (header + mmap) and check it; returns the array (mmap, or in memory if `load` or not
+    float32: float16 / float64 files are cast to float32 once, here)."""
     try:
         array = np.load(path, mmap_mode=None if load else "r", allow_pickle=False)
     except FileNotFoundError:
@@ -61,13 +62,16 @@ def check_feature_file(path, feature_dim, full=True, load=False):
     if array.shape[1] != feature_dim:
         raise DataError(f"feature file {path} has dimension {array.shape[1]}, but feature_dim is {feature_dim}; "
                         f"use matching features or set --feature_dim {array.shape[1]}")
-    if array.dtype != np.float32:
-        raise DataError(f"feature file {path} has dtype {array.dtype}; expected float32; convert it "
-                        f"with np.save(path, np.load(path).astype(np.float32))")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"feature file {path} has dtype {array.dtype}; expected floating point (float32, or "
+                        f"float16 / float64, which are read as float32); re-extract it")
     if array.shape[0] == 0:
         raise DataError(f"feature file {path} has no snippets (shape {array.shape}); re-extract it")
+    if array.dtype != np.float32:                # read whole and cast, as the released code's astype(float32)
+        with np.errstate(over="ignore"):         # float64 beyond float32's range becomes inf: refused below
+            array = np.asarray(array, dtype=np.float32)
     if full and not np.isfinite(array.sum(dtype=np.float64)):
-        raise DataError(f"feature file {path} contains NaN or inf values; re-extract it")
+        raise DataError(f"feature file {path} contains NaN or inf values (as float32); re-extract it")
     return array
 
 

@@ -150,16 +150,19 @@ def check_features(array, feature_dim, source):
     if array.ndim != 2:
         raise InputError(f"features {source} have shape {array.shape}; expected a 2-D (T, {feature_dim}) array "
                          f"(one row per snippet)")
-    if array.dtype != np.float32:
-        raise InputError(f"features {source} have dtype {array.dtype}; expected float32 "
-                         f"(convert with .astype(np.float32))")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"features {source} have dtype {array.dtype}; expected floating point (float32; "
+                         f"float16 and float64 are read as float32)")
     if array.shape[1] != feature_dim:
         raise InputError(f"features {source} have dimension {array.shape[1]}, but the checkpoint expects "
                          f"{feature_dim} (I3D RGB || flow); extract features the way the model was trained")
     if array.shape[0] == 0:
         raise InputError(f"features {source} have no snippets (shape {array.shape})")
+    if array.dtype != np.float32:
+        with np.errstate(over="ignore"):         # float64 beyond float32's range becomes inf: refused below
+            array = np.asarray(array, dtype=np.float32)
     if not np.isfinite(array.sum(dtype=np.float64)):
-        raise InputError(f"features {source} contain NaN or inf values; re-extract them")
+        raise InputError(f"features {source} contain NaN or inf values (as float32); re-extract them")
     return array
 
 
@@ -173,11 +176,12 @@ def read_feature_file(path, feature_dim):
 
 def new_video_dataset(videos, args):
     """VideoDataset of new videos {VID: .npy path or (T, D) array}, every input checked (one-line errors)."""
+    videos = dict(videos)
     for vid, source in videos.items():
         if isinstance(source, (str, os.PathLike)):
-            read_feature_file(source, args.feature_dim)
+            read_feature_file(source, args.feature_dim)       # the dataset casts files itself when it reads them
         else:
-            check_features(source, args.feature_dim, f"of video {vid}")
+            videos[vid] = check_features(source, args.feature_dim, f"of video {vid}")    # float32
     checked = argparse.Namespace(**{**vars(args), "skip_data_checks": True})      # checked above, with these messages
     return VideoDataset(checked, "predict", "uniform", videos=videos)
 

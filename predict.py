@@ -3,9 +3,10 @@
     python predict.py --checkpoint RUN_FOLDER --features PATH [--out FILE] [--format json|csv] [--plot]
 
 PATH is one (T, D) float32 .npy file or a folder of them (one per video, named VID.npy). The cascade
-is replayed exactly as test mode does (inference.py); no gt.json or split file is needed. Any config
-key can be overridden as in the entry scripts (`--demo`, `--num_steps 2`, ...); the config must be
-the one the checkpoints were trained with.
+is replayed exactly as test mode does (inference.py); no gt.json or split file is needed. The config is
+the run's (RUN_FOLDER/config.json: dataset, feature_dim, fps, snippet frames, thresholds, ...); any key
+can be overridden as in the entry scripts (`--nms_thresh 0.3`, ...), and each override is printed. Without
+config.json (released checkpoints) config.py is used: pass the flags the run was trained with.
 """
 import argparse
 import csv
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from config import build_args
 from eval.proposals import write_results_json
+from run_identity import adopt_trained_config, trained_dataset
 from utils import UserError, atomic_write_text, run_cli
 
 
@@ -23,15 +25,15 @@ def parse_predict_args(argv):
     """Predict-only flags; everything else goes to config.build_args (the entry scripts' flags)."""
     parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"],
-                        help="preset of config.py the checkpoints were trained with")
+    parser.add_argument("--dataset", choices=["THUMOS", "ActivityNet"],
+                        help="preset of config.py (default: the run's, from config.json; else THUMOS)")
     parser.add_argument("--features", required=True, help="a (T, D) float32 .npy file or a folder of them")
     parser.add_argument("--out", default="", help="output file (default predictions.json / predictions.csv)")
     parser.add_argument("--format", default="json", choices=["json", "csv"],
                         help="json: ActivityNet result file; csv: video,label,score,start,end")
     parser.add_argument("--plot", action="store_true", help="one PNG per video beside --out (OUT_plots/VID.png)")
-    parser.add_argument("--fps", type=float, help="frame rate of the feature extraction (default 25)")
-    parser.add_argument("--snippet_frames", type=int, help="frames per feature snippet (default 16)")
+    parser.add_argument("--fps", type=float, help="frame rate of the feature extraction (default: the run's, 25)")
+    parser.add_argument("--snippet_frames", type=int, help="frames per feature snippet (default: the run's, 16)")
     parser.add_argument("--score_threshold", type=float, help="keep detections with score >= X")
     parser.add_argument("--top_k", type=int, help="keep the K best-scored detections per video")
     known, rest = parser.parse_known_args(argv)
@@ -77,7 +79,12 @@ def write_plots(folder, results, outputs, dataset, args):
 
 def run(argv):
     known, rest = parse_predict_args(argv)
-    args = build_args(known.dataset, rest)
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument("--checkpoint")
+    folder = finder.parse_known_args(rest)[0].checkpoint
+    args = build_args(known.dataset or trained_dataset(folder) or "THUMOS", rest)
+    for line in adopt_trained_config(args, rest):
+        print(line)
     from inference import list_feature_files, load_cascade, new_video_dataset, run_cascade   # imports torch
     videos = list_feature_files(known.features)
     models = load_cascade(args.checkpoint, args, "predict.py")

@@ -212,7 +212,7 @@ class Refinement:
     def evaluate(self, epoch, train_line):
         """Evaluate the current model; True when it is the best of this step so far."""
         args, step = self.args, self.step
-        result_path = args.pred_segment_path or os.path.join(args.save_dir, f"result_step{step}.json")
+        result_path = args.result_path or os.path.join(args.save_dir, f"result_step{step}.json")
         detector = engine.evaluate(self.model, self.test_set, args, step, result_path)
         if not args.is_main:
             return False

@@ -4,7 +4,6 @@ The top layer: it imports the refinement driver (refinement.py) and the trained 
 (inference.py), which import the passes (engine.py);
 neither imports it back.
 """
-import json
 import os
 import sys
 
@@ -12,7 +11,8 @@ import distributed
 import inference
 from config import build_args, save_config
 from refinement import Refinement
-from utils import RunFolderLock, UserError, keep_freed_memory, run_cli, set_seed
+from run_identity import adopt_trained_config, check_run_folder, test_output_folder
+from utils import Logger, RunFolderLock, UserError, keep_freed_memory, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -27,35 +27,22 @@ def check_writable(folder):
                         f"choose another with --outdir or --checkpoint_root") from None
 
 
-def check_resume_seed(args):
-    """A run folder holds one seed's run: resuming it under another --seed would mix two runs.
-
-    The folder name does not carry the seed (it keeps the released naming), so the seed recorded
-    in the folder's config.json is compared before that file is rewritten.
-    """
-    config_path = os.path.join(args.save_dir, "config.json")
-    if args.test or args.no_resume or args.checkpoint or not (
-            os.path.isfile(config_path) and os.path.isfile(os.path.join(args.save_dir, "model_latest.pth"))):
-        return
-    try:
-        with open(config_path) as handle:
-            saved = json.load(handle).get("seed")
-    except (OSError, ValueError):
-        return                                  # unreadable: the checkpoint's own checks decide
-    if saved is not None and saved != args.seed:
-        raise UserError(f"run folder {args.save_dir} holds a run with seed {saved}, not --seed {args.seed}; "
-                        f"add --suffix seed{args.seed} for a run folder of its own, or --no_resume to start "
-                        f"this folder over")
-
-
 def run(dataset, argv):
     """Build the config and run training (or --test); returns the best mAP per step (or the detectors).
 
     The run folder is locked for the whole run (rank 0 takes the lock for all torchrun ranks),
-    so a second command on the same folder stops at once instead of mixing its files in.
+    so a second command on the same folder stops at once instead of mixing its files in. It resumes only
+    under the config that made it (run_identity.check_run_folder, before anything is written). Test mode
+    takes the config of the run in --checkpoint and writes into a folder of its own (DIR/test).
     """
     keep_freed_memory()                  # reuse freed activation buffers instead of page-faulting them back
     args = distributed.init_distributed(build_args(dataset, argv))
+    notes = []
+    if args.test:
+        notes = adopt_trained_config(args, argv)
+        args.save_dir = test_output_folder(args)
+        args.log_path = os.path.join(args.save_dir, "log.txt")
+        notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset
@@ -64,13 +51,16 @@ def run(dataset, argv):
     if args.is_main:
         check_writable(args.save_dir)
         lock.acquire()
-        check_resume_seed(args)
     try:
+        if args.is_main:
+            notes += check_run_folder(args)         # raises before anything is written
+            log = Logger(args.log_path)
+            for line in notes:
+                log(line)
+            save_config(args, os.path.join(args.save_dir, "config.json"))
         distributed.barrier()
         if args.test:
             return inference.test_cascade(args)
-        if args.is_main:
-            save_config(args, os.path.join(args.save_dir, "config.json"))
         return Refinement(args).run()
     finally:
         lock.release()

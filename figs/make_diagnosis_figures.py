@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from config import build_args  # noqa: E402
 from eval.diagnosis import diagnose  # noqa: E402
+from run_identity import test_output_folder  # noqa: E402
 
 from runner import run  # noqa: E402
 
@@ -54,16 +55,17 @@ def main(argv=None):
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
     run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--diagnose"])
+    test_dir = test_output_folder(build_args("THUMOS", ["--demo", "--checkpoint", run_dir]))   # test mode's own
     gt_file = os.path.join(args.data_dir, "gt.json")
     tables = []
     for step in range(args.num_steps + 1):
-        result = os.path.join(run_dir, f"test_result_step{step}.json")
+        result = os.path.join(test_dir, f"test_result_step{step}.json")
         tables.append(diagnose(gt_file, result, args.tiou_thresholds, args.eval_subset, "THUMOS",
                                args.num_tiou_for_average).by_characteristic)
     figs = REPO_ROOT / "figs"
     last = f"test_step{args.num_steps}_"
     for name in ("diagnosis_bins.png", "diagnosis_fp.png"):
-        shutil.copyfile(os.path.join(run_dir, "diagnosis", last + name), figs / f"demo_{name}")
+        shutil.copyfile(os.path.join(test_dir, "diagnosis", last + name), figs / f"demo_{name}")
     plot_length_by_step(figs / "demo_diagnosis_length_by_step.png", tables)
     rows = tables[0][tables[0]["characteristic"].isin(["all", "length"])]
     print("| step | " + " | ".join(f"{r.bin} {r.range} (n={r.gt_count})" if r.characteristic == "length"

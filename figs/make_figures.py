@@ -8,7 +8,6 @@ Writes figs/demo_map_over_steps.png (mAP per tIoU for each refinement step) and
 figs/demo_video.png (one test video: GT, proposals, CAS, attention, sampling weights).
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import runner  # noqa: E402
 import visualize  # noqa: E402
 from config import build_args  # noqa: E402
+from run_identity import test_output_folder  # noqa: E402
 
 
 def main(argv=None):
@@ -32,19 +32,13 @@ def main(argv=None):
     run_dir = cli.run_dir or args.save_dir
     if not os.path.isfile(os.path.join(run_dir, "model_latest.pth")):
         sys.exit(f"error: no demo run in {run_dir}; run `python main_THUMOS.py --demo` first")
-    if cli.run_dir:                           # replay into that folder, with its own seed and schedule
-        with open(os.path.join(run_dir, "config.json")) as handle:
-            config = json.load(handle)
-        args.save_dir = run_dir
-        extra = ["--outdir", config["outdir"], "--suffix", config["suffix"], "--seed", str(config["seed"])]
-    else:
-        extra = []
-    runner.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"]
-               + extra)
+    # test mode takes the run's config from its config.json and writes into its own folder
+    runner.run("THUMOS", ["--demo", "--test", "--checkpoint", run_dir, "--visualize", "--visualize_videos", "0"])
+    test_dir = test_output_folder(build_args("THUMOS", ["--demo", "--checkpoint", run_dir]))
     figs = REPO_ROOT / "figs"
-    per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(run_dir, "test_summary.json")))
+    per_step = visualize.summary_to_per_step(visualize.read_summary_json(os.path.join(test_dir, "test_summary.json")))
     visualize.plot_map_over_steps(figs / "demo_map_over_steps.png", per_step)
-    shutil.copyfile(os.path.join(run_dir, "visualize", f"test_step{args.num_steps}", f"{cli.video}.png"),
+    shutil.copyfile(os.path.join(test_dir, "visualize", f"test_step{len(per_step) - 1}", f"{cli.video}.png"),
                     figs / "demo_video.png")
     print(f"wrote {figs / 'demo_map_over_steps.png'} and {figs / 'demo_video.png'}")
 

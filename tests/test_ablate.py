@@ -14,8 +14,8 @@ import torch
 import ablate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# tiny demo: 16-dim features, 1 epoch per step, evaluation after every epoch
-TINY = ["--demo", "--feature_dim", "16", "--epochs_per_step", "1", "--sample_segments_num", "32",
+# tiny demo: 16-dim features, 1 epoch per step (the last step too: 3 epochs, 2 steps), evaluation after every epoch
+TINY = ["--demo", "--feature_dim", "16", "--epochs", "3", "--epochs_per_step", "1", "--sample_segments_num", "32",
         "--eval_freq", "1", "--batch_size", "32"]
 
 
@@ -71,9 +71,16 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 
 def test_cell_flags_and_grid():
-    base = type("A", (), {"epochs": 60, "epochs_per_step": 20})()
+    base = type("A", (), {"epochs": 60, "epochs_per_step": 20, "num_steps": 2})()        # the demo's schedule
     assert ablate.cell_flags({"num_steps": 3}, base) == ["--num_steps", "3", "--epochs", "80"]
     assert ablate.cell_flags({"num_steps": 0, "epochs": "full"}, base) == ["--num_steps", "0", "--epochs", "60"]
+    # THUMOS: the full model's last step trains 800 - 3 * 100 = 500 epochs, and so does every row's last step
+    thumos = type("A", (), {"epochs": 800, "epochs_per_step": 100, "num_steps": 3})()
+    assert [ablate.cell_flags({"num_steps": n}, thumos)[-1] for n in (0, 1, 2, 3)] == ["500", "600", "700", "800"]
+    assert ablate.cell_flags(dict(ablate.COMPONENT_GRID)["base"], thumos)[-1] == "800"
+    assert "last step 500 epochs" in ablate.budget_note(thumos)
+    with pytest.raises(ablate.UserError, match="last step has no epochs"):
+        ablate.cell_flags({"num_steps": 1}, type("A", (), {"epochs": 40, "epochs_per_step": 20, "num_steps": 2})())
     assert ablate.cell_flags({"use_uncertainty": False}, base) == ["--use_uncertainty", "false"]
     grid = ablate.parse_grid_axes(["a=1,2", "b=x"])
     assert grid == [("a=1_b=x", {"a": "1", "b": "x"}), ("a=2_b=x", {"a": "2", "b": "x"})]
@@ -114,3 +121,69 @@ def test_summary_paired_difference():
     assert ref == "full"
     assert x["final"] == pytest.approx((11.5, np.std([11.0, 12.0], ddof=1)))
     assert x["paired"] == pytest.approx((-0.5, np.std([1.0, -2.0], ddof=1)))     # 11-10, 12-14
+
+
+def test_cells_are_pinned_to_one_gpu_each():
+    """On CUDA every running cell has a GPU of its own: never two cells on one GPU at the same time."""
+    import threading
+    import time
+    lock, running, seen = threading.Lock(), {}, []
+
+    def fake_cell(cell, gpu):
+        with lock:
+            assert gpu not in running, f"GPU {gpu} already runs cell {running.get(gpu)}"
+            running[gpu] = cell
+            seen.append(gpu)
+        time.sleep(0.01 * (cell % 3))
+        with lock:
+            del running[gpu]
+        return cell, gpu
+
+    results = list(ablate.run_cells(list(range(12)), 3, ["2", "5", "7"], fake_cell))
+    assert [cell for cell, _ in results] == list(range(12))                 # the cells' order
+    assert set(seen) == {"2", "5", "7"} and len(seen) == 12
+    assert [gpu for _, gpu in ablate.run_cells([0, 1], 2, [], lambda c, g: (c, g))] == [None, None]   # CPU
+
+
+def test_visible_gpus_and_gpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,6")
+    assert ablate.visible_gpus(["--demo"]) == ["3", "6"]
+    assert ablate.visible_gpus(["--device", "cuda"]) == ["3", "6"]
+    assert ablate.visible_gpus(["--device", "cpu"]) == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert ablate.visible_gpus([]) == ["0", "1"]
+    with pytest.raises(ablate.UserError, match="drop --gpu"):
+        ablate.visible_gpus(["--gpu", "1"])
+    with pytest.raises(ablate.UserError, match="--device cuda:1"):
+        ablate.visible_gpus(["--device", "cuda:1"])
+
+
+def test_dry_run_states_the_epoch_budget_and_gpus(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ablate, "visible_gpus", lambda passthrough: ["0", "1"])
+    assert ablate.main(["--variants", "steps", "--seeds", "1", "--dry_run", "--checkpoint_root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 cells (3 variants x 1 seeds), 0 finished, 3 to run with 2 jobs" in out
+    assert "each cell on one GPU of CUDA_VISIBLE_DEVICES=0,1" in out
+    assert "epoch budget: rows that set num_steps keep the full model's step lengths" in out
+    assert "last step 500 epochs" in out                                    # THUMOS: 800 - 3 * 100
+    commands = [line for line in out.splitlines() if line.startswith("python main_THUMOS.py")]
+    assert [c.split("--epochs ")[1].split()[0] for c in commands] == ["600", "700", "800"]
+
+
+def test_cell_folder_of_another_config_is_refused_before_anything_runs(tmp_path):
+    """A cell's folder made under another config (e.g. another epoch budget) is neither reported nor resumed."""
+    import json
+
+    import run_identity
+    passthrough = ["--checkpoint_root", str(tmp_path)]
+    _, cells = ablate.plan_cells("THUMOS", passthrough, [("steps1", {"num_steps": 1})], [0], "ablate")
+    args = ablate.build_args("THUMOS", cells[0].argv + ["--device", "cpu"])
+    saved = run_identity.as_stored(args)
+    saved["epochs"] = 200                                   # the cell as planned under another budget
+    os.makedirs(args.save_dir)
+    Path(args.save_dir, "config.json").write_text(json.dumps(saved))
+    Path(args.save_dir, "model_latest.pth").write_bytes(b"")
+    with pytest.raises(ablate.UserError, match=r"cell steps1 seed 0: .*epochs: 200 → 600.*another --outdir"):
+        ablate.plan_cells("THUMOS", passthrough, [("steps1", {"num_steps": 1})], [0], "ablate")

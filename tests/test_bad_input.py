@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import runner
 from config import build_args
 from eval.__main__ import main as eval_main
@@ -70,7 +71,7 @@ CASES = {
     "wrong rank": (lambda d: corrupt_feature(d, np.zeros(10, np.float32)), ["expected a 2-D"]),
     "wrong dimension": (lambda d: corrupt_feature(d, np.zeros((10, 16), np.float32)),
                         ["dimension 16", "--feature_dim"]),
-    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.float64)), ["dtype float64", "float32"]),
+    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.int32)), ["dtype int32", "floating point"]),
     "nan features": (lambda d: corrupt_feature(d, np.full((10, D), np.nan, np.float32)), ["NaN or inf"]),
     "gt not json": (lambda d: (d / "gt.json").write_text("{not json"), ["gt.json", "not valid JSON"]),
     "gt without database": (lambda d: (d / "gt.json").write_text('{"version": 1}'), ["gt.json", "database"]),
@@ -154,15 +155,25 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data_dir, tmp_path, ca
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    code, err = run_main(argv_for(data_dir, tmp_path, "--num_steps", "0", "--epochs", "2"), capsys)
+    code, err = run_main(argv + ["--no_resume"], capsys)
     assert code == 2 and "No space left on device" in err
     assert open(latest, "rb").read() == before
     assert not [name for name in os.listdir(os.path.dirname(latest)) if name.startswith(".tmp_")]
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path, capsys):
+def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path, capsys, monkeypatch):
     argv = argv_for(data_dir, tmp_path)
-    runner.main("THUMOS", argv + ["--epochs", "1"])
+    original, calls = engine.train_one_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):          # the run is interrupted after its first epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_second_epoch)
+    with pytest.raises(SystemExit):
+        runner.main("THUMOS", argv)
+    monkeypatch.setattr(engine, "train_one_epoch", original)
     save_dir = build_args("THUMOS", argv).save_dir
     open(os.path.join(save_dir, "model_latest.pth"), "wb").write(b"garbage")
     runner.main("THUMOS", argv)

@@ -347,7 +347,8 @@ def test_entry_without_gt(data_root):
 
 @pytest.mark.parametrize("kind,match", [
     ("truncated", "not a readable .npy"), ("text", "not a readable .npy"), ("rank", "expected a 2-D"),
-    ("dim", "has dimension 8"), ("dtype", "dtype float64"), ("nan", "NaN or inf"), ("inf", "NaN or inf"),
+    ("dim", "has dimension 8"), ("dtype", "dtype int32; expected floating point"), ("nan", "NaN or inf"),
+    ("inf", "NaN or inf"),
     ("empty", "no snippets")])
 def test_bad_feature_file(data_root, kind, match):
     path = first_train(data_root)
@@ -357,7 +358,7 @@ def test_bad_feature_file(data_root, kind, match):
     elif kind == "text":
         path.write_text("hello")
     else:
-        bad = {"rank": good[:, 0], "dim": good[:, :8], "dtype": good.astype(np.float64),
+        bad = {"rank": good[:, 0], "dim": good[:, :8], "dtype": good.astype(np.int32),
                "nan": np.where(np.arange(len(good))[:, None] == 1, np.nan, good).astype(np.float32),
                "inf": np.where(np.arange(len(good))[:, None] == 1, np.inf, good).astype(np.float32),
                "empty": good[:0]}[kind]

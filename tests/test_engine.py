@@ -104,11 +104,12 @@ def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
                                              "--visualize_videos", "2"])
     assert len(detectors) == 3
     assert detectors[-1].average_mAP == pytest.approx(best[-1], abs=1e-12)
+    test_dir = os.path.join(save_dir, "test")               # test mode's own folder
     for step in range(3):                                   # --visualize: 2 plots per step
-        assert len(os.listdir(os.path.join(save_dir, "visualize", f"test_step{step}"))) == 2
-    rows = open(os.path.join(save_dir, "test_per_class_ap_step2.csv")).read().splitlines()
+        assert len(os.listdir(os.path.join(test_dir, "visualize", f"test_step{step}"))) == 2
+    rows = open(os.path.join(test_dir, "test_per_class_ap_step2.csv")).read().splitlines()
     assert len(rows) == 1 + len(detectors[-1].activity_index)      # header + one row per GT class
-    summary = json.load(open(os.path.join(save_dir, "test_summary.json")))
+    summary = json.load(open(os.path.join(test_dir, "test_summary.json")))
     assert summary["step 2"]["average_mAP"] == pytest.approx(best[-1], abs=1e-12)
 
 

@@ -35,7 +35,7 @@ def trained(tiny_data, tmp_path_factory):  # noqa: F811
     runner.run("THUMOS", argv + ["--test", "--checkpoint", save_dir])
     bare = root / "new_videos"                        # features only: no gt.json, no split files
     shutil.copytree(tiny_data / "test", bare)
-    with open(os.path.join(save_dir, "test_result_step2.json")) as handle:
+    with open(os.path.join(save_dir, "test", "test_result_step2.json")) as handle:
         expected = json.load(handle)["results"]
     return {"argv": argv, "save_dir": save_dir, "features": bare, "expected": expected, "data": tiny_data}
 
@@ -186,7 +186,8 @@ def save(path, array):
     (np.zeros((10, 31), dtype=np.float32), "have dimension 31, but the checkpoint expects 32"),
     (np.zeros((10, 32, 1), dtype=np.float32), "expected a 2-D (T, 32) array"),
     (np.zeros(32, dtype=np.float32), "expected a 2-D (T, 32) array"),
-    (np.zeros((10, 32), dtype=np.float64), "have dtype float64; expected float32"),
+    (np.zeros((10, 32), dtype=np.int64), "have dtype int64; expected floating point"),
+    (np.full((10, 32), 1e300, dtype=np.float64), "contain NaN or inf values (as float32)"),
     (np.full((10, 32), np.nan, dtype=np.float32), "contain NaN or inf"),
     (np.full((10, 32), np.inf, dtype=np.float32), "contain NaN or inf"),
     (np.zeros((0, 32), dtype=np.float32), "have no snippets"),
@@ -231,10 +232,13 @@ def test_checkpoint_folder_missing_a_step_file(trained, tmp_path, capsys):
     os.remove(partial / "model_step1_last_epoch.pth")
     err = error_of(["--checkpoint", str(partial), "--features", str(trained["features"]), *MODEL_FLAGS], capsys)
     assert "is missing model_step1_last_epoch.pth" in err and "num_steps = 2" in err
-    # the preset's num_steps (3) instead of the run's (2): names the files and the flags to pass
+    # a folder without config.json (released checkpoints) and the preset's num_steps (3) instead of the
+    # run's (2): names the files and the flags to pass
+    released = tmp_path / "released"
+    shutil.copytree(trained["save_dir"], released, ignore=shutil.ignore_patterns("config.json", "test"))
     at = MODEL_FLAGS.index("--num_steps")
     flags = MODEL_FLAGS[:at] + MODEL_FLAGS[at + 2:]
-    err = error_of(["--checkpoint", trained["save_dir"], "--features", str(trained["features"]), *flags], capsys)
+    err = error_of(["--checkpoint", str(released), "--features", str(trained["features"]), *flags], capsys)
     assert "model_step2_last_epoch.pth, model_step3_best_epoch.pth" in err and "--num_steps" in err
     err = error_of(["--checkpoint", str(tmp_path / "none"), "--features", str(trained["features"]), *MODEL_FLAGS],
                    capsys)

@@ -1,0 +1,130 @@
+"""A run's identity is its whole resolved config (docs/method.md §2): the keys of config.json that can
+change a result (all but config.NON_RESULT_KEYS).
+
+- Training resumes a run folder only under the config that started it: check_run_folder compares the
+  folder's config.json before anything is written, and stops naming every changed key.
+- Test mode and predict.py take those keys from the config.json beside the checkpoints, flags given on
+  the command line winning (adopt_trained_config); test mode writes into a folder of its own
+  (test_output_folder), never into the training run's files, and writes over earlier test results
+  there only under their config (check_run_folder again).
+"""
+import json
+import os
+
+from config import NON_RESULT_KEYS, RETIRED_FLAGS, config_to_dict, explicit_keys, rederive
+from utils import UserError
+
+CONFIG_NAME = "config.json"
+LAUNCH_KEYS = ("world_size",)        # set by the launcher (torchrun) for this command, never taken from a run
+
+
+class RunConfigChanged(UserError):
+    """A run folder holds a run made under another config."""
+
+
+def read_config(path):
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable config ({err}); the run's config cannot be checked: restore "
+                        f"the file, or start over with --no_resume or in another folder with --suffix NAME") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a config (a JSON object of key: value)")
+    return config
+
+
+def trained_dataset(folder):
+    """The dataset recorded in `folder`/config.json, or None (no such file)."""
+    path = os.path.join(os.fspath(folder), CONFIG_NAME)
+    return read_config(path).get("dataset") if os.path.isfile(path) else None
+
+
+def result_keys(config):
+    return {key for key in config if key not in NON_RESULT_KEYS and key not in RETIRED_FLAGS}
+
+
+def as_stored(args):
+    """The config as config.json stores it (lists, JSON numbers), for comparisons with a stored one."""
+    return json.loads(json.dumps(config_to_dict(args)))
+
+
+def show(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def differences(saved, current):
+    """([(key, saved value, current value)] of the result-affecting keys that differ, [keys only one of the
+    two records]) for two configs as config.json stores them."""
+    mine, theirs = result_keys(current), result_keys(saved)
+    changed = [(key, saved[key], current[key]) for key in sorted(mine & theirs) if saved[key] != current[key]]
+    return changed, sorted(mine ^ theirs)
+
+
+def format_changes(changed):
+    return ", ".join(f"{key}: {show(old)} → {show(new)}" for key, old, new in changed)
+
+
+def check_run_folder(args):
+    """Before anything is written to args.save_dir: a training run there may be resumed, and test results
+    there written over, only under the config that made them. Raises RunConfigChanged listing each changed
+    key; returns the notes to print."""
+    folder = args.save_dir
+    path = os.path.join(folder, CONFIG_NAME)
+    if args.no_resume or not os.path.isfile(os.path.join(folder, CONFIG_NAME if args.test else "model_latest.pth")):
+        return []
+    if not os.path.isfile(path):
+        return [f"note: run folder {folder} has no {CONFIG_NAME} (a released-code run folder?): resuming it, "
+                f"its config could not be checked"]
+    changed, one_sided = differences(read_config(path), as_stored(args))
+    if changed:
+        what = ("test folder", "test results", "a test folder", "write over them") if args.test else \
+            ("run folder", "a run", "a run folder", "start this folder over")
+        raise RunConfigChanged(f"{what[0]} {folder} holds {what[1]} made with another config "
+                               f"({format_changes(changed)}) and was left untouched; add --suffix NAME for "
+                               f"{what[2]} of its own, or --no_resume to {what[3]}")
+    if one_sided:
+        return [f"note: {path} and this code record different keys; not compared: {', '.join(one_sided)}"]
+    return []
+
+
+def adopt_trained_config(args, argv):
+    """Test mode / predict.py: every result-affecting key from args.checkpoint/config.json, except the keys
+    given in `argv` (the command line), which win. Changes `args`; returns the lines to print."""
+    folder = os.fspath(args.checkpoint)
+    path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return [f"note: {folder} has no {CONFIG_NAME} (released checkpoints?): using config.py and the command line"]
+    trained = read_config(path)
+    if trained.get("dataset", args.dataset) != args.dataset:
+        raise UserError(f"{path}: the checkpoints were trained on {trained['dataset']}, not {args.dataset}; "
+                        f"use main_{trained['dataset']}.py (predict.py --dataset {trained['dataset']})")
+    explicit, current = explicit_keys(args.dataset, argv), as_stored(args)
+    lines, overridden, from_run = [f"config of the run: {path} (flags given now win: key: trained → now)"], [], []
+    for key in sorted(result_keys(trained) & result_keys(current)):
+        if key in LAUNCH_KEYS or trained[key] == current[key]:
+            continue
+        if key in explicit:
+            overridden.append((key, trained[key], current[key]))
+        else:
+            from_run.append(key)
+            setattr(args, key, trained[key])
+    lines += [f"{key}: {show(old)} → {show(new)}" for key, old, new in overridden]
+    if from_run:
+        lines.append(f"the run's values, not config.py's: {', '.join(from_run)}")
+    missing = sorted(result_keys(current) - result_keys(trained) - set(LAUNCH_KEYS))
+    if missing:
+        lines.append(f"not recorded in {path}, taken from config.py: {', '.join(missing)}")
+    rederive(args)
+    return lines
+
+
+def test_output_folder(args):
+    """Where test mode writes: DIR/test[_SUFFIX] when the checkpoint folder DIR is writable, else
+    {checkpoint_root}/{dataset}/test/{name of DIR}[_SUFFIX]."""
+    folder = os.path.abspath(os.fspath(args.checkpoint))
+    suffix = f"_{args.suffix}" if args.suffix else ""
+    own = os.path.join(folder, "test" + suffix)
+    if os.access(folder, os.W_OK | os.X_OK) and (not os.path.exists(own) or os.access(own, os.W_OK | os.X_OK)):
+        return own
+    return os.path.join(args.checkpoint_root, args.dataset, "test", os.path.basename(folder) + suffix)
