@@ -264,7 +264,8 @@ class VideoDataset(Dataset):
             label_set = self.label_set(vid, props)
             chosen = select_labels(props, label_set)
             if len(chosen[0]):
-                ordered = [name for name in self.class_names if name in label_set]  # for the released set loop
+                # class-list order where the released code iterates a Python set (docs/method.md §8)
+                ordered = [name for name in self.class_names if name in label_set]
                 bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum, x.shape[0], self.r,
                                                       labels=ordered)
             pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale, out_len,
