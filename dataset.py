@@ -265,9 +265,13 @@ class VideoDataset(Dataset):
         pil = np.zeros((out_len, C + 1), dtype=np.float32)
         pil[:, C] = 1.0
         if props is not None:
-            chosen = select_labels(props, self.label_set(vid, props))
+            label_set = self.label_set(vid, props)
+            chosen = select_labels(props, label_set)
             if len(chosen[0]):
-                bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum, x.shape[0], self.r)
+                # class-list order where the released code iterates a Python set (docs/method.md §8)
+                ordered = [name for name in self.class_names if name in label_set]
+                bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum, x.shape[0], self.r,
+                                                      labels=ordered)
             pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale, out_len,
                                         cum, x.shape[0], self.r)
         return {"vid_name": vid, "features": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),

@@ -129,12 +129,32 @@ def select_labels(proposals, labels):
     return seg[keep], names[keep], scores[keep]
 
 
-def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_len=None, r=R):
-    """docs/method.md §8 attention proposals → (bbox (K, 2) int64, count). `warp` = cum of dynamic sampling or None."""
-    seg = np.unique(proposal_arrays(proposals)[0], axis=0)              # distinct [s, e]
-    seg = seg[np.lexsort((-seg[:, 1], seg[:, 0]))]                      # start asc, equal start: end desc
+def attention_proposal_order(proposals, labels=None):
+    """docs/method.md §8: the distinct [s, e] pairs (P, 2) of the proposals with a label in `labels`, in the
+    order the released loop processes them.
+
+    The list is built per label (each label's proposals by score descending, stable w.r.t. the file order),
+    keeping the first occurrence of each distinct [s, e]; it is then processed by ascending start and,
+    among equal starts, in the reverse of that list order (the released code sorts by start descending,
+    stably, and pops from the end). The released code iterates the labels of a Python set, whose order
+    varies between processes; `labels` gives the order instead (callers pass the class-list order).
+    None: the labels present, sorted.
+    """
+    seg, names, scores = proposal_arrays(proposals)
+    labels = sorted(set(names.tolist())) if labels is None else list(dict.fromkeys(labels))
+    listed = [sel[np.argsort(-scores[sel], kind="stable")] for sel in (np.flatnonzero(names == lab) for lab in labels)]
+    seg = seg[np.concatenate(listed)] if listed else seg[:0]            # (P, 2) in list order
+    seg = seg[np.sort(np.unique(seg, axis=0, return_index=True)[1])]  # first occurrence of each [s, e]
+    return seg[np.lexsort((-np.arange(len(seg)), seg[:, 0]))]         # start asc; equal start: list order reversed
+
+
+def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_len=None, r=R, labels=None):
+    """docs/method.md §8 attention proposals → (bbox (K, 2) int64, count). `warp` = cum of dynamic sampling or None;
+    `labels`: the video's label set in class-list order (see attention_proposal_order)."""
+    seg = attention_proposal_order(proposals, labels)
+    # a pair is kept when its end exceeds the last kept end, i.e. the largest end processed before it
     prev_max = np.maximum.accumulate(np.concatenate([[-np.inf], seg[:-1, 1]]))
-    seg = seg[seg[:, 1] > prev_max]                                     # drop nested pairs
+    seg = seg[seg[:, 1] > prev_max]
     s, e = warp_times(seg[:, 0], warp, vid_len, r), warp_times(seg[:, 1], warp, vid_len, r)
     mid, dur = (s + e) / 2, e - s
     start = np.maximum(np.rint((mid - (delta + 0.5) * dur) * scale), 0).astype(np.int64)
@@ -193,7 +213,11 @@ def dynamic_segment_weights(proposals, vid_len, labels, alpha, delta, gamma, r=R
         w = np.maximum(w, np.where(inside, value, 1.0).max(axis=0))
     big = w > 1
     if big.any():
-        run = np.cumsum(np.diff(np.concatenate([[False], big]).astype(np.int8)) == 1) - 1  # run id per snippet
-        sums = np.bincount(run[big], weights=w[big])
-        w[big] *= (np.round(sums) / sums)[run[big]]
+        # the released arithmetic, per run of consecutive w > 1: np.sum over the run (pairwise, index order),
+        # then round(sum) * w / sum; another summation or w * (round(sum) / sum) differs in the last bits,
+        # and a run summing to k + 1/2 then rounds the other way (docs/method.md §9)
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], big, [False]]).astype(np.int8)))
+        for a, b in zip(edges[::2], edges[1::2]):                       # runs [a, b); few per video
+            total = np.sum(w[a:b])
+            w[a:b] = np.round(total) * w[a:b] / total
     return w
