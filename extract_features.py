@@ -195,7 +195,8 @@ def extract_video(path, vid, nets, settings, pool=None):
     fps, sf = settings["fps"], settings["snippet_frames"]
     chunk = settings["batch"] * sf
     estimate = video_frames.estimated_frames(path, fps)
-    bar = tqdm(total=estimate // sf if estimate else None, desc=vid, unit="snippet", leave=False)
+    bar = tqdm(total=estimate // sf if estimate else None, desc=vid, unit="snippet", leave=False,
+               disable=None)                                  # off where stderr is no terminal
     features, buffer, count = [], [], 0
     try:
         with torch.inference_mode():
@@ -267,7 +268,7 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
                     log(f"skip {vid}: {os.path.join(out, vid + '.npy')} exists")
             # spawn: workers start clean (no copy of torch's threads); they only need numpy and OpenCV
             pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
-            for vid, path in tqdm(todo.items(), desc="videos", unit="video", disable=len(todo) < 2):
+            for vid, path in tqdm(todo.items(), desc="videos", unit="video", disable=None if len(todo) > 1 else True):
                 features = extract_video(path, vid, nets, settings, pool)
                 save_npy(os.path.join(out, f"{vid}.npy"), features)
                 log(f"{vid}: {features.shape[0]} snippets -> {os.path.join(out, vid + '.npy')}")
