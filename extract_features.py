@@ -189,7 +189,7 @@ def chunk_features(frames, following, nets, settings, pool):
     return run_streams(nets, rgb, flow, sf, settings["device"])
 
 
-def extract_video(path, vid, nets, settings, pool=None):
+def extract_video(path, vid, nets, settings, pool=None, log=print):
     """(T, 2048) float32 features of one video; streams the frames batch by batch."""
     import video_frames
     fps, sf = settings["fps"], settings["snippet_frames"]
@@ -219,6 +219,9 @@ def extract_video(path, vid, nets, settings, pool=None):
     if not features:
         raise ExtractError(f"video {path} is too short: {count} frames at {fps:g} fps, one snippet needs {sf} "
                            f"({sf / fps:.2f} s)")
+    if estimate and count < 0.95 * estimate - 2:     # decoding stopped early: a damaged stream?
+        log(f"warning: {path}: decoded {count / fps:.1f} s of the {estimate / fps:.1f} s its container "
+            f"announces (damaged or truncated?); features cover the decoded part")
     return np.concatenate(features).astype(np.float32)                          # (T, 2048)
 
 
@@ -233,7 +236,9 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
                    workers=None, tvl1_params=None, log=print):
     """Features of {VID: video path} (or a file / folder path) into OUT/VID.npy; returns {VID: .npy path}.
 
-    tvl1_params: TV-L1 settings other than OpenCV's defaults (recorded in extract_config.json)."""
+    tvl1_params: TV-L1 settings other than OpenCV's defaults (recorded in extract_config.json).
+    With workers > 1 the flow runs in a "spawn" process pool, which imports the calling script again: call
+    this from under `if __name__ == "__main__":` (or pass workers=1)."""
     try:
         import video_frames
     except ImportError:
@@ -267,9 +272,10 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
                 if vid not in todo:
                     log(f"skip {vid}: {os.path.join(out, vid + '.npy')} exists")
             # spawn: workers start clean (no copy of torch's threads); they only need numpy and OpenCV
-            pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
+            if workers > 1 and todo:
+                pool = multiprocessing.get_context("spawn").Pool(workers, video_frames.init_flow_worker)
             for vid, path in tqdm(todo.items(), desc="videos", unit="video", disable=None if len(todo) > 1 else True):
-                features = extract_video(path, vid, nets, settings, pool)
+                features = extract_video(path, vid, nets, settings, pool, log)
                 save_npy(os.path.join(out, f"{vid}.npy"), features)
                 log(f"{vid}: {features.shape[0]} snippets -> {os.path.join(out, vid + '.npy')}")
     finally:

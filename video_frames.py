@@ -151,11 +151,14 @@ def raw_flow(first, second, params=None):
 def flow_inputs(grays, crop, params):
     """len(grays) - 1 flows between consecutive grayscale frames -> (n - 1, 2, crop, crop) float32 in [-1, 1]
     (clipped at FLOW_CLIP pixels). One process's share of a video; run in a worker pool."""
-    cv2.setNumThreads(1)                # parallelism comes from the pool, one solver per core
     solver = tvl1(params)
     flows = [center_crop(solver.calc(a, b, None), crop) for a, b in zip(grays[:-1], grays[1:])]
     stack = np.clip(np.stack(flows), -FLOW_CLIP, FLOW_CLIP) / FLOW_CLIP          # (n - 1, crop, crop, 2)
     return stack.astype(np.float32).transpose(0, 3, 1, 2)                       # (n - 1, 2, crop, crop)
+
+
+def init_flow_worker():
+    cv2.setNumThreads(1)                # parallelism comes from the pool: one solver per core
 
 
 def to_gray(frame):
