@@ -236,8 +236,8 @@ def demo_checkpoint(tmp_path_factory):
     """A tiny trained run on 2048-d synthetic features (one refinement step, two epochs)."""
     root = tmp_path_factory.mktemp("demo2048")
     data = root / "THUMOS14"
-    generate_synthetic_dataset(data, kind="THUMOS", num_train=8, num_test=4, feature_dim=2048, seed=0,
-                               class_names=build_args("THUMOS").class_name_lst, durations=(20.0, 40.0))
+    generate_synthetic_dataset(data, kind="THUMOS", num_train=6, num_test=2, feature_dim=2048, seed=0,
+                               class_names=build_args("THUMOS").class_name_lst, durations=(15.0, 25.0))
     argv = ["--data_dir", str(data), "--checkpoint_root", str(root), "--epochs", "2", "--eval_freq", "2",
             "--batch_size", "4", *MODEL_FLAGS]
     runner.run("THUMOS", argv)

@@ -158,7 +158,7 @@ def test_max_pool_zero_padding_equals_tensorflow_on_relu_outputs():
 def test_output_sizes_and_snippet_features():
     torch.manual_seed(0)
     model = InceptionI3d(2).eval()
-    x = torch.rand(2, 2, 16, 64, 48) * 2 - 1
+    x = torch.rand(2, 2, 16, 40, 33) * 2 - 1
     with torch.no_grad():
         block = model.block_output(x)
         assert block.shape == (2, 1024, 2, 2, 2)       # time / 8, space / 32 rounded up
