@@ -1,7 +1,7 @@
 """Two-stream I3D features of videos, in the convention of the public THUMOS-14 / ActivityNet-1.3 features.
 
-    python extract_features.py --videos FILE|DIR --out DIR --rgb_weights rgb_imagenet.pt \
-        --flow_weights flow_imagenet.pt [--device cuda] [--fps 25] [--snippet_frames 16] [--batch 8]
+    python extract_features.py --videos FILE|DIR --out DIR --rgb_weights rgb_imagenet.pt
+        --flow_weights flow_imagenet.pt [--device cuda] [--fps 25] [--snippet_frames 16] [--batch 8] [--workers N]
 
 Per video: frames resampled to --fps by presentation time; non-overlapping snippets of --snippet_frames
 frames (T = floor(frames / snippet_frames), the frames after the last whole snippet dropped); per snippet
@@ -277,7 +277,8 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
             for vid, path in tqdm(todo.items(), desc="videos", unit="video", disable=None if len(todo) > 1 else True):
                 features = extract_video(path, vid, nets, settings, pool, log)
                 save_npy(os.path.join(out, f"{vid}.npy"), features)
-                log(f"{vid}: {features.shape[0]} snippets -> {os.path.join(out, vid + '.npy')}")
+                count = features.shape[0]
+                log(f"{vid}: {count} snippet{'s' if count != 1 else ''} -> {os.path.join(out, vid + '.npy')}")
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         if pool is not None:
