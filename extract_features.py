@@ -246,12 +246,19 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
                            "requirements-extract.txt") from None
     try:
         videos = video_frames.list_videos(videos) if isinstance(videos, (str, os.PathLike)) else dict(videos)
-        for path in videos.values():
-            video_frames.open_video(path).release()       # fail before hours of work, not in the middle
     except video_frames.VideoError as err:
         raise ExtractError(str(err)) from None
     if fps <= 0 or snippet_frames < 1 or batch < 1:
         raise ExtractError(f"--fps ({fps}), --snippet_frames ({snippet_frames}) and --batch ({batch}) must be positive")
+    for path in videos.values():                          # fail before hours of work, not in the middle
+        try:
+            video_frames.open_video(path).release()
+        except video_frames.VideoError as err:
+            raise ExtractError(str(err)) from None
+        estimate = video_frames.estimated_frames(path, fps)
+        if estimate is not None and estimate + 1 < snippet_frames:      # container metadata: a frame of slack
+            raise ExtractError(f"video {path} is too short: about {estimate} frames at {fps:g} fps, one snippet "
+                               f"needs {snippet_frames} ({snippet_frames / fps:.2f} s)")
     workers = workers or os.cpu_count() or 1
     nets = [load_i3d(rgb_weights, "rgb", device), load_i3d(flow_weights, "flow", device)]
     args = argparse.Namespace(fps=fps, snippet_frames=snippet_frames, rgb_weights=rgb_weights,

@@ -63,8 +63,7 @@ def open_video(path):
 
 
 def timed_frames(capture, path):
-    """(seconds from the first frame, BGR uint8 frame) of every decodable frame, and the nominal frame
-    duration (s) used for the last frame's display time."""
+    """(seconds from the first frame, BGR uint8 frame) of every decodable frame, in display order."""
     nominal = capture.get(cv2.CAP_PROP_FPS)
     nominal = nominal if np.isfinite(nominal) and 0 < nominal < 1000 else 0.0
     start = last = None
