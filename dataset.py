@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from sampling import (R, apply_plan, attention_proposal_bbox, dynamic_positions, dynamic_sample,  # noqa: F401
                       dynamic_segment_weights, lerp_rows, proposal_arrays, pseudo_instance_label, random_plan,
                       random_sample, select_labels, uniform_plan, uniform_sample, warp_times)
+from extract_features import warn_extraction_mismatch
 from utils import UserError
 EXPECTED_TREE = """  {root}/gt.json            {{"database": {{VID: {{"duration", "subset", "annotations"}}}}}}
   {root}/split_train.txt    one training VID per line
@@ -156,6 +157,8 @@ class VideoDataset(Dataset):
             self.gt_labels[vid] = labels
             self.video_labels[vid] = np.zeros(len(index), dtype=np.float32)
             self.video_labels[vid][[index[name] for name in labels]] = 1.0
+        warn_extraction_mismatch([os.path.dirname(path) for vid, path in self.paths.items() if vid not in self.arrays],
+                                 getattr(args, "frames_per_sec", 25), getattr(args, "segment_frames_num", 16))
         self._lens = {}
         if not getattr(args, "skip_data_checks", False):
             for vid in self.video_names:

@@ -1,12 +1,15 @@
 """Localize actions in new videos with a trained cascade: I3D feature files in, detections out.
 
     python predict.py --checkpoint RUN_FOLDER --features PATH [--out FILE] [--format json|csv] [--plot]
+    python predict.py --checkpoint RUN_FOLDER --videos PATH --rgb_weights RGB.pt --flow_weights FLOW.pt [...]
 
-PATH is one (T, D) float32 .npy file or a folder of them (one per video, named VID.npy). The cascade
-is replayed exactly as test mode does (inference.py); no gt.json or split file is needed. The config is
-the run's (RUN_FOLDER/config.json: dataset, feature_dim, fps, snippet frames, thresholds, ...); any key
-can be overridden as in the entry scripts (`--nms_thresh 0.3`, ...), and each override is printed. Without
-config.json (released checkpoints) config.py is used: pass the flags the run was trained with.
+PATH is one (T, D) float .npy file or a folder of them (one per video, named VID.npy); with --videos, a
+video file or folder whose two-stream I3D features are extracted first (extract_features.py) into
+OUT_features/, where a later run finds them. The cascade is replayed exactly as test mode does
+(inference.py); no gt.json or split file is needed. The config is the run's (RUN_FOLDER/config.json:
+dataset, feature_dim, fps, snippet frames, thresholds, ...); any key can be overridden as in the entry
+scripts (`--nms_thresh 0.3`, ...), and each override is printed. Without config.json (released
+checkpoints) config.py is used: pass the flags the run was trained with.
 """
 import argparse
 import csv
@@ -27,7 +30,10 @@ def parse_predict_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["THUMOS", "ActivityNet"],
                         help="preset of config.py (default: the run's, from config.json; else THUMOS)")
-    parser.add_argument("--features", required=True, help="a (T, D) float32 .npy file or a folder of them")
+    parser.add_argument("--features", help="a (T, D) float .npy file or a folder of them")
+    parser.add_argument("--videos", help="a video file or folder: extract I3D features (cached in OUT_features/)")
+    parser.add_argument("--rgb_weights", help="with --videos: the PyTorch I3D port's models/rgb_imagenet.pt")
+    parser.add_argument("--flow_weights", help="with --videos: the PyTorch I3D port's models/flow_imagenet.pt")
     parser.add_argument("--out", default="", help="output file (default predictions.json / predictions.csv)")
     parser.add_argument("--format", default="json", choices=["json", "csv"],
                         help="json: ActivityNet result file; csv: video,label,score,start,end")
@@ -41,6 +47,8 @@ def parse_predict_args(argv):
         rest += ["--frames_per_sec", f"{known.fps:g}"]
     if known.snippet_frames is not None:
         rest += ["--segment_frames_num", str(known.snippet_frames)]
+    if (known.features is None) == (known.videos is None):
+        raise UserError("predict.py needs either --features PATH (.npy files) or --videos PATH (video files)")
     if known.top_k is not None and known.top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {known.top_k}")
     if not any(flag == "--checkpoint" or flag.startswith("--checkpoint=") for flag in rest):
@@ -86,12 +94,19 @@ def run(argv):
     for line in adopt_trained_config(args, rest):
         print(line)
     from inference import list_feature_files, load_cascade, new_video_dataset, run_cascade   # imports torch
-    videos = list_feature_files(known.features)
+    out = Path(known.out or f"predictions.{known.format}")
     models = load_cascade(args.checkpoint, args, "predict.py")
+    if known.videos is not None:       # features at the run's time base, cached beside the output
+        from extract_features import FEATURE_DIM, extract_videos
+        if args.feature_dim != FEATURE_DIM:
+            raise UserError(f"--videos gives {FEATURE_DIM}-d features; the checkpoint expects {args.feature_dim}")
+        videos = extract_videos(known.videos, out.with_name(out.stem + "_features"), known.rgb_weights,
+                                known.flow_weights, args.frames_per_sec, args.segment_frames_num, args.device)
+    else:
+        videos = list_feature_files(known.features)
     dataset = new_video_dataset(videos, args)
     results, outputs = run_cascade(models, dataset, args, keep_outputs=known.plot)
     results = {vid: filter_detections(dets, known.score_threshold, known.top_k) for vid, dets in results.items()}
-    out = Path(known.out or f"predictions.{known.format}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if known.format == "csv":
         atomic_write_text(out, detections_csv(results))
