@@ -187,7 +187,8 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
     if getattr(args, "diagnose", False):             # DETAD-style diagnosis files under diagnosis/
         from eval.diagnosis_report import diagnose_evaluation
         log(diagnose_evaluation(detector, os.path.join(args.data_dir, "gt.json"), os.path.join(folder, "diagnosis"),
-                                f"{tag}step{step}_", title=f"{tag}step {step}: "), console=console)
+                                f"{tag}step{step}_", title=f"{tag}step {step}: ",
+                                ignore_any_tiou=getattr(args, "ignore_any_tiou", False)), console=console)
     if not args.visualize:
         return
     names = list(detector.outputs)
