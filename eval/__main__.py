@@ -35,6 +35,8 @@ def main(argv=None):
                              "tIoU once it is at one (DETAD's released code); default: at that tIoU only (its paper)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     cli = parser.parse_args(argv)
+    if cli.ignore_any_tiou and not cli.diagnose:
+        parser.error("--ignore_any_tiou changes the diagnosis: add --diagnose")
     preset = PRESETS[cli.dataset]
     thresholds = np.asarray(cli.tiou if cli.tiou else preset["tiou_thresholds"], dtype=np.float64)
     n_avg = preset["num_tiou_for_average"] if cli.tiou is None else len(thresholds)

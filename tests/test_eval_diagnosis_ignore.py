@@ -104,3 +104,6 @@ def test_default_is_per_tiou_and_switches_reach_the_diagnosis(tmp_path, capsys):
                       "--ignore_any_tiou", "--out", str(out), "--no_per_class"]) == 0
     assert "ignored at every tIoU once at one" in capsys.readouterr().out
     assert json.loads((out / "diagnosis.json").read_text())["ignore_any_tiou"] is True
+    with pytest.raises(SystemExit):                          # the switch alone would change nothing
+        eval_main(["--gt", str(gt_path), "--pred", str(pred_path), "--ignore_any_tiou"])
+    assert "add --diagnose" in capsys.readouterr().err
