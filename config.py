@@ -146,6 +146,8 @@ SWITCHES = {
     "demo": "run on the synthetic dataset with the small demo schedule",
     "debug": "show full tracebacks on errors",
     "diagnose": "write a DETAD-style diagnosis (mAP by action length, false-positive types) per evaluation",
+    "ignore_any_tiou": "with --diagnose: DETAD's released ignore rule (a prediction matched outside a bin is "
+                       "ignored at every tIoU once it is at one)",
     "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
 }
 # Options of the released CLI that are not preset keys.

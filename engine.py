@@ -5,7 +5,11 @@ proposals) -> inference.py (the trained cascade: test mode and predict.py) and r
 (the multi-step training run, docs/method.md §10) -> runner.py (the entry point of
 main_THUMOS.py / main_ActivityNet.py: config, lock, errors).
 Under torchrun every pass works on this process's share and results are gathered (distributed.py).
+The parts of a run are named (`timed`), so a profiler such as bench/profile_run.py times them
+through `set_timer` instead of patching the engine.
 """
+import contextlib
+import functools
 import math
 import os
 import warnings
@@ -25,6 +29,48 @@ from utils import UserError
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf."""
+
+
+# ----------------------------------------------------------------------------- named parts of a run
+_timer = None                           # set_timer's timer; None: a part costs one check
+_UNTIMED = contextlib.nullcontext()
+
+
+def set_timer(timer):
+    """Install `timer(part, context) -> context manager`, entered around every named part of a
+    run (see `timed`; it may also open torch.profiler.record_function ranges); None removes it.
+    Returns the timer it replaces."""
+    global _timer
+    previous, _timer = _timer, timer
+    return previous
+
+
+def timed(part, **context):
+    """Context manager: a named part of a run ("train forward", "eval pass", ...).
+    context: what a timer may look at (a forward's model, batch, step and args)."""
+    return _UNTIMED if _timer is None else _timer(part, context)
+
+
+def timed_calls(part):
+    """Decorator: every call of the function is the named part `part`."""
+    def decorate(function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            with timed(part):
+                return function(*args, **kwargs)
+        return call
+    return decorate
+
+
+def timed_items(iterable, part):
+    """The items of `iterable`, the wait for each one a named part (e.g. the loader's batches)."""
+    iterator, done = iter(iterable), object()
+    while True:
+        with timed(part):
+            item = next(iterator, done)
+        if item is done:
+            return
+        yield item
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -68,6 +114,7 @@ def progress(iterable, args, desc):
 
 
 # ----------------------------------------------------------------------------- passes
+@timed_calls("train epoch")
 def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
     """One shuffled pass; returns the mean of every loss term and the video-level accuracy.
 
@@ -77,18 +124,23 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
     model.train()
     term_sums, seen = {}, 0.0
     correct = torch.zeros((), device=args.device)          # summed on the device: no sync per batch
-    for index, batch in enumerate(progress(loader, args, f"step {step} epoch {epoch}")):
-        out = forward(model, batch, step, args)
+    for index, batch in enumerate(timed_items(progress(loader, args, f"step {step} epoch {epoch}"), "train data")):
+        with timed("train forward", model=model, batch=batch, step=step, args=args):
+            out = forward(model, batch, step, args)
         video_label = batch["video_label"].to(args.device)                          # (B, C)
         pseudo_label = batch["pseudo_instance_label"].to(args.device) if step > 0 else None
-        loss, terms = loss_fn(video_label, out, pseudo_label)   # terms: floats (the one sync per batch)
+        with timed("train loss"):
+            loss, terms = loss_fn(video_label, out, pseudo_label)   # terms: floats (the one sync per batch)
         if not math.isfinite(terms["total"]):
             raise TrainingDiverged(f"loss is {terms['total']} at step {step} epoch {epoch} (terms {terms}); "
                                    f"lower --lr or check the features for extreme values")
         weight = loader.batch_sampler.loss_weight(index) if args.world_size > 1 else 1.0
-        optimizer.zero_grad()
-        (loss * weight if weight != 1.0 else loss).backward()
-        optimizer.step()
+        with timed("train optimizer"):
+            optimizer.zero_grad()
+        with timed("train backward"):
+            (loss * weight if weight != 1.0 else loss).backward()
+        with timed("train optimizer"):
+            optimizer.step()
         count = video_label.shape[0] if weight > 0 else 0
         for key, value in terms.items():
             term_sums[key] = term_sums.get(key, 0.0) + value * count
@@ -118,14 +170,17 @@ def inference_pass(model, dataset, args, step, detect=True, pseudo=False, keep_o
     loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=args.num_workers,
                         collate_fn=collate_fn, pin_memory=args.device.startswith("cuda"))
     detections, proposals, outputs = {}, {}, {}
-    for batch in progress(loader, args, desc or f"step {step}"):
-        out = forward(model, batch, step, args)
+    phase = "pseudo" if pseudo and not detect else "eval"
+    for batch in timed_items(progress(loader, args, desc or f"step {step}"), f"{phase} data"):
+        with timed(f"{phase} forward", model=model, batch=batch, step=step, args=args):
+            out = forward(model, batch, step, args)
         vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
         fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy() for t in (out.fg_cls, out.temp_att, out.fg_cas))
-        if detect:
-            detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
-        if pseudo:
-            proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
+        with timed(f"{phase} proposals"):
+            if detect:
+                detections[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=cum)
+            if pseudo:
+                proposals[vid] = video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=True, cum=cum)
         if keep_outputs:
             outputs[vid] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
 
@@ -144,12 +199,14 @@ def predict_proposals(model, dataset, args, step, pseudo, desc):
     return (proposals if pseudo else detections), outputs
 
 
+@timed_calls("eval pass")
 def evaluate(model, dataset, args, step, result_path):
     """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP (main process)."""
     results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"test step {step}")
     return score_results(results, outputs, args, result_path)
 
 
+@timed_calls("eval mAP")
 def score_results(results, outputs, args, result_path):
     """Write one step's detections {vid: [...]} and score them against gt.json (main process; None elsewhere)."""
     if not args.is_main:
@@ -171,6 +228,7 @@ def format_map_line(detector, prefix):
     return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
 
 
+@timed_calls("eval reports")
 def report_evaluation(detector, args, step, dataset, tag, log, console=True):
     """Per-class AP (log.txt, and stdout when `console`; kept as detector.table), the CSV, the
     per-step summary JSON, and --visualize plots (main process)."""
@@ -187,7 +245,8 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
     if getattr(args, "diagnose", False):             # DETAD-style diagnosis files under diagnosis/
         from eval.diagnosis_report import diagnose_evaluation
         log(diagnose_evaluation(detector, os.path.join(args.data_dir, "gt.json"), os.path.join(folder, "diagnosis"),
-                                f"{tag}step{step}_", title=f"{tag}step {step}: "), console=console)
+                                f"{tag}step{step}_", title=f"{tag}step {step}: ",
+                                ignore_any_tiou=getattr(args, "ignore_any_tiou", False)), console=console)
     if not args.visualize:
         return
     names = list(detector.outputs)
@@ -202,6 +261,7 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
             title_extra=f"step {step}, avg mAP {100 * detector.average_mAP:.2f}", score_threshold=0.0)
 
 
+@timed_calls("pseudo pass")
 def generate_pseudo_proposals(model, full_dataset, args, step):
     """Pseudo proposals of the step-`step` model on the full set, and the dynamic weights (docs/method.md §11, §9)."""
     results, _ = predict_proposals(model, full_dataset, args, step, pseudo=True, desc=f"pseudo step {step}")

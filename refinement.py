@@ -120,6 +120,7 @@ class Refinement:
         self.enter_step(step, results, weights)
 
     # -- checkpoints
+    @engine.timed_calls("checkpoint save")
     def save_checkpoint(self, epoch, name, rng_states):
         if not self.args.is_main:
             return

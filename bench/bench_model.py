@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 from losses import ASMLocLoss  # noqa: E402
-from model import ASMLoc, proposal_membership  # noqa: E402
+from model import ASMLoc, intra_packing, proposal_membership  # noqa: E402
 
 
 def loop_masks(proposal_bbox, proposal_count, T):
@@ -168,7 +168,6 @@ def main():
     loss_fn = ASMLocLoss(args)
     membership, _ = proposal_membership(bbox, count, T)
     covered = membership.any(dim=2)                                     # (B, T)
-    from model import intra_packing      # here: attention_share.py imports this module next to older model.py
     _, groups = intra_packing(membership, covered, covered.reshape(-1).nonzero().squeeze(1))
     pair_count = sum(rows * length ** 2 for _, rows, length in groups)
     print(f"device {device}  B={B} T={T} D={D} K={K} proposals/video={per_video}  "

@@ -5,10 +5,12 @@ evaluation pass and one pseudo-proposal pass, (4) the 800-epoch schedule estimat
     .venv/bin/python bench/bench_pipeline.py --quick           # CPU, ~3 minutes on 2 cores
     .venv/bin/python bench/bench_pipeline.py --device cuda --num_workers 4
 The synthetic set (200 train + 210 test videos, D = 2048) is written once under --work_dir.
-Epochs and passes run through engine.train_one_epoch / predict_proposals / evaluate themselves,
-with the loader, loss, optimiser, model and video_proposals timed (each lap syncs the device).
+Epochs and passes run through engine.train_one_epoch / predict_proposals / score_results
+themselves, timed through the engine's seam (engine.set_timer: the loader wait, forward, loss,
+backward, optimizer and proposals are named parts of the engine; each part syncs the device).
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -16,7 +18,7 @@ import platform
 import sys
 import tempfile
 import time
-import types
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -66,23 +68,46 @@ class Laps:
         self.last = now
 
 
-class TimedLoader:
-    """At most `limit` batches of a DataLoader; the wait for each (worker start-up included) is "data"."""
+class PartSeconds:
+    """A timer for engine.set_timer: wall seconds per named part of the engine, the device
+    synchronised at both edges of each part."""
 
-    def __init__(self, loader, laps, limit):
-        self.loader, self.laps, self.limit, self.videos = loader, laps, limit, 0
+    def __init__(self, device):
+        self.device, self.seconds = device, defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, part, context):
+        sync(self.device)
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.seconds[part] += time.perf_counter() - tic
+
+
+@contextlib.contextmanager
+def engine_timer(device):
+    """PartSeconds installed in the engine for the duration of the block."""
+    timer = PartSeconds(device)
+    previous = engine.set_timer(timer)
+    try:
+        yield timer
+    finally:
+        engine.set_timer(previous)
+
+
+class FirstBatches:
+    """At most `limit` batches of a DataLoader (all with 0), counting the videos handed out."""
+
+    def __init__(self, loader, limit):
+        self.loader, self.limit, self.videos = loader, limit, 0
 
     def __len__(self):
         return min(self.limit or len(self.loader), len(self.loader))
 
     def __iter__(self):
-        self.laps.mark()
-        batches = iter(self.loader)
-        for i in range(len(self)):
-            if i:
-                self.laps.mark()
-            batch = next(batches)
-            self.laps.lap("data")
+        for _, batch in zip(range(len(self)), self.loader):           # no batch loaded past the limit
             self.videos += len(batch["vid_name"])
             yield batch
 
@@ -222,17 +247,16 @@ def part_epoch(args, device, max_iters, sets, kept):
         for cache in ("on", "off"):
             set_cache(sets, cache == "on")
             model, loss_fn, optimizer = kept[kind]
-            laps = Laps(device)
-            loader = TimedLoader(make_loader(data, args), laps, max_iters)
-            timed_loss = lambda *a, _f=loss_fn, _l=laps: (_f(*a), _l.lap("fwd"))[0]  # noqa: E731
-            timed_opt = types.SimpleNamespace(                          # zero_grad .. step = backward
-                zero_grad=lambda _o=optimizer, _l=laps: (_l.mark(), _o.zero_grad()),
-                step=lambda _o=optimizer, _l=laps: (_l.lap("bwd"), _o.step(), _l.lap("opt")))
-            tic = time.perf_counter()
-            engine.train_one_epoch(model, timed_loss, timed_opt, loader, args, step, 0)
+            loader = FirstBatches(make_loader(data, args), max_iters)
+            with engine_timer(device) as timer:
+                tic = time.perf_counter()
+                engine.train_one_epoch(model, loss_fn, optimizer, loader, args, step, 0)
+                elapsed = time.perf_counter() - tic
             scale = len(data) / loader.videos                           # a prefix -> the whole epoch
-            epoch_time[(kind, cache)] = epoch = (time.perf_counter() - tic) * scale
-            t = {k: v * scale for k, v in laps.acc.items()}
+            epoch_time[(kind, cache)] = epoch = elapsed * scale
+            s = {key: value * scale for key, value in timer.seconds.items()}
+            t = {"data": s["train data"], "fwd": s["train forward"] + s["train loss"], "bwd": s["train backward"],
+                 "opt": s["train optimizer"]}
             rows.append([kind, cache, f"{len(loader)}/{len(loader.loader)}", t["data"], t["fwd"], t["bwd"], t["opt"],
                          epoch - sum(t.values()), epoch, f"{100 * (epoch - t['fwd'] - t['bwd']) / epoch:.1f}%"])
     table(f"(2) one epoch: {len(data)} videos at real THUMOS lengths, D={args.feature_dim}, B={args.batch_size}, "
@@ -263,37 +287,28 @@ def part_eval(args, device, n_videos, sets):
     """(3) engine.evaluate split into forward / video_proposals / mAP, and the pseudo-proposal pass."""
     rows, cost = [], {}
     set_cache(sets, True)
-    video_proposals, predict_proposals = engine.video_proposals, engine.predict_proposals
-    try:
-        for step, kind in ((0, "base"), (1, "full")):
-            model = new_step(args, step)[0]
-            laps = Laps(device)
-            model.register_forward_pre_hook(laps.mark)
-            model.register_forward_hook(lambda *_, _l=laps: _l.lap("fwd"))
-            engine.video_proposals = lambda *a, _l=laps, **k: (_l.mark(), video_proposals(*a, **k), _l.lap("prop"))[1]
-            for which in ("eval", "pseudo"):
-                data = sets[kind]["test" if which == "eval" else "full"]
-                n = min(n_videos or len(data), len(data))
-                prefix = copy.copy(data)                                 # the first n videos
-                prefix.video_names = data.video_names[:n]
-                laps.acc = {}
+    for step, kind in ((0, "base"), (1, "full")):
+        model = new_step(args, step)[0]
+        for which in ("eval", "pseudo"):
+            data = sets[kind]["test" if which == "eval" else "full"]
+            n = min(n_videos or len(data), len(data))
+            prefix = copy.copy(data)                                     # the first n videos
+            prefix.video_names = data.video_names[:n]
+            with engine_timer(device) as timer:
                 tic = time.perf_counter()
-                results, _ = predict_proposals(model, prefix, args, step, which == "pseudo", which)
+                results, _ = engine.predict_proposals(model, prefix, args, step, which == "pseudo", which)
                 total = (time.perf_counter() - tic) * len(data) / n
-                fwd, prop = (laps.acc[k] * len(data) / n for k in ("fwd", "prop"))
-                results = {vid: results[prefix.video_names[i % n]] for i, vid in enumerate(data.video_names)}
-                tic = time.perf_counter()
-                if which == "eval":                                     # the rest of engine.evaluate, full size
-                    engine.predict_proposals = lambda *a, _r=results, **k: (_r, {})
-                    engine.evaluate(model, data, args, step, os.path.join(args.save_dir, "bench_result.json"))
-                else:                                                   # the rest of generate_pseudo_proposals
-                    data.compute_dynamic_weights(results, args)
-                last = time.perf_counter() - tic
-                cost[(kind, which)] = total + last
-                rows.append([kind, which, f"{n}/{len(data)}", f"{sum(map(len, results.values())) / len(data):.0f}",
-                             fwd, prop, total - fwd - prop, last, total + last])
-    finally:
-        engine.video_proposals, engine.predict_proposals = video_proposals, predict_proposals
+            fwd, prop = (timer.seconds[f"{which} {part}"] * len(data) / n for part in ("forward", "proposals"))
+            results = {vid: results[prefix.video_names[i % n]] for i, vid in enumerate(data.video_names)}
+            tic = time.perf_counter()
+            if which == "eval":                                         # the rest of engine.evaluate, full size
+                engine.score_results(results, {}, args, os.path.join(args.save_dir, "bench_result.json"))
+            else:                                                       # the rest of generate_pseudo_proposals
+                data.compute_dynamic_weights(results, args)
+            last = time.perf_counter() - tic
+            cost[(kind, which)] = total + last
+            rows.append([kind, which, f"{n}/{len(data)}", f"{sum(map(len, results.values())) / len(data):.0f}",
+                         fwd, prop, total - fwd - prop, last, total + last])
     table("(3) evaluation pass (test set) and pseudo-proposal pass (full set), batch 1, uniform sampling, untrained "
           "weights; s per pass (videos < all: that prefix timed, then scaled); last = mAP + JSON, or dynamic weights",
           ["model", "pass", "videos", "props/video", "forward", "proposals", "loader+copy", "last", "pass"], rows)

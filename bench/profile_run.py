@@ -3,28 +3,27 @@
     .venv/bin/python bench/profile_run.py                      # python main_THUMOS.py --demo
     .venv/bin/python bench/profile_run.py --dataset ActivityNet
     .venv/bin/python bench/profile_run.py -- --epochs 10       # more flags for the run itself
-    .venv/bin/python bench/profile_run.py --repo ../old --no_demo -- --data_dir data/synthetic_THUMOS14 \
-        --feature_dim 256 --epochs 60 --epochs_per_step 20 --num_steps 2 --sample_segments_num 256 --lr 1e-3
-                                                               # another checkout, the same demo data and schedule
+    .venv/bin/python bench/profile_run.py --json parts.json -- --device cuda
 
 Runs the entry point's own `runner.run` in this process (fresh temporary checkpoint root,
---no_resume) with timers wrapped around the engine's pieces; nothing in the code under test
-changes. Parts: start-up (interpreter start to the first epoch: imports, datasets, demo data
-check), training data (waiting for the loader), forward (+ loss), backward, optimizer (step +
-zero_grad), evaluation passes (their forward, proposals, loader, mAP + reports), pseudo-proposal
-passes, checkpoint saves, and the rest (logging, TensorBoard, RNG states). CPU timings: the
-forward is synchronous, so no device syncs are needed; on cuda the split is approximate.
+--no_resume) with a timer installed through the engine's seam (`engine.set_timer`): the engine
+names the parts of a run (`engine.timed`) and nothing in the code under test is replaced.
+Parts, which add up to the run's wall time: start-up (interpreter start to the first epoch:
+imports, datasets, demo data check), training epochs (split into waiting for the loader,
+forward + loss, backward, optimizer step + zero_grad, the rest of the loop), evaluation passes
+(forward, proposals, loader, mAP, then the per-class reports), pseudo-proposal passes,
+checkpoint saves, and what no part covers (logging, TensorBoard, RNG states, step switches).
+On cuda the timer synchronises the device at the edges of every part, so the split is exact
+and the run slightly slower than without it.
 
-The floor of a part is its FLOPs over the measured rate of one large float32 matmul on this
-device: FLOPs of the matmuls and convolutions are counted with torch's FlopCounterMode on one
-representative batch per refinement step (the first of the step's loader) and on one video per
-pass kind (evaluation, pseudo proposals) and step; attention FLOPs (not counted by FlopCounterMode
-on every backend) come from their shapes (4 B h Nq Nk dh forward, twice that backward); all are
-then scaled by the run's counts.
+The floor of a part is its FLOPs over the measured rate of one large float32 matmul on the
+device: FLOPs of the matmuls, convolutions and attention are counted with torch's
+FlopCounterMode on the first batch of each refinement step and on one video per pass kind and
+step, then scaled by the run's counts. FlopCounterMode does not count the CPU's fused
+attention kernels, so they get the formula 4 B h Nq Nk dh (forward), twice that (backward).
 """
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 import tempfile
@@ -32,232 +31,165 @@ import time
 from collections import defaultdict
 
 START = time.perf_counter()
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "bench")]
 
 import torch  # noqa: E402
 
-engine = model_module = refinement = entry = None       # the modules of --repo, set by load()
-IMPORTED = None
+import engine  # noqa: E402
+import runner  # noqa: E402
+from bench_model import matmul_gflops  # noqa: E402
+
+IMPORTED = time.perf_counter()
 
 
-def load(repo):
-    """Import the checkout's modules (older checkouts: engine.run is the entry point)."""
-    global engine, model_module, refinement, entry, IMPORTED
-    sys.path.insert(0, os.path.abspath(repo))
-    engine = importlib.import_module("engine")
-    model_module = importlib.import_module("model")
-    refinement = importlib.import_module("refinement")
-    try:
-        entry = importlib.import_module("runner").run
-    except ImportError:
-        entry = engine.run
-    IMPORTED = time.perf_counter()
+class PartTimer:
+    """engine.set_timer's timer: seconds and calls per part, the first forward of each
+    (phase, step) kept for the floors and the forwards counted."""
 
+    def __init__(self):
+        self.seconds, self.calls = defaultdict(float), defaultdict(int)
+        self.samples, self.forwards = {}, defaultdict(int)
+        self.first_epoch = None
 
-SECONDS = defaultdict(float)
-COUNTS = defaultdict(int)
-SAMPLES = {}            # (phase, step) -> (model, batch, args) of the first forward of a phase in a step
+    @staticmethod
+    def sync():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
 
-
-@contextlib.contextmanager
-def timed(part):
-    tic = time.perf_counter()
-    try:
-        yield
-    finally:
-        SECONDS[part] += time.perf_counter() - tic
-        COUNTS[part] += 1
-
-
-def wrap(owner, name, part_of):
-    """Replace owner.name by a timed version; part_of(*args) names the part."""
-    original = getattr(owner, name)
-
-    def timed_call(*args, **kwargs):
-        with timed(part_of(*args, **kwargs)):
-            return original(*args, **kwargs)
-    setattr(owner, name, timed_call)
-
-
-PHASE = ["startup"]     # what the process is doing: startup, train, eval, pseudo
-
-
-def install_timers():
-    def forward_part(model, batch, step, args):
-        phase = "train" if model.training else PHASE[0]
-        SAMPLES.setdefault((phase, step), (model, batch, args))
-        COUNTS[(phase, step)] += 1                       # training iterations / videos per phase and step
-        return f"{phase} forward"
-    wrap(engine, "forward", forward_part)
-    wrap(engine, "video_proposals", lambda *a, **k: f"{PHASE[0]} proposals")
-    if hasattr(engine, "score_results"):              # older checkouts score inside engine.evaluate
-        wrap(engine, "score_results", lambda *a, **k: "eval mAP")
-    wrap(engine, "report_evaluation", lambda *a, **k: "eval reports")     # called after the pass
-    wrap(refinement.Refinement, "save_checkpoint", lambda *a, **k: "checkpoint saves")
-    original_backward = torch.Tensor.backward
-
-    def backward(self, *args, **kwargs):
-        with timed("train backward"):
-            return original_backward(self, *args, **kwargs)
-    torch.Tensor.backward = backward
-
-    def phased(name, phase):
-        original = getattr(engine, name)
-
-        def run_phase(*args, **kwargs):
-            before, PHASE[0] = PHASE[0], phase
-            with timed(f"{phase} pass total"):
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    PHASE[0] = before
-        setattr(engine, name, run_phase)
-    phased("evaluate", "eval")
-    phased("generate_pseudo_proposals", "pseudo")
-
-    original_epoch = engine.train_one_epoch
-
-    def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
-        if "startup" not in SECONDS:
-            SECONDS["startup"] = time.perf_counter() - START
-        PHASE[0] = "train"
-        if not getattr(optimizer, "_timed", False):
-            wrap(optimizer, "step", lambda *a, **k: "train optimizer")
-            wrap(optimizer, "zero_grad", lambda *a, **k: "train optimizer")
-            optimizer._timed = True
-        if not getattr(loss_fn, "_timed", False):
-            wrap(loss_fn, "forward", lambda *a, **k: "train loss")
-            loss_fn._timed = True
-        with timed("train epochs total"):
-            return original_epoch(model, loss_fn, optimizer, loader, args, step, epoch)
-    engine.train_one_epoch = train_one_epoch
-
-    original_progress = engine.progress
-
-    def progress(iterable, args, desc):             # time spent waiting for the loader
-        iterator = iter(original_progress(iterable, args, desc))
-        while True:
-            with timed(f"{PHASE[0]} data"):
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-            yield item
-    engine.progress = progress
+    @contextlib.contextmanager
+    def __call__(self, part, context):
+        if part == "train epoch" and self.first_epoch is None:
+            self.first_epoch = time.perf_counter()
+        if part.endswith(" forward"):
+            key = (part.split()[0], context["step"])
+            self.samples.setdefault(key, context)
+            self.forwards[key] += 1
+        self.sync()
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[part] += time.perf_counter() - tic
+            self.calls[part] += 1
 
 
 # ----------------------------------------------------------------------------- floors
-def attention_flops(counter):
-    """(name, original, counting version) of the model's attention function (`segment_attention`,
-    or `masked_attention` before the fused kernel); the fused one's counting version adds
-    4 B h Nq Nk dh per call."""
-    name = "segment_attention" if hasattr(model_module, "segment_attention") else "masked_attention"
-    original = getattr(model_module, name)
+def attention_formulas():
+    """FlopCounterMode formulas (on shapes) for the CPU fused attention ops it does not count."""
+    def forward(query, key, *_, **__):
+        batch, heads, queries, head_dim = query
+        return 4 * batch * heads * queries * key[2] * head_dim
 
-    def counted(q, k, v, *rest):
-        B, h, Nq, dh = q.shape
-        counter[0] += 4 * B * h * Nq * k.shape[2] * dh
-        return original(q, k, v, *rest)
-    # the hand-written version is two batched matmuls, which FlopCounterMode counts itself
-    return name, original, (counted if name == "segment_attention" else original)
+    def backward(_grad, query, key, *rest, **kwargs):
+        return 2 * forward(query, key)
+    aten, formulas = torch.ops.aten, {}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+        if hasattr(aten, name):
+            formulas[getattr(aten, name)] = formula
+    return formulas
 
 
 def flops_of(fn):
-    """(matmul/conv FLOPs counted by FlopCounterMode, attention forward FLOPs) of fn()."""
     from torch.utils.flop_counter import FlopCounterMode
-    counter = [0]
-    name, original, counted = attention_flops(counter)
-    setattr(model_module, name, counted)
-    try:
-        with FlopCounterMode(display=False) as flop_counter:
-            fn()
-    finally:
-        setattr(model_module, name, original)
-    counted_total = flop_counter.get_total_flops()
-    sdpa_counted = sum(value for op, value in flop_counter.get_flop_counts()["Global"].items()
-                       if "scaled_dot_product" in str(op))
-    return counted_total - sdpa_counted, counter[0]
+    with FlopCounterMode(display=False, custom_mapping=attention_formulas()) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
-def floors(counts, rate):
-    """Seconds of matmul work per part at `rate` FLOP/s; counts {(phase, step): forwards}."""
+def floors(timer, rate):
+    """Seconds of matmul work per part at `rate` FLOP/s."""
     out = defaultdict(float)
-    for (phase, step), forwards in counts.items():
-        model, batch, args = SAMPLES[(phase, step)]
+    for (phase, step), forwards in timer.forwards.items():
+        model, batch, args = (timer.samples[(phase, step)][key] for key in ("model", "batch", "args"))
         if phase != "train":
             with torch.no_grad():
-                per_video = sum(flops_of(lambda: engine.forward(model, batch, step, args)))
-            out[f"{phase} forward"] += forwards * per_video / rate
+                out[f"{phase} forward"] += forwards * flops_of(lambda: engine.forward(model, batch, step, args)) / rate
             continue
         loss_fn = engine.build_loss(args, step)
-        fwd = flops_of(lambda: loss_fn(batch["video_label"], engine.forward(model, batch, step, args),
-                                       batch["pseudo_instance_label"] if step else None))
-
-        def full_iteration():
-            out_ = engine.forward(model, batch, step, args)
-            loss, _ = loss_fn(batch["video_label"], out_, batch["pseudo_instance_label"] if step else None)
-            loss.backward()
-        total = flops_of(full_iteration)
+        label = batch["video_label"].to(args.device)
+        pseudo = batch["pseudo_instance_label"].to(args.device) if step else None
+        fwd = flops_of(lambda: loss_fn(label, engine.forward(model, batch, step, args), pseudo))
+        total = flops_of(lambda: loss_fn(label, engine.forward(model, batch, step, args), pseudo)[0].backward())
         model.zero_grad(set_to_none=True)
-        fwd_flops = fwd[0] + fwd[1]
-        bwd_flops = (total[0] - fwd[0]) + 2 * total[1]
-        out["train forward"] += forwards * fwd_flops / rate
-        out["train backward"] += forwards * bwd_flops / rate
+        out["train forward"] += forwards * fwd / rate
+        out["train backward"] += forwards * (total - fwd) / rate
     return out
+
+
+# ----------------------------------------------------------------------------- the table
+def part_rows(timer, wall):
+    """[(name, seconds, floor key or None, note, top level)]: the top-level rows add up to `wall`."""
+    S, N = timer.seconds, timer.calls
+    iterations = sum(n for (phase, _), n in timer.forwards.items() if phase == "train")
+    videos = {phase: sum(n for (p, _), n in timer.forwards.items() if p == phase) for phase in ("eval", "pseudo")}
+    train_parts = S["train data"] + S["train forward"] + S["train loss"] + S["train backward"] + S["train optimizer"]
+    rows = [
+        ("start-up (imports, datasets)", (timer.first_epoch or START) - START, None,
+         f"imports {IMPORTED - START:.1f} s", True),
+        ("training epochs", S["train epoch"], None, f"{N['train epoch']} epochs, {iterations} iterations", True),
+        ("  data (waiting for the loader)", S["train data"], None, "", False),
+        ("  forward + loss", S["train forward"] + S["train loss"], "train forward", f"loss {S['train loss']:.2f}",
+         False),
+        ("  backward", S["train backward"], "train backward", "", False),
+        ("  optimizer (step + zero_grad)", S["train optimizer"], None, "", False),
+        ("  rest of the loop", S["train epoch"] - train_parts, None, "", False),
+        ("evaluation passes", S["eval pass"] + S["eval reports"], "eval forward",
+         f"{N['eval pass']} passes, {videos['eval']} videos", True),
+        ("  forward", S["eval forward"], None, "", False),
+        ("  proposals", S["eval proposals"], None, "", False),
+        ("  data", S["eval data"], None, "", False),
+        ("  mAP", S["eval mAP"], None, "", False),
+        ("  reports (tables, CSV, JSON)", S["eval reports"], None, "", False),
+        ("pseudo-proposal passes", S["pseudo pass"], "pseudo forward",
+         f"{N['pseudo pass']} passes, {videos['pseudo']} videos", True),
+        ("checkpoint saves", S["checkpoint save"], None, f"{N['checkpoint save']} files (atomic + fsync)", True),
+    ]
+    timed_total = sum(row[1] for row in rows if row[4])
+    rows.append(("untimed (logging, TensorBoard, RNG, step switches)", wall - timed_total, None, "", True))
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"])
     parser.add_argument("--no_demo", action="store_true", help="run the preset instead of --demo")
-    parser.add_argument("--repo", default=HERE, help="checkout to profile (default: this one)")
+    parser.add_argument("--json", default=None, help="also write the parts, floors and wall time to this file")
     parser.add_argument("run_args", nargs="*", help="flags for the run (after --)")
     args = parser.parse_args(argv)
-    load(args.repo)
-    install_timers()
-    with tempfile.TemporaryDirectory(prefix="asmloc_profile_") as root:
-        run_argv = ([] if args.no_demo else ["--demo"]) + ["--no_resume", "--checkpoint_root", root] + args.run_args
-        with contextlib.redirect_stdout(open(os.devnull, "w")):
-            tic = time.perf_counter()
-            entry(args.dataset, run_argv)
-            run_seconds = time.perf_counter() - tic
-    wall = time.perf_counter() - START
-    S, N = defaultdict(float, SECONDS), defaultdict(int, COUNTS)   # the run's; the FLOP counting below adds more
-    forwards = {key: value for key, value in N.items() if isinstance(key, tuple)}
-    iterations = sum(value for (phase, _), value in forwards.items() if phase == "train")
-    device = SAMPLES[("train", 0)][2].device
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    from bench_model import matmul_gflops
+    timer = PartTimer()
+    previous = engine.set_timer(timer)
+    try:
+        with tempfile.TemporaryDirectory(prefix="asmloc_profile_") as root:
+            run_argv = ([] if args.no_demo else ["--demo"]) + ["--no_resume", "--checkpoint_root", root] + args.run_args
+            with contextlib.redirect_stdout(open(os.devnull, "w")):
+                tic = time.perf_counter()
+                runner.run(args.dataset, run_argv)
+                wall = time.perf_counter() - START
+                run_seconds = time.perf_counter() - tic
+    finally:
+        engine.set_timer(previous)                      # the FLOP counting below runs untimed
+    device = timer.samples[("train", 0)]["args"].device
     rate = matmul_gflops(torch.device(device), 1024) * 1e9
-    floor = floors(forwards, rate)
-    train = S["train epochs total"]
-    rows = [
-        ("start-up (imports, datasets)", S["startup"], None, f"imports {IMPORTED - START:.1f} s"),
-        ("training: data", S["train data"], None, ""),
-        ("training: forward + loss", S["train forward"] + S["train loss"],
-         floor["train forward"], f"{iterations} iterations"),
-        ("training: backward", S["train backward"], floor["train backward"], ""),
-        ("training: optimizer", S["train optimizer"], None, ""),
-        ("training: rest of the loop", train - sum(S[f"train {p}"] for p in
-                                                   ("data", "forward", "loss", "backward", "optimizer")), None, ""),
-        ("evaluation passes", S["eval pass total"] + S["eval reports"], floor["eval forward"],
-         f"forward {S['eval forward']:.1f}, proposals {S['eval proposals']:.1f}, "
-         f"data {S['eval data']:.1f}, mAP {S['eval mAP']:.1f}, reports {S['eval reports']:.1f}; "
-         f"{N['eval pass total']} passes, {N['eval forward']} videos"),
-        ("pseudo-proposal passes", S["pseudo pass total"], floor["pseudo forward"],
-         f"{N['pseudo pass total']} passes, {N['pseudo forward']} videos"),
-        ("checkpoint saves", S["checkpoint saves"], None, f"{N['checkpoint saves']} files"),
-    ]
-    accounted = sum(row[1] for row in rows)
-    rows.append(("rest (logging, TensorBoard, RNG states)", wall - accounted, None, ""))
+    floor = floors(timer, rate)
+    rows = part_rows(timer, wall)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"matmul rate {rate / 1e9:.0f} GFLOP/s (bench_model.matmul_gflops, 4096x1024 @ 1024x1024 float32)")
     print(f"{args.dataset}{'' if args.no_demo else ' --demo'} {' '.join(args.run_args)}: wall {wall:.1f} s "
           f"(run {run_seconds:.1f} s after imports)")
-    print(f"{'part':40s} {'s':>7s} {'share':>6s} {'floor s':>8s}  notes")
-    for name, seconds, floor_s, note in rows:
-        floor_text = f"{floor_s:8.2f}" if floor_s is not None else f"{'-':>8s}"
-        print(f"{name:40s} {seconds:7.2f} {100 * seconds / wall:5.1f}% {floor_text}  {note}")
+    print(f"{'part':52s} {'s':>7s} {'share':>6s} {'floor s':>8s}  notes")
+    for name, seconds, floor_key, note, _ in rows:
+        floor_text = f"{floor[floor_key]:8.2f}" if floor_key else f"{'-':>8s}"
+        print(f"{name:52s} {seconds:7.2f} {100 * seconds / wall:5.1f}% {floor_text}  {note}")
+    if args.json:
+        from utils import atomic_write_json
+        atomic_write_json(args.json, {
+            "wall": wall, "device": str(device), "torch": torch.__version__,
+            "parts": {name: seconds for name, seconds, *_, top in rows if top},
+            "detail": {name.strip(): seconds for name, seconds, *_, top in rows if not top},
+            "floors": dict(floor), "calls": dict(timer.calls)})
 
 
 if __name__ == "__main__":

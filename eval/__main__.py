@@ -2,7 +2,8 @@
 
 Example: python -m eval --gt data/THUMOS14/gt.json --pred result.json --subset test --dataset THUMOS
 With --diagnose [--out DIR]: also the DETAD-style diagnosis (mAP by GT length, coverage and
-instances per video; false-positive profile), written to DIR as CSV, JSON and PNG.
+instances per video; false-positive profile), written to DIR as CSV, JSON and PNG; add
+--ignore_any_tiou for the bins' ignore rule of DETAD's released code.
 """
 import argparse
 import sys
@@ -29,8 +30,13 @@ def main(argv=None):
                         help="also print the DETAD-style diagnosis and write its CSV/JSON/PNG to --out")
     parser.add_argument("--out", default=".", help="folder for the --diagnose files (default: current folder)")
     parser.add_argument("--fp_tiou", type=float, default=0.5, help="tIoU of the false-positive profile")
+    parser.add_argument("--ignore_any_tiou", action="store_true",
+                        help="--diagnose bins: a prediction matched to a GT outside the bin is ignored at every "
+                             "tIoU once it is at one (DETAD's released code); default: at that tIoU only (its paper)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     cli = parser.parse_args(argv)
+    if cli.ignore_any_tiou and not cli.diagnose:
+        parser.error("--ignore_any_tiou changes the diagnosis: add --diagnose")
     preset = PRESETS[cli.dataset]
     thresholds = np.asarray(cli.tiou if cli.tiou else preset["tiou_thresholds"], dtype=np.float64)
     n_avg = preset["num_tiou_for_average"] if cli.tiou is None else len(thresholds)
@@ -38,7 +44,8 @@ def main(argv=None):
         detection = ANETDetection(cli.gt, cli.pred, thresholds, cli.subset or preset["eval_subset"],
                                   cli.dataset, num_tiou_for_average=n_avg)
         detection.evaluate()
-        diagnosis = diagnose_detector(detection, cli.gt, cli.fp_tiou) if cli.diagnose else None
+        diagnosis = (diagnose_detector(detection, cli.gt, cli.fp_tiou, ignore_any_tiou=cli.ignore_any_tiou)
+                     if cli.diagnose else None)
     except UserError as err:
         if cli.debug:
             raise

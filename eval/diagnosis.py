@@ -10,7 +10,8 @@ the definitions of its paper and reference code:
   (length / video duration) and the number of instances in its video (all classes). For a bin,
   AP is computed on the bin's GT only: a prediction matched to a GT of the bin is a true
   positive, an unmatched prediction a false positive, and a prediction matched to a GT outside
-  the bin is ignored (neither; DETAD, section 3). mAP = mean over the classes with GT in the bin.
+  the bin is ignored at that threshold (neither; DETAD, section 3). mAP = mean over the classes
+  with GT in the bin.
 - Normalized AP (DETAD's AP_N): precision_N = R*N / (R*N + FP), with R the recall on the class's
   GT (of the bin), FP the false positives so far and N the average number of GT instances per
   class over the whole subset (one N for every bin), so bins of different sizes compare.
@@ -29,8 +30,9 @@ Bins: right-closed (lo, hi], the first also holds its lower edge; the last is op
 every GT falls in a bin.
 
 Where we differ from DETAD's released code (on purpose): the ignore rule of a bin is applied per
-tIoU threshold (its code removes, for every threshold, the predictions ignored at *any*
-threshold; it only uses one threshold on THUMOS, where both agree); GT of zero length and
+tIoU threshold, as the paper defines it (its code removes, for every threshold, the predictions
+ignored at *any* threshold; it only uses one threshold on THUMOS, where both agree;
+`ignore_any_tiou=True`, `--ignore_any_tiou` on the command line, follows its code); GT of zero length and
 coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported. Matching is the
 evaluator's own (eval.detection.match_predictions), so tied scores and tied tIoU are visited
 exactly as the official evaluator visits them.
@@ -80,6 +82,7 @@ class Diagnosis(NamedTuple):
     fp_tiou: float
     average_mAP: float           # the evaluator's average mAP on all GT
     normalizer: float            # N of AP_N
+    ignore_any_tiou: bool = False  # the bins' ignore rule: DETAD's released code (True) or per tIoU
 
 
 # ----------------------------------------------------------------------------- characteristics
@@ -125,14 +128,15 @@ def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds,
 
 
 # ----------------------------------------------------------------------------- AP with ignored rows
-def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None):
+def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None, fp_dropped=None):
     """VOC AP (docs/method.md §12) of M columns -> (M, C); NaN where a class has no GT in the column.
 
     Rows are the ranked predictions (class ascending, rank). A column lists its hits as
     (hit_col, hit_row) pairs sorted by column, then row; its false positives are those of its
     threshold col_thr[m]: fp_cum (H, R) running count of unmatched predictions. Every other row
     is ignored (matched to a GT outside the column's bin). n_pos (M, C) GT per column and class.
-    With `normalizer` N, precision is DETAD's R*N / (R*N + FP). AP = sum over hits of
+    fp_dropped (Q,): per hit, the unmatched rows of its class up to it that the column ignores
+    (not false positives there). With `normalizer` N, precision is DETAD's R*N / (R*N + FP). AP = sum over hits of
     (1/n) * max precision over this and later hits of the class, as
     eval.detection.average_precision computes it.
     """
@@ -144,6 +148,8 @@ def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None)
     k = group_positions(counts) + 1                                        # true positives so far
     thr, start = col_thr[hit_col], bounds[cls]
     f = fp_cum[thr, hit_row] - np.where(start > 0, fp_cum[thr, np.maximum(start - 1, 0)], 0)
+    if fp_dropped is not None:
+        f = f - fp_dropped
     npos = n_pos[hit_col, cls].astype(np.float64)
     if normalizer is None:
         precision = k / (k + f)
@@ -171,27 +177,58 @@ def bin_masks(characteristics, bin_table, n_gt):
     return masks
 
 
-def characteristic_rows(gt_label, masks, matched, matched_a, row_class, n_cls, thresholds, n_avg, normalizer):
+def ignored_any_tiou(matched, in_bin):
+    """(P, B): rows matched to a GT outside bin b at one threshold or more (DETAD's released code
+    ignores them in bin b at every threshold)."""
+    outside = np.zeros((matched.shape[0], in_bin.shape[1]), dtype=bool)
+    for column in matched.T:                                                      # per threshold
+        hit = column >= 0
+        outside[hit] |= ~in_bin[column[hit]]
+    return outside
+
+
+def dropped_false_positives(matched, ignored, hit_col, hit_row, row_class, n_thr):
+    """Per hit (Q,): the unmatched rows of its class up to it that its bin ignores (see voc_ap)."""
+    start = np.searchsorted(row_class, np.arange(row_class.max(initial=0) + 1))[row_class[hit_row]]
+    dropped = np.zeros(len(hit_col), dtype=np.int64)
+    hit_bin, hit_thr = np.divmod(hit_col, n_thr)
+    for b in np.unique(hit_bin):
+        cum = np.cumsum(ignored[:, b] & (matched.T < 0), axis=1)                 # (H, P)
+        sel = hit_bin == b
+        thr, row, first = hit_thr[sel], hit_row[sel], start[sel]
+        dropped[sel] = cum[thr, row] - np.where(first > 0, cum[thr, np.maximum(first - 1, 0)], 0)
+    return dropped
+
+
+def characteristic_rows(gt_label, masks, matched, matched_a, row_class, n_cls, thresholds, n_avg, normalizer,
+                        ignore_any_tiou=False):
     """One dict per bin of `masks`: GT count, mAP per tIoU, averages, recall and miss rate at tIoU a.
 
     matched (P, H): matched GT of the ranked predictions at each threshold; matched_a (P,): at tIoU a.
-    A column is (bin b, threshold h), index b*H + h.
+    A column is (bin b, threshold h), index b*H + h. A row matched to a GT outside the bin is
+    ignored at that threshold, or with `ignore_any_tiou` at every threshold once it is at one.
     """
     in_bin = np.stack([mask for *_, mask in masks], axis=1)                       # (G, B)
     n_bins, n_thr = in_bin.shape[1], len(thresholds)
     thr_of_hit, row_of_hit = np.nonzero(matched.T >= 0)                          # (Q,) by threshold, row
     gt_bins = in_bin[matched[row_of_hit, thr_of_hit]]                             # (Q, B) bins of its GT
+    ignored = ignored_any_tiou(matched, in_bin) if ignore_any_tiou else None      # (P, B)
+    if ignored is not None:
+        gt_bins &= ~ignored[row_of_hit]
     q, b = np.nonzero(gt_bins)
     hit_col = b * n_thr + thr_of_hit[q]
     sort = np.argsort(hit_col, kind="stable")                                     # rows stay ascending
     hit_col, hit_row = hit_col[sort], row_of_hit[q][sort]
     fp_cum = np.cumsum(matched.T < 0, axis=1)                                     # (H, P)
+    fp_dropped = (None if ignored is None else
+                  dropped_false_positives(matched, ignored, hit_col, hit_row, row_class, n_thr))
     col_thr = np.tile(np.arange(n_thr), n_bins)                                   # (B*H,)
     n_pos = np.stack([np.bincount(gt_label[in_bin[:, b]], minlength=n_cls) for b in range(n_bins)])  # (B, C)
     n_pos_cols = np.repeat(n_pos, n_thr, axis=0)                                  # (B*H, C)
-    ap = voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos_cols).reshape(n_bins, n_thr, n_cls)
+    ap = voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos_cols,
+                fp_dropped=fp_dropped).reshape(n_bins, n_thr, n_cls)
     ap_n = voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos_cols,
-                  normalizer).reshape(n_bins, n_thr, n_cls)
+                  normalizer, fp_dropped).reshape(n_bins, n_thr, n_cls)
     valid = n_pos > 0                                                             # (B, C)
     found = np.unique(matched_a[matched_a >= 0])                                  # GT found at tIoU a
     rows = []
@@ -246,8 +283,12 @@ def fp_profile(types_ranked, row_class, n_gt_per_class, max_k=10, cumulative=Fal
     return np.cumsum(counts, axis=0) if cumulative else counts
 
 
-def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumulative=False, bin_table=None):
-    """Diagnosis of a loaded ANETDetection (its GT, predictions, thresholds and averaging)."""
+def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumulative=False, bin_table=None,
+                      ignore_any_tiou=False):
+    """Diagnosis of a loaded ANETDetection (its GT, predictions, thresholds and averaging).
+
+    ignore_any_tiou: a prediction matched to a GT outside a bin is ignored in that bin at every
+    threshold once it is at one of them (DETAD's released code), instead of at that threshold only."""
     import pandas as pd
     if bin_table is None:
         if detector.dataset not in BIN_TABLE:
@@ -270,7 +311,7 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
     masks = bin_masks(gt_characteristics(detector.gt_video, detector.gt_seg, durations), bin_table,
                       len(detector.gt_label))
     rows = characteristic_rows(detector.gt_label, masks, matched[order][:, :-1], matched[:, -1], row_class, n_cls,
-                               thresholds, detector.num_tiou_for_average, normalizer)
+                               thresholds, detector.num_tiou_for_average, normalizer, ignore_any_tiou)
     types = error_types(matched[:, -1], *args, *gt, fp_tiou)[order]
     counts = fp_profile(types, row_class, n_gt_per_class, max_k, cumulative)
     totals = counts.sum(axis=1)
@@ -281,17 +322,18 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
             row[name] = float(count / totals[k]) if totals[k] else None
         fp_rows.append(row)
     return Diagnosis(pd.DataFrame(rows), pd.DataFrame(fp_rows), thresholds, detector.num_tiou_for_average,
-                     float(fp_tiou), float(detector.average_mAP), float(normalizer))
+                     float(fp_tiou), float(detector.average_mAP), float(normalizer), bool(ignore_any_tiou))
 
 
 def diagnose(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset, num_tiou_for_average=None,
-             fp_tiou=0.5, max_k=10, cumulative=False):
+             fp_tiou=0.5, max_k=10, cumulative=False, ignore_any_tiou=False):
     """Diagnosis of a prediction file (path or dict) against one subset of gt.json.
 
     Same inputs, subset rules and errors as ANETDetection (it loads them)."""
     detector = ANETDetection(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
                              num_tiou_for_average=num_tiou_for_average)
-    return diagnose_detector(detector, ground_truth_file, fp_tiou, max_k, cumulative)
+    return diagnose_detector(detector, ground_truth_file, fp_tiou, max_k, cumulative,
+                             ignore_any_tiou=ignore_any_tiou)
 
 
 def short_action_mAP(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,

@@ -31,7 +31,8 @@ def format_diagnosis(diag):
     map_cols = [c for c in table.columns if c.startswith("mAP@")]
     n_avg = min(diag.num_tiou_for_average, len(map_cols))
     head = f"{'characteristic':<15}{'bin':<4}{'range':<16}{'#GT':>6}" + "".join(f"{c[4:]:>7}" for c in map_cols)
-    lines = [f"mAP (%) by GT characteristic (predictions matched to GT outside a bin are ignored; "
+    rule = "at every tIoU once at one, as DETAD's code" if diag.ignore_any_tiou else "at that tIoU"
+    lines = [f"mAP (%) by GT characteristic (predictions matched to GT outside a bin are ignored {rule}; "
              f"avg over the first {n_avg} tIoU; AP_N with N = {diag.normalizer:.1f}; "
              f"recall / miss rate at tIoU {diag.fp_tiou:g})",
              head + f"{'avg':>8}{'avg_N':>8}{'recall':>8}{'miss':>7}"]
@@ -55,6 +56,7 @@ def diagnosis_to_dict(diag):
     return {"tiou_thresholds": [float(t) for t in diag.tiou_thresholds],
             "num_tiou_for_average": int(diag.num_tiou_for_average), "fp_tiou": diag.fp_tiou,
             "average_mAP": diag.average_mAP, "normalizer_N": diag.normalizer,
+            "ignore_any_tiou": diag.ignore_any_tiou,
             "by_characteristic": _jsonable(diag.by_characteristic.to_dict("records")),
             "fp_breakdown": _jsonable(diag.fp_breakdown.to_dict("records"))}
 
@@ -131,11 +133,11 @@ def write_diagnosis(diag, folder, prefix="", title=""):
     return list(paths.values())
 
 
-def diagnose_evaluation(detector, ground_truth_file, folder, prefix, title=""):
+def diagnose_evaluation(detector, ground_truth_file, folder, prefix, title="", ignore_any_tiou=False):
     """Diagnose an evaluated ANETDetection, write its files into `folder`, return the text tables.
 
-    The hook of training and test mode (`--diagnose`): one call per evaluated step."""
+    The hook of training and test mode (`--diagnose [--ignore_any_tiou]`): one call per evaluated step."""
     from eval.diagnosis import diagnose_detector
-    diag = diagnose_detector(detector, ground_truth_file)
+    diag = diagnose_detector(detector, ground_truth_file, ignore_any_tiou=ignore_any_tiou)
     write_diagnosis(diag, folder, prefix, title)
     return format_diagnosis(diag)

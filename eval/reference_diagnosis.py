@@ -32,7 +32,12 @@ def loop_voc(seq, n_pos, normalizer=None):
     return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
 
 
-def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg, max_k=10, cumulative=False):
+def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg, max_k=10, cumulative=False,
+                  ignore_any_tiou=False):
+    """Rows of the characteristic table and the false-positive counts (max_k, 6).
+
+    In a bin, a prediction matched to a GT outside it is skipped at that threshold; with
+    `ignore_any_tiou` (DETAD's released code) at every threshold once it is at one of them."""
     gts, classes, dur = [], [], {}
     for vid, info in gt_data["database"].items():
         if info["subset"] != subset:
@@ -90,6 +95,10 @@ def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg,
                     seq = []
                     for i in ranked[cls]:
                         m = matched[cls, i, ti]
+                        if ignore_any_tiou and any(matched[cls, i, other] is not None
+                                                   and matched[cls, i, other] not in members
+                                                   for other in range(len(thresholds))):
+                            continue
                         if m is None:
                             seq.append(0)
                         elif m in members:
