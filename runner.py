@@ -39,13 +39,19 @@ def check_resume_seed(args):
         return
     try:
         with open(config_path) as handle:
-            saved = json.load(handle).get("seed")
+            saved_config = json.load(handle)
     except (OSError, ValueError):
         return                                  # unreadable: the checkpoint's own checks decide
+    saved = saved_config.get("seed")
     if saved is not None and saved != args.seed:
         raise UserError(f"run folder {args.save_dir} holds a run with seed {saved}, not --seed {args.seed}; "
                         f"add --suffix seed{args.seed} for a run folder of its own, or --no_resume to start "
                         f"this folder over")
+    held_out = saved_config.get("val_videos", "")           # the training set differs with another value
+    if held_out != args.val_videos:
+        raise UserError(f"run folder {args.save_dir} holds a run with --val_videos {held_out!r}, not "
+                        f"{args.val_videos!r}; add a --suffix for a run folder of its own, or --no_resume to "
+                        f"start this folder over")
 
 
 def run(dataset, argv):
