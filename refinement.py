@@ -94,9 +94,7 @@ class Refinement:
         self.full_set = VideoDataset(args, "full", "uniform", held_out=self.held_out)
         # held-out videos are scored like test videos; they keep their pseudo proposals (full set)
         self.val_set = VideoDataset(args, "val", "uniform", held_out=self.held_out) if self.held_out else None
-        self.protocol = protocol.describe(_read_gt(self.test_set.root / "gt.json"), args.eval_subset, "split_test.txt",
-                                          self.test_set.video_names, args.tiou_thresholds, args.num_tiou_for_average,
-                                          args.dataset)
+        self.protocol = run_record.run_protocol(args, self.test_set)
         self.record = run_record.MetricsRecord(args.save_dir)
         self.wall_offset, self.started = 0.0, time.time()
         self.generator = make_generator(args.seed)

@@ -9,7 +9,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from eval.protocol import range_averages
+from eval.protocol import describe, range_averages
 from utils import atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -23,6 +23,14 @@ def map_entry(detector, args):
             "average_mAP": 100 * float(detector.average_mAP),
             "averages": {k: 100 * v for k, v in range_averages(args.tiou_thresholds, detector.mAP,
                                                                 args.dataset).items()}}
+
+
+def run_protocol(args, test_set):
+    """The evaluation protocol of a run on `test_set` (its gt.json, split list and the config)."""
+    with open(test_set.root / "gt.json") as handle:          # read (and checked) by the dataset before
+        database = json.load(handle)["database"]
+    return describe(database, args.eval_subset, "split_test.txt", test_set.video_names, args.tiou_thresholds,
+                    args.num_tiou_for_average, args.dataset)
 
 
 class MetricsRecord:
