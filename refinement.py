@@ -88,7 +88,7 @@ class Refinement:
             for name in os.listdir(args.save_dir):          # temporaries of a write that was killed
                 if name.startswith(".tmp_"):
                     os.remove(os.path.join(args.save_dir, name))
-        self.held_out = self.choose_held_out() if args.val_videos else []
+        self.held_out = self.choose_held_out() if getattr(args, "val_videos", "") else []
         self.train_set = VideoDataset(args, "train", "random", held_out=self.held_out)
         self.test_set = VideoDataset(args, "test", "uniform")
         self.full_set = VideoDataset(args, "full", "uniform", held_out=self.held_out)
