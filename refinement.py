@@ -3,13 +3,14 @@
 Step 0 trains the base model; at epochs k * epochs_per_step (k = 1..num_steps) the current
 model's pseudo proposals on the full set are saved and handed, with the dynamic sampling
 weights, to a fresh full model. Checkpoints keep the released schema plus what an exact resume
-needs (step, best mAP per step, every process's RNG state).
+needs (step, best mAP per step, every process's RNG state). Every evaluation appends a line to
+metrics.jsonl and a finished run writes results.json (run_record.py); with --val_videos the
+held-out training videos (validation.py) are scored at every evaluation too.
 """
 import json
 import os
 import random
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -248,9 +249,10 @@ class Refinement:
         if not args.is_main:
             return
         self.record.start(start_epoch)
-        path = os.path.join(args.save_dir, run_record.RESULTS_FILE)
-        if os.path.exists(path):
-            os.remove(path)
+        stale = [run_record.RESULTS_FILE] + ([] if self.held_out else [validation.LIST_FILE, validation.GT_FILE])
+        for name in stale:                     # a run started over without --val_videos has no held-out list
+            if os.path.exists(os.path.join(args.save_dir, name)):
+                os.remove(os.path.join(args.save_dir, name))
 
     def write_results(self):
         """results.json, and the log lines of the last epoch and validation-selected results."""
