@@ -7,14 +7,19 @@
 Every flag ablate.py does not know is passed to main_{dataset}.py unchanged. Each cell runs as
 `python main_{dataset}.py ARGS --seed S --outdir OUTDIR --suffix VARIANT_seedS` in its own run
 folder (so it resumes, and can be rerun alone with the command printed in the table file);
-cells whose log ends with the final "best average mAP per step" line are not rerun. Up to
---jobs cells run at once, each with cores // jobs torch threads; on CUDA --jobs defaults to the
-number of visible GPUs and each cell runs on one GPU of its own (CUDA_VISIBLE_DEVICES per cell).
-Rows that change num_steps keep the full model's step lengths (EPOCH_BUDGET). At the end the tables
-(mean +- std over seeds of the best average mAP of every step, the mAP at each tIoU of the
-final step's best evaluation, and the paired difference to the reference variant per seed)
-are printed and written, with a plot, to checkpoints/{dataset}/{OUTDIR}/ablation.{md,csv,png}.
-All numbers are read back from the runs' own log.txt.
+cells that have written their results.json are not rerun. Up to --jobs cells run at once, each
+with cores // jobs torch threads; on CUDA --jobs defaults to the number of visible GPUs and each
+cell runs on one GPU of its own (CUDA_VISIBLE_DEVICES per cell). Rows that change num_steps keep
+the full model's step lengths (EPOCH_BUDGET). At the end the tables (mean +- std over seeds of the
+best average mAP of every step, the final step's last-epoch average (and, with --val_videos, its
+validation-selected one) beside its best, the mAP at each tIoU of the final step's best
+evaluation, and the paired difference to the reference variant per seed) are printed and
+written, with a plot, to checkpoints/{dataset}/{OUTDIR}/ablation.{md,csv,png}.
+All numbers are read back from the runs' own results.json (log.txt for run folders written
+before the runs kept a metrics record).
+
+Mean +- std over seeds of the full model on the real data, the way to report a number with its spread:
+    python ablate.py --seeds 5 --variants full [--val_videos 0.2]
 """
 import argparse
 import itertools
@@ -31,6 +36,7 @@ import numpy as np
 
 from config import build_args
 from run_identity import RunConfigChanged, check_run_folder
+from run_record import METRICS_FILE, read_results
 from utils import UserError, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -65,7 +71,8 @@ EPOCH_BUDGET = ("rows that set num_steps keep the full model's step lengths: eac
                 "(epochs - num_steps * epochs_per_step = {epochs} - {steps} * {eps}); such a row trains "
                 "{eps} * num_steps + {last} epochs in all. The base row trains the full model's {epochs} epochs.")
 
-# an evaluation line of log.txt (losses may come between the epoch and the mAP part)
+# log.txt of a run folder without metrics.jsonl (written before the runs kept a record):
+# an evaluation line (losses may come between the epoch and the mAP part)
 EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
 FINAL_LINE = "best average mAP per step:"
 
@@ -135,15 +142,38 @@ def parse_log(path):
     return {"best": best, "tiou": tiou, "finished": finished}
 
 
+def parse_results(results):
+    """A finished run's results.json -> {'best', 'tiou' (as parse_log), 'last': {step: avg %},
+    'val': {step: test avg % of the validation-selected epoch} (with --val_videos), 'finished'},
+    every value rounded to 2 decimals as the run's log prints it (the table's statistics are those of
+    the numbers it lists)."""
+    def printed(value):
+        return float(f"{value:.2f}")
+    out = {"best": {}, "tiou": {}, "last": {}, "val": {}, "finished": True}
+    for key, step in results["steps"].items():
+        k = int(key)
+        out["best"][k] = printed(step["best"]["average_mAP"])
+        out["tiou"][k] = {float(t): printed(value) for t, value in step["best"]["mAP"].items()}
+        out["last"][k] = printed(step["last"]["average_mAP"])
+        if "val_selected" in step:
+            out["val"][k] = printed(step["val_selected"]["average_mAP"])
+    return out
+
+
 class Cell:
     def __init__(self, variant, seed, argv, save_dir, num_steps):
         self.variant, self.seed, self.argv, self.save_dir, self.num_steps = variant, seed, argv, save_dir, num_steps
         self.log_path = os.path.join(save_dir, "log.txt")
 
     def result(self):
-        if not os.path.isfile(self.log_path):
+        """The finished run's numbers (results.json), or None while it has not finished."""
+        results = read_results(self.save_dir)
+        if results is not None:
+            parsed = parse_results(results)
+        elif os.path.isfile(self.log_path) and not os.path.isfile(os.path.join(self.save_dir, METRICS_FILE)):
+            parsed = parse_log(self.log_path)
+        else:
             return None
-        parsed = parse_log(self.log_path)
         done = parsed["finished"] and self.num_steps in parsed["best"]
         return parsed if done else None
 
@@ -248,25 +278,40 @@ def summarize(cells, reference):
         ref_finals = {c.seed: results[(c.variant, c.seed)]["best"][c.num_steps] for c in cells
                       if c.variant == ref and results[(c.variant, c.seed)]}
         paired = [finals[s] - ref_finals[s] for s in finals if s in ref_finals]
+        others = {}
+        for kind in ("last", "val"):                      # the final step's last epoch / validation-selected
+            values = [results[(c.variant, c.seed)].get(kind, {}).get(steps) for c in mine]
+            others[kind] = mean_std(values) if values and None not in values else (float("nan"), float("nan"))
         rows.append(dict(variant=name, steps=steps, seeds=sorted(finals), per_step=per_step,
                          final=mean_std(list(finals.values())), per_tiou=per_tiou,
                          paired=mean_std(paired) if paired else (float("nan"), float("nan")),
-                         finals=finals))
+                         finals=finals, last=others["last"], val=others["val"]))
     return rows, ref
+
+
+def fmt_or_dash(pair):
+    return "—" if np.isnan(pair[0]) else fmt(pair)
 
 
 def markdown(rows, ref, header):
     max_steps = max(row["steps"] for row in rows)
-    lines = [header, "", f"Best average mAP (%) per step, mean ± std over seeds; Δ = final − {ref}'s final, "
-             "paired by seed (mean ± std):", "",
+    with_val = any(not np.isnan(row["val"][0]) for row in rows)
+    extra = " | val-selected" if with_val else ""
+    lines = [header, "", "Best average mAP (%) per step (the best-on-test epoch of each step, the released "
+             "protocol), mean ± std over seeds; final = the last step's best, range = its lowest and highest "
+             "seed; last epoch = the last step's last evaluation"
+             + ("; val-selected = the last step's epoch of best validation mAP (--val_videos), its test mAP"
+                if with_val else "") + f"; Δ = final − {ref}'s final, paired by seed (mean ± std):", "",
              "| variant | seeds | " + " | ".join(f"step {k}" for k in range(max_steps + 1))
-             + f" | final | Δ vs {ref} |",
-             "|---|---|" + "---|" * (max_steps + 3)]
+             + f" | final | range | last epoch{extra} | Δ vs {ref} |",
+             "|---|---|" + "---|" * (max_steps + 5 + with_val)]
     for row in rows:
         cells = [fmt(row["per_step"][k]) if k in row["per_step"] else "" for k in range(max_steps + 1)]
         delta = "—" if row["variant"] == ref else fmt(row["paired"])
+        finals = list(row["finals"].values())
         lines.append(f"| {row['variant']} | {len(row['seeds'])} | " + " | ".join(cells)
-                     + f" | **{fmt(row['final'])}** | {delta} |")
+                     + f" | **{fmt(row['final'])}** | {min(finals):.2f}–{max(finals):.2f} | {fmt_or_dash(row['last'])}"
+                     + (f" | {fmt_or_dash(row['val'])}" if with_val else "") + f" | {delta} |")
     tious = list(rows[0]["per_tiou"])
     lines += ["", "mAP (%) at each tIoU of the final step's best evaluation, mean ± std over seeds:", "",
               "| variant | " + " | ".join(f"{t:.2f}" for t in tious) + " |", "|---|" + "---|" * len(tious)]
@@ -279,20 +324,23 @@ def markdown(rows, ref, header):
 def csv_text(rows, cells):
     """One line per finished cell (the raw numbers), then mean and std lines per variant."""
     max_steps = max(row["steps"] for row in rows)
-    head = ["variant", "seed", "num_steps"] + [f"step{k}_best" for k in range(max_steps + 1)] + ["final_best",
-                                                                                                 "run_folder"]
+    head = ["variant", "seed", "num_steps"] + [f"step{k}_best" for k in range(max_steps + 1)] + [
+        "final_best", "final_last", "final_val_selected", "run_folder"]
     lines = [",".join(head)]
     for cell in cells:
         result = cell.result()
         if result:
             steps = [f"{result['best'][k]:.2f}" if k in result["best"] else "" for k in range(max_steps + 1)]
+            others = [f"{result[kind][cell.num_steps]:.2f}" if cell.num_steps in result.get(kind, {}) else ""
+                      for kind in ("last", "val")]
             lines.append(",".join([cell.variant, str(cell.seed), str(cell.num_steps)] + steps
-                                  + [f"{result['best'][cell.num_steps]:.2f}", cell.save_dir]))
+                                  + [f"{result['best'][cell.num_steps]:.2f}"] + others + [cell.save_dir]))
     for row in rows:
         for index, stat in enumerate(("mean", "std")):
             steps = [f"{row['per_step'][k][index]:.4f}" if k in row["per_step"] else "" for k in range(max_steps + 1)]
+            others = ["" if np.isnan(row[kind][0]) else f"{row[kind][index]:.4f}" for kind in ("last", "val")]
             lines.append(",".join([row["variant"], stat, str(row["steps"])] + steps
-                                  + [f"{row['final'][index]:.4f}", ""]))
+                                  + [f"{row['final'][index]:.4f}"] + others + [""]))
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,9 @@ COMMON = dict(
     visualize_videos=8,           # --visualize: how many test videos to plot (0 = all)
     # torchrun: split the evaluation / pseudo-proposal passes across processes (False: rank 0 alone)
     distributed_eval=True,
+    # model selection without the test set: hold out a count (20), a fraction (0.2) or a file of ids
+    # of the training videos, scored at every evaluation ("" = off, the released protocol)
+    val_videos="",
 )
 
 PRESETS = {
@@ -328,6 +331,11 @@ def config_to_dict(args):
     return out
 
 
+def config_text(args):
+    """config.json's text: the resolved config (its sha256 identifies the run in results.json)."""
+    return json.dumps(config_to_dict(args), indent=2) + "\n"
+
+
 def save_config(args, path):
     from utils import atomic_write_text
-    atomic_write_text(path, json.dumps(config_to_dict(args), indent=2) + "\n")
+    atomic_write_text(path, config_text(args))

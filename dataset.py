@@ -101,17 +101,20 @@ def _read_gt(path):
 
 # ----------------------------------------------------------------------------- the dataset
 class VideoDataset(Dataset):
-    """Videos of one phase ("train", "test", "full" = test list then train list) with docs/method.md §8 items.
+    """Videos of one phase ("train", "test", "full" = test list then train list, "val" = the held-out
+    training videos) with docs/method.md §8 items.
 
     sampling: "random" (train) or "uniform" (test); after `set_proposals(results, weights)` with
     weights, the dynamic versions are used and `cum` is returned with each item.
     """
 
-    def __init__(self, args, phase="train", sampling="random", videos=None):
+    def __init__(self, args, phase="train", sampling="random", videos=None, held_out=()):
         """videos: phase "predict" only (predict.py): {VID: .npy path or (T_vid, D) array} of new
-        videos; no gt.json or split file is read and every video is a test video (docs/method.md §8)."""
-        if phase not in ("train", "test", "full", "predict") or sampling not in ("random", "uniform"):
-            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full|predict, "
+        videos; no gt.json or split file is read and every video is a test video (docs/method.md §8).
+        held_out: training videos kept for validation (--val_videos): phase "train" leaves them out,
+        phase "val" has only them, and every phase treats them as test videos (predicted label sets)."""
+        if phase not in ("train", "test", "full", "val", "predict") or sampling not in ("random", "uniform"):
+            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full|val|predict, "
                              f"random|uniform")
         new_videos = dict(videos or {}) if phase == "predict" else {}
         self.phase, self.sampling = phase, sampling
@@ -129,8 +132,10 @@ class VideoDataset(Dataset):
         database = _read_gt(self.root / "gt.json") if phase != "predict" else {vid: {} for vid in new_videos}
         train_list = _read_split(self.root / "split_train.txt") if phase != "predict" else []
         test_list = _read_split(self.root / "split_test.txt") if phase != "predict" else []
-        self.train_videos = set(train_list)
-        lists = {"train": [("train", train_list)], "test": [("test", test_list)],
+        held_out = set(held_out)
+        self.train_videos = set(train_list) - held_out
+        lists = {"train": [("train", [vid for vid in train_list if vid not in held_out])],
+                 "val": [("train", [vid for vid in train_list if vid in held_out])], "test": [("test", test_list)],
                  "full": [("test", test_list), ("train", train_list)], "predict": []}[phase]
         self.video_names, self.paths = [], {}
         for folder, names in lists:

@@ -200,23 +200,26 @@ def predict_proposals(model, dataset, args, step, pseudo, desc):
 
 
 @timed_calls("eval pass")
-def evaluate(model, dataset, args, step, result_path):
-    """Evaluation pass: proposals for the test split, result JSON, ActivityNet mAP (main process)."""
-    results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"test step {step}")
-    return score_results(results, outputs, args, result_path)
+def evaluate(model, dataset, args, step, result_path, gt_file=None, subset=None, desc="test"):
+    """Evaluation pass: proposals for the test split (or the held-out videos with their gt_file and
+    subset), result JSON, ActivityNet mAP (main process)."""
+    results, outputs = predict_proposals(model, dataset, args, step, pseudo=False, desc=f"{desc} step {step}")
+    return score_results(results, outputs, args, result_path, gt_file, subset)
 
 
 @timed_calls("eval mAP")
-def score_results(results, outputs, args, result_path):
-    """Write one step's detections {vid: [...]} and score them against gt.json (main process; None elsewhere)."""
+def score_results(results, outputs, args, result_path, gt_file=None, subset=None):
+    """Write one step's detections {vid: [...]} and score them against gt.json's eval subset (or
+    `gt_file`'s `subset`) (main process; None elsewhere)."""
     if not args.is_main:
         return None
     write_results_json(result_path, results)
     with warnings.catch_warnings(record=True) as caught:     # e.g. predicted classes absent from the GT
         warnings.simplefilter("always")
         predictions = {"version": "ASM-Loc", "results": results, "external_data": {}}
-        detector = ANETDetection(os.path.join(args.data_dir, "gt.json"), predictions, args.tiou_thresholds,
-                                 args.eval_subset, args.dataset, num_tiou_for_average=args.num_tiou_for_average)
+        detector = ANETDetection(gt_file or os.path.join(args.data_dir, "gt.json"), predictions,
+                                 args.tiou_thresholds, subset or args.eval_subset, args.dataset,
+                                 num_tiou_for_average=args.num_tiou_for_average)
         detector.evaluate()
     detector.warnings = [str(warning.message) for warning in caught]
     detector.outputs, detector.predictions = outputs, results

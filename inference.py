@@ -19,7 +19,9 @@ import torch
 
 import engine
 from dataset import VideoDataset
+from eval.protocol import protocol_line
 from model import ASMLoc, ASMLocBase
+from run_record import run_protocol
 from utils import CheckpointError, Logger, UserError, load_checkpoint, load_model_state
 
 
@@ -113,6 +115,7 @@ def test_cascade(args):
     log = Logger(args.log_path, enabled=args.is_main)
     paths = step_checkpoint_paths(args.checkpoint, args, "--test")
     test_set = VideoDataset(args, "test", "uniform")
+    log(protocol_line(run_protocol(args, test_set)))
     detectors = []
 
     def score(step, detections, outputs):

@@ -3,11 +3,15 @@
 Step 0 trains the base model; at epochs k * epochs_per_step (k = 1..num_steps) the current
 model's pseudo proposals on the full set are saved and handed, with the dynamic sampling
 weights, to a fresh full model. Checkpoints keep the released schema plus what an exact resume
-needs (step, best mAP per step, every process's RNG state).
+needs (step, best mAP per step, every process's RNG state). Every evaluation appends a line to
+metrics.jsonl and a finished run writes results.json (run_record.py); with --val_videos the
+held-out training videos (validation.py) are scored at every evaluation too.
 """
 import json
 import os
 import random
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +19,11 @@ from torch.utils.data import DataLoader
 
 import distributed
 import engine
-from dataset import VideoDataset, collate_fn
+import run_record
+import validation
+from config import config_text
+from dataset import VideoDataset, _read_gt, _read_split, collate_fn
+from eval import protocol
 from eval.proposals import write_results_json
 from utils import (Logger, UserError, atomic_save_npz, atomic_torch_save, load_checkpoint, load_model_state,
                    make_generator, seed_worker)
@@ -81,9 +89,15 @@ class Refinement:
             for name in os.listdir(args.save_dir):          # temporaries of a write that was killed
                 if name.startswith(".tmp_"):
                     os.remove(os.path.join(args.save_dir, name))
-        self.train_set = VideoDataset(args, "train", "random")
+        self.held_out = self.choose_held_out() if getattr(args, "val_videos", "") else []
+        self.train_set = VideoDataset(args, "train", "random", held_out=self.held_out)
         self.test_set = VideoDataset(args, "test", "uniform")
-        self.full_set = VideoDataset(args, "full", "uniform")
+        self.full_set = VideoDataset(args, "full", "uniform", held_out=self.held_out)
+        # held-out videos are scored like test videos; they keep their pseudo proposals (full set)
+        self.val_set = VideoDataset(args, "val", "uniform", held_out=self.held_out) if self.held_out else None
+        self.protocol = run_record.run_protocol(args, self.test_set)
+        self.record = run_record.MetricsRecord(args.save_dir)
+        self.wall_offset, self.started = 0.0, time.time()
         self.generator = make_generator(args.seed)
         self.best_mAP = [float("-inf")] * (args.num_steps + 1)
         self.last_table = None                # (epoch, per-class AP text) of the step's last evaluation
@@ -92,12 +106,25 @@ class Refinement:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(args.save_dir, "tensorboard"))
 
+    def choose_held_out(self):
+        """--val_videos: the held-out training videos; their list and GT are written to the run folder."""
+        args = self.args
+        root = Path(args.data_dir)
+        database = _read_gt(root / "gt.json")
+        names = validation.held_out_videos(args, database, _read_split(root / "split_train.txt"))
+        if names and args.is_main:
+            resuming = not (args.no_resume or args.checkpoint) and os.path.exists(
+                os.path.join(args.save_dir, "model_latest.pth"))
+            validation.write_held_out(args.save_dir, names, database, resuming)
+        return names
+
     # -- steps
     def enter_step(self, step, results, weights):
         """Hand the step's proposals to the datasets and start its model, optimizer and loader."""
         args = self.args
-        for dataset in (self.train_set, self.test_set, self.full_set):
-            dataset.set_proposals(results, weights)
+        for dataset in (self.train_set, self.test_set, self.full_set, self.val_set):
+            if dataset is not None:
+                dataset.set_proposals(results, weights)
         self.step = step
         self.model = engine.build_model(args, step)
         self.train_model = distributed.wrap_model(self.model, args)
@@ -128,7 +155,7 @@ class Refinement:
                  "optimizer": self.optimizer.state_dict(), "best_test_mAP": self.best_mAP[self.step],
                  "dataset": self.args.dataset, "model_kind": "base" if self.step == 0 else "full",
                  "step": self.step, "best_mAP_per_step": list(self.best_mAP),
-                 "rng": rng_states[0], "rng_per_rank": rng_states}
+                 "rng": rng_states[0], "rng_per_rank": rng_states, "wall_s": self.wall_s()}
         atomic_torch_save(state, os.path.join(self.args.save_dir, name))
 
     def resume(self):
@@ -152,6 +179,7 @@ class Refinement:
         load_model_state(self.model, state, path, args)
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_mAP = list(state.get("best_mAP_per_step", self.best_mAP))
+        self.wall_offset = float(state.get("wall_s", 0.0)) if not args.reset_epoch else 0.0
         if "rng" in state and not args.reset_epoch:
             per_rank = state.get("rng_per_rank") or [state["rng"]]
             restore_rng_state(per_rank[args.rank] if len(per_rank) == args.world_size else state["rng"],
@@ -175,6 +203,7 @@ class Refinement:
     def run(self):
         args = self.args
         start_epoch = self.resume()
+        self.start_record(start_epoch)
         for epoch in range(start_epoch, args.epochs):
             if is_switch_epoch(epoch, args):
                 self.switch_step(epoch // args.epochs_per_step)
@@ -183,7 +212,7 @@ class Refinement:
             self.log_train(epoch, stats)
             improved = False
             if is_eval_epoch(epoch, args):      # one stdout line per evaluation, losses included
-                improved = self.evaluate(epoch, self.train_line(epoch, stats))
+                improved = self.evaluate(epoch, stats)
             else:
                 self.log(self.train_line(epoch, stats), console=False)
             # every process's RNG state after this epoch, so a resume continues bit for bit
@@ -200,7 +229,67 @@ class Refinement:
         self.log("best average mAP per step: " + ", ".join(
             f"step {step} {100 * value:.2f}" for step, value in enumerate(self.best_mAP) if value > float("-inf"))
             + f" (final model: {os.path.join(args.save_dir, engine.step_file(args.num_steps, 'best'))})")
+        if args.is_main:
+            self.write_results()
         return self.best_mAP
+
+    # -- the record (metrics.jsonl, results.json)
+    def wall_s(self):
+        """Training wall time so far, resumed runs included."""
+        return self.wall_offset + time.time() - self.started
+
+    def start_record(self, start_epoch):
+        """metrics.jsonl keeps the evaluations before start_epoch; results.json (a finished run's) goes
+        until this run finishes; the log states the evaluation protocol."""
+        args = self.args
+        self.log(protocol.protocol_line(self.protocol))
+        if self.held_out:
+            self.log(f"validation: {len(self.held_out)} held-out training videos (--val_videos {args.val_videos}; "
+                     f"{validation.LIST_FILE}), not trained on; per step the epoch of best validation mAP "
+                     f"is selected")
+        if not args.is_main:
+            return
+        self.record.start(start_epoch)
+        stale = [run_record.RESULTS_FILE] + ([] if self.held_out else [validation.LIST_FILE, validation.GT_FILE])
+        for name in stale:                     # a run started over without --val_videos has no held-out list
+            if os.path.exists(os.path.join(args.save_dir, name)):
+                os.remove(os.path.join(args.save_dir, name))
+
+    def write_results(self):
+        """results.json, and the log lines of the last epoch and validation-selected results."""
+        args = self.args
+        entries = self.record.read()
+        held = None
+        if self.held_out:
+            held = {"val_videos": args.val_videos, "videos": len(self.held_out), "list_file": validation.LIST_FILE,
+                    "gt_file": validation.GT_FILE, "selection": "file" if os.path.isfile(args.val_videos)
+                    else "stratified by rarest label, seeded by --seed"}
+        results = run_record.write_results(args.save_dir, entries, config_text(args), args, self.protocol, held,
+                                           self.wall_s())
+        steps = results["steps"]
+        for step, best in enumerate(self.best_mAP):
+            recorded = steps.get(str(step), {}).get("best", {}).get("average_mAP")
+            if best > float("-inf") and (recorded is None or f"{recorded:.2f}" != f"{100 * best:.2f}"):
+                self.log(f"warning: {run_record.METRICS_FILE} lacks step {step}'s best evaluation (run continued "
+                         f"from another folder's checkpoint?); results.json gives what the record holds")
+        self.log("last epoch average mAP per step: " + ", ".join(
+            f"step {k} {v['last']['average_mAP']:.2f} (epoch {v['last']['epoch']})" for k, v in steps.items()))
+        if self.held_out:
+            self.log("validation-selected per step: " + ", ".join(
+                f"step {k} epoch {v['val_selected']['epoch']} (val {v['val_selected']['val_average_mAP']:.2f}) "
+                f"test {v['val_selected']['average_mAP']:.2f}" for k, v in steps.items()))
+        final = steps.get(str(args.num_steps))
+        if final and final["best"]["averages"]:                # THUMOS: the ranges other papers report
+            kinds = [kind for kind in ("best", "last", "val_selected") if kind in final]
+            low, high = self.protocol["average_over"]
+            ranges = {f"{low:g}:{high:g}": {kind: final[kind]["average_mAP"] for kind in kinds}}
+            ranges.update({name: {kind: final[kind]["averages"][name] for kind in kinds}
+                           for name in final["best"]["averages"]})
+            self.log(f"final step {args.num_steps} average mAP ({' / '.join(kinds)}): " + ", ".join(
+                f"{name} " + " / ".join(f"{value:.2f}" for value in values.values())
+                for name, values in ranges.items()))
+        self.log(f"results: {os.path.join(args.save_dir, run_record.RESULTS_FILE)} "
+                 f"(every evaluation: {run_record.METRICS_FILE})")
 
     def show_step_table(self):
         """Print the per-class AP of the step's last evaluation (log.txt has every evaluation's)."""
@@ -210,18 +299,31 @@ class Refinement:
                      file=False)
         self.last_table = None
 
-    def evaluate(self, epoch, train_line):
-        """Evaluate the current model; True when it is the best of this step so far."""
+    def evaluate(self, epoch, stats):
+        """Evaluate the current model (and score the held-out videos); True when it is the best of this
+        step so far. One line of metrics.jsonl per evaluation."""
         args, step = self.args, self.step
         result_path = args.result_path or os.path.join(args.save_dir, f"result_step{step}.json")
         detector = engine.evaluate(self.model, self.test_set, args, step, result_path)
+        val = None
+        if self.val_set is not None:
+            val = engine.evaluate(self.model, self.val_set, args, step,
+                                  os.path.join(args.save_dir, f"val_result_step{step}.json"),
+                                  os.path.join(args.save_dir, validation.GT_FILE), validation.GT_SUBSET, desc="val")
         if not args.is_main:
             return False
         improved = detector.average_mAP > self.best_mAP[step]
         if improved:
             self.best_mAP[step] = detector.average_mAP
-        self.log(engine.format_map_line(detector, train_line)
-                 + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}")
+        self.log(engine.format_map_line(detector, self.train_line(epoch, stats))
+                 + f" | best {100 * self.best_mAP[step]:.2f}{' *' if improved else ''}"
+                 + (f" | val avg {100 * val.average_mAP:.2f}" if val is not None else ""))
+        entry = {"step": step, "epoch": epoch, **run_record.map_entry(detector, args), "train": stats,
+                 "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.wall_s()}
+        if val is not None:
+            entry["val"] = run_record.map_entry(val, args)
+            self.writer.add_scalar("val_mAP/average", val.average_mAP, epoch)
+        self.record.append(entry)
         engine.report_evaluation(detector, args, step, self.test_set, "", self.log, console=False)
         self.last_table = (epoch, detector.table)
         self.writer.add_scalar("mAP/average", detector.average_mAP, epoch)

@@ -6,13 +6,15 @@
 Each (repeat, seed) runs the old tree and then the new one (the order alternates between
 repeats, so a slow phase of the machine does not always hit the same tree), each in a fresh
 temporary checkpoint root with --no_resume. The demo data of each tree is generated once,
-untimed, before the first run. Prints every run, then per tree the wall time (mean, min) and
+untimed, before the first run. The mAPs come from each run's results.json (from its printed
+summary line for a checkout that does not write one). Prints every run, then per tree the wall time (mean, min) and
 the per-step best average mAP (mean +- std over seeds), and the new / old time ratio.
 Each tree runs with its own .venv/bin/python when it has one. With --same_data the old tree does
 not run its own --demo (whose generator may differ) but this tree's demo schedule as flags on
 this tree's demo data, so the two versions see the same inputs.
 """
 import argparse
+import json
 import os
 import re
 import statistics
@@ -47,6 +49,17 @@ def same_data_flags(tree):
     return flags
 
 
+def best_per_step(root, output):
+    """{step: best mAP %} from the run's results.json, or from its printed summary line (a checkout
+    older than the results file)."""
+    found = sorted(Path(root).rglob("results.json"))
+    if found:
+        steps = json.loads(found[0].read_text())["steps"]
+        return {int(step): float(f"{value['best']['average_mAP']:.2f}") for step, value in steps.items()}
+    lines = BEST.findall(output)
+    return {int(step): float(value) for step, value in re.findall(r"step (\d+) ([-\d.]+)", lines[-1])} if lines else {}
+
+
 def run_demo(tree, seed, extra, demo_flags=("--demo",)):
     """Wall seconds and {step: best mAP %} of one demo run."""
     with tempfile.TemporaryDirectory(prefix="asmloc_cmp_") as root:
@@ -55,14 +68,9 @@ def run_demo(tree, seed, extra, demo_flags=("--demo",)):
         tic = time.perf_counter()
         proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
         wall = time.perf_counter() - tic
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} in {tree} failed:\n{proc.stderr[-2000:]}")
-    found = BEST.findall(proc.stdout + proc.stderr)
-    maps = {}
-    if found:
-        for step, value in re.findall(r"step (\d+) ([-\d.]+)", found[-1]):
-            maps[int(step)] = float(value)
-    return wall, maps
+        if proc.returncode != 0:
+            sys.exit(f"error: {' '.join(cmd)} in {tree} failed:\n{proc.stderr[-2000:]}")
+        return wall, best_per_step(root, proc.stdout + proc.stderr)
 
 
 def summary(values):

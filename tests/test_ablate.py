@@ -1,6 +1,7 @@
 """ablate.py: a tiny grid through the real entry script, tables read back from the runs, reruns skip."""
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -55,6 +56,10 @@ def test_tiny_grid_end_to_end(tmp_path):
         state = torch.load(folder / "model_latest.pth", map_location="cpu", weights_only=False)
         assert np.allclose(table, 100 * np.asarray(state["best_mAP_per_step"]), atol=0.005 + 1e-9)
         assert '"seed": ' + row["seed"] in (folder / "config.json").read_text()
+        # the last epoch column: the final step's last evaluation, as metrics.jsonl recorded it
+        last = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][-1]
+        assert last["step"] == steps and row["final_last"] == f"{last['average_mAP']:.2f}"
+        assert row["final_val_selected"] == ""
     # mean / std lines and the markdown agree with the per-cell numbers
     for variant in ("num_steps=0", "num_steps=1"):
         finals = [float(r["final_best"]) for r in cells if r["variant"] == variant]
@@ -63,8 +68,13 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert float(mean["final_best"]) == pytest.approx(np.mean(finals), abs=1e-4)
         assert float(std["final_best"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-4)
     assert (result_dir / "ablation.md").is_file() and (result_dir / "ablation.png").stat().st_size > 0
-    # a rerun skips every finished cell and rewrites the same table
+    markdown = (result_dir / "ablation.md").read_text()
+    assert "| final | range | last epoch | Δ vs" in markdown and "val-selected" not in markdown
+    # a rerun skips every finished cell and rewrites the same table, read from results.json alone
     table = (result_dir / "ablation.csv").read_text()
+    for row in cells:
+        folder = Path(row["run_folder"])
+        (folder if folder.is_absolute() else tmp_path / folder).joinpath("log.txt").unlink()
     out = run_ablate(tmp_path)
     assert "4 finished, 0 to run" in out
     assert (result_dir / "ablation.csv").read_text() == table
@@ -187,3 +197,44 @@ def test_cell_folder_of_another_config_is_refused_before_anything_runs(tmp_path)
     Path(args.save_dir, "model_latest.pth").write_bytes(b"")
     with pytest.raises(ablate.UserError, match=r"cell steps1 seed 0: .*epochs: 200 → 600.*another --outdir"):
         ablate.plan_cells("THUMOS", passthrough, [("steps1", {"num_steps": 1})], [0], "ablate")
+
+
+def test_table_reads_results_json_and_shows_last_and_validation_columns(tmp_path):
+    """results.json -> the cell's numbers as the log prints them (2 decimals), last-epoch and
+    validation-selected columns beside best; a folder with metrics.jsonl but no results.json is unfinished."""
+    def results(best, last, val):
+        step = {"best": {"epoch": 3, "mAP": {"0.10": best + 1.004, "0.20": best - 1.0}, "average_mAP": best},
+                "last": {"epoch": 5, "mAP": {}, "average_mAP": last}}
+        if val is not None:
+            step["val_selected"] = {"epoch": 4, "mAP": {}, "average_mAP": val, "val_average_mAP": 50.0}
+        return {"steps": {"0": step}}
+
+    parsed = ablate.parse_results(results(12.3456, 10.004, 11.111))
+    assert parsed["best"] == {0: 12.35} and parsed["last"] == {0: 10.0} and parsed["val"] == {0: 11.11}
+    assert parsed["tiou"] == {0: {0.1: 13.35, 0.2: 11.35}}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cell = ablate.Cell("full", 0, [], str(folder), 0)
+    (folder / "log.txt").write_text("best average mAP per step: step 0 1.00 (final model: x)\n")
+    (folder / "metrics.jsonl").write_text("")
+    assert cell.result() is None                                # a recorded run that has not finished
+    (folder / "results.json").write_text(json.dumps(results(12.0, 10.0, 11.0)))
+    assert cell.result()["last"] == {0: 10.0}
+
+    class FakeCell:
+        def __init__(self, seed, best, last, val):
+            self.variant, self.seed, self.num_steps, self.save_dir = "full", seed, 0, f"run{seed}"
+            self._result = ablate.parse_results(results(best, last, val))
+
+        def result(self):
+            return self._result
+    cells = [FakeCell(0, 12.0, 10.0, 11.0), FakeCell(1, 14.0, 11.0, 12.0)]
+    rows, ref = ablate.summarize(cells, "full")
+    assert rows[0]["last"] == pytest.approx((10.5, np.std([10.0, 11.0], ddof=1)))
+    assert rows[0]["val"] == pytest.approx((11.5, np.std([11.0, 12.0], ddof=1)))
+    text = ablate.markdown(rows, ref, "header")
+    assert "| final | range | last epoch | val-selected |" in text
+    assert "| **13.00 ± 1.41** | 12.00–14.00 | 10.50 ± 0.71 | 11.50 ± 0.71 |" in text
+    csv_rows = list(csv.DictReader(io.StringIO(ablate.csv_text(rows, cells))))
+    assert [r["final_last"] for r in csv_rows] == ["10.00", "11.00", "10.5000", "0.7071"]
+    assert [r["final_val_selected"] for r in csv_rows] == ["11.00", "12.00", "11.5000", "0.7071"]

@@ -3,6 +3,7 @@
 Saves are slowed down (a sleep before each atomic rename) so that some kills land while a
 checkpoint or result file is being written.
 """
+import json
 import os
 import random
 import subprocess
@@ -84,3 +85,15 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_result(tmp_path):
         assert state["best_mAP_per_step"] == faulty[name]["best_mAP_per_step"], name
         for key, value in state["model_state_dict"].items():
             assert torch.equal(value, faulty[name]["model_state_dict"][key]), f"{name}: {key}"
+    # the record of every evaluation: each epoch once, the same numbers, however often it was killed
+    records = {}
+    for run, save_dir in save_dirs.items():
+        with open(os.path.join(save_dir, "metrics.jsonl")) as handle:
+            records[run] = [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in handle]
+    epochs = [entry["epoch"] for entry in records["faulty"]]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 9
+    assert records["faulty"] == records["straight"]
+    with open(os.path.join(save_dirs["faulty"], "results.json")) as handle:
+        steps = json.load(handle)["steps"]
+    assert [steps[str(k)]["best"]["average_mAP"] for k in range(3)] == [
+        100 * value for value in straight["model_latest.pth"]["best_mAP_per_step"]]
