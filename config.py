@@ -146,6 +146,7 @@ SWITCHES = {
     "debug": "show full tracebacks on errors",
     "diagnose": "write a DETAD-style diagnosis (mAP by action length, false-positive types) per evaluation",
     "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
+    "deterministic": "deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS/cuDNN settings)",
 }
 # Options of the released CLI that are not preset keys.
 EXTRA_OPTIONS = dict(checkpoint="", start_epoch=0, gpu="", device="")

@@ -84,7 +84,11 @@ class Refinement:
         self.train_set = VideoDataset(args, "train", "random")
         self.test_set = VideoDataset(args, "test", "uniform")
         self.full_set = VideoDataset(args, "full", "uniform")
-        self.generator = make_generator(args.seed)
+        self.generator = make_generator(args.seed)          # batch order and per-item sampling seeds
+        # the DataLoader draws its worker base seed from this one (per epoch from a fresh loader
+        # iterator, once for persistent workers); items take no draw from worker seeds, so it
+        # must not be the shuffling generator, nor torch's global one (dropout masks)
+        self.worker_seeds = make_generator(args.seed)
         self.best_mAP = [float("-inf")] * (args.num_steps + 1)
         self.last_table = None                # (epoch, per-class AP text) of the step's last evaluation
         self.writer = None
@@ -107,7 +111,7 @@ class Refinement:
         sampler = distributed.GlobalBatchSampler(len(self.train_set), args.batch_size, self.generator,
                                                  args.rank, args.world_size)
         self.loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=args.num_workers,
-                                 collate_fn=collate_fn, worker_init_fn=seed_worker, generator=self.generator,
+                                 collate_fn=collate_fn, worker_init_fn=seed_worker, generator=self.worker_seeds,
                                  pin_memory=args.device.startswith("cuda"),
                                  persistent_workers=args.num_workers > 0)
 

@@ -12,7 +12,7 @@ import distributed
 import inference
 from config import build_args, save_config
 from refinement import Refinement
-from utils import RunFolderLock, UserError, keep_freed_memory, run_cli, set_seed
+from utils import RunFolderLock, UserError, deterministic_mode, keep_freed_memory, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -55,7 +55,13 @@ def run(dataset, argv):
     so a second command on the same folder stops at once instead of mixing its files in.
     """
     keep_freed_memory()                  # reuse freed activation buffers instead of page-faulting them back
-    args = distributed.init_distributed(build_args(dataset, argv))
+    args = build_args(dataset, argv)
+    with deterministic_mode(args.deterministic):     # before CUDA starts: cuBLAS reads its setting once
+        return run_training_or_test(distributed.init_distributed(args))
+
+
+def run_training_or_test(args):
+    """run() after the config: seed, demo data, run-folder lock, then training or --test."""
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset
