@@ -65,7 +65,7 @@ def run_training_or_test(args):
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset
-        ensure_demo_dataset(args)
+        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
     lock = RunFolderLock(args.save_dir)
     if args.is_main:
         check_writable(args.save_dir)
