@@ -152,6 +152,7 @@ SWITCHES = {
     "ignore_any_tiou": "with --diagnose: DETAD's released ignore rule (a prediction matched outside a bin is "
                        "ignored at every tIoU once it is at one)",
     "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
+    "deterministic": "deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS/cuDNN settings)",
 }
 # Options of the released CLI that are not preset keys.
 EXTRA_OPTIONS = dict(checkpoint="", start_epoch=0, gpu="", device="")

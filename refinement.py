@@ -98,7 +98,11 @@ class Refinement:
         self.protocol = run_record.run_protocol(args, self.test_set)
         self.record = run_record.MetricsRecord(args.save_dir)
         self.wall_offset, self.started = 0.0, time.time()
-        self.generator = make_generator(args.seed)
+        self.generator = make_generator(args.seed)          # batch order and per-item sampling seeds
+        # the DataLoader draws its worker base seed from this one (per epoch from a fresh loader
+        # iterator, once for persistent workers); items take no draw from worker seeds, so it
+        # must not be the shuffling generator, nor torch's global one (dropout masks)
+        self.worker_seeds = make_generator(args.seed)
         self.best_mAP = [float("-inf")] * (args.num_steps + 1)
         self.last_table = None                # (epoch, per-class AP text) of the step's last evaluation
         self.writer = None
@@ -134,7 +138,7 @@ class Refinement:
         sampler = distributed.GlobalBatchSampler(len(self.train_set), args.batch_size, self.generator,
                                                  args.rank, args.world_size)
         self.loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=args.num_workers,
-                                 collate_fn=collate_fn, worker_init_fn=seed_worker, generator=self.generator,
+                                 collate_fn=collate_fn, worker_init_fn=seed_worker, generator=self.worker_seeds,
                                  pin_memory=args.device.startswith("cuda"),
                                  persistent_workers=args.num_workers > 0)
 

@@ -12,7 +12,7 @@ import inference
 from config import build_args, save_config
 from refinement import Refinement
 from run_identity import adopt_trained_config, check_run_folder, test_output_folder
-from utils import Logger, RunFolderLock, UserError, keep_freed_memory, run_cli, set_seed
+from utils import Logger, RunFolderLock, UserError, deterministic_mode, keep_freed_memory, run_cli, set_seed
 
 
 def check_writable(folder):
@@ -36,7 +36,14 @@ def run(dataset, argv):
     takes the config of the run in --checkpoint and writes into a folder of its own (DIR/test).
     """
     keep_freed_memory()                  # reuse freed activation buffers instead of page-faulting them back
-    args = distributed.init_distributed(build_args(dataset, argv))
+    args = build_args(dataset, argv)
+    with deterministic_mode(args.deterministic):     # before CUDA starts: cuBLAS reads its setting once
+        return run_training_or_test(distributed.init_distributed(args), argv)
+
+
+def run_training_or_test(args, argv):
+    """run() after the config: the trained config in test mode, seed, demo data, run-folder lock and
+    identity check, then training or --test."""
     notes = []
     if args.test:
         notes = adopt_trained_config(args, argv)
@@ -46,7 +53,7 @@ def run(dataset, argv):
     set_seed(args.seed + args.rank)      # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
         from synthetic_data import ensure_demo_dataset
-        ensure_demo_dataset(args)
+        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
     lock = RunFolderLock(args.save_dir)
     if args.is_main:
         check_writable(args.save_dir)

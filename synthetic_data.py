@@ -4,11 +4,14 @@ Each video mixes, in a low-rank latent space projected to D dims and passed thro
 a class scene context present through the whole video (confusable classes share part of it),
 a two-phase action signal inside each instance with soft (sigmoid) boundaries, a slowly drifting
 background, temporally smooth noise and white noise. RGB (first half) carries more scene,
-flow (second half) more motion. Deterministic for a seed (per-video generators).
+flow (second half) more motion. Deterministic for a seed (per-video generators), and
+bit-identical on every generation: the arithmetic is float64 in a fixed summation order (no BLAS,
+whose float32 products change with its thread count and memory alignment), cast to float32 once.
 
 CLI: python synthetic_data.py --out DIR --kind THUMOS --num_train 40 --num_test 40 --feature_dim 2048 --seed 0
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +25,7 @@ from utils import UserError, atomic_write_json, atomic_write_text
 R = 25 / 16
 MARKER = "SYNTHETIC.json"            # written last: its presence means the set is complete
 DEMO_SIZES = {"THUMOS": (100, 60), "ActivityNet": (160, 80)}   # (train, test) videos of the demo sets
-GENERATOR_VERSION = 2                # in the demo marker: a demo set from an older generator is rebuilt
+GENERATOR_VERSION = 3                # in the demo marker: a demo set from an older generator is rebuilt
 KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"), ("HammerThrow", "ThrowDiscus"),
                ("HighJump", "LongJump"), ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
                ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
@@ -70,13 +73,24 @@ def _bank(class_names, D, seed, n_bg=8, n_noise=24):
 
 
 def _smooth(x, sigma):
-    """Gaussian smoothing along time (axis 0) by FFT-free convolution with a short kernel."""
+    """Gaussian smoothing along time (axis 0) by convolution with a short kernel, tap by tap."""
     half = max(int(3 * sigma), 1)
     k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     k /= k.sum()
     padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, len(k), axis=0)   # (T, L, k)
-    return windows @ k
+    out = np.zeros(x.shape)
+    for j, weight in enumerate(k):                   # fixed summation order (see the module docstring)
+        out += weight * padded[j:j + len(x)]
+    return out
+
+
+def _project(latent, W, bias):
+    """bias + latent @ W in float64, one latent column after another; all-zero columns add nothing.
+    latent (T, L), W (L, D), bias (D,) -> (T, D)."""
+    out = np.repeat(np.asarray(bias, dtype=np.float64)[None, :], latent.shape[0], axis=0)   # (T, D)
+    for col in np.flatnonzero(latent.any(axis=0)):
+        out += latent[:, col:col + 1] * W[col].astype(np.float64)
+    return out
 
 
 def _features(T, annotations, bank, rng):
@@ -92,8 +106,9 @@ def _features(T, annotations, bank, rng):
         box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4   # (N, T) soft sigmoid edges
         box *= rng.uniform(0.5, 1.5, (len(cls), 1))                             # weak and strong instances
         phase = np.clip((t - s) / np.maximum(e - s, 1e-3), 0, 1)
-        onehot = np.eye(C)[cls]                                                  # (N, C)
-        env_a, env_b = (box * (1 - phase)).T @ onehot, (box * phase).T @ onehot  # (T, C)
+        for n, c in enumerate(cls):                                              # instance by instance
+            env_a[:, c] += box[n] * (1 - phase[n])                               # (T,)
+            env_b[:, c] += box[n] * phase[n]
     ctx = np.zeros(C)
     present = sorted({c for _, _, c in annotations})
     ctx[present] = rng.uniform(0.6, 1.2, len(present))
@@ -104,10 +119,10 @@ def _features(T, annotations, bank, rng):
     n_bg, n_noise = W.shape[0] - 3 * C - 24, 24
     bg = np.maximum(_smooth(rng.standard_normal((T, n_bg)), 8.0) * 3 + 0.3, 0)
     noise = _smooth(rng.standard_normal((T, n_noise)), 1.5) * 1.5
-    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1).astype(np.float32)   # (T, L)
-    pre = latent @ W + bias + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45)
+    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1)                # (T, L)
+    pre = _project(latent, W, bias) + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45)
     pre[1:-1] = 0.5 * pre[1:-1] + 0.25 * (pre[:-2] + pre[2:])                     # overlapping snippets
-    return np.maximum(pre, 0, out=pre)
+    return np.where(pre > 0, pre, 0.0).astype(np.float32)                          # ReLU, one cast
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +270,32 @@ def _demo_params(args):
             "generator": GENERATOR_VERSION}
 
 
+def files_sha256(root):
+    """sha256 of a generated set: each file's relative path and sha256, in path order (the marker excluded)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _stale_reason(target, params):
+    """Why the demo set at target cannot be used as it is, or None (same parameters, files as generated)."""
+    try:
+        stored = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return f"its {MARKER} is unreadable"
+    if {key: val for key, val in stored.items() if key != "sha256"} != params:
+        return f"it was made with other parameters or an older generator (version {stored.get('generator')})"
+    if stored.get("sha256") != files_sha256(target):
+        return f"its files differ from the checksum in its {MARKER}"
+    return None
+
+
 def ensure_demo_dataset(args):
-    """Generate the demo set at args.data_dir unless a complete one (marker, same parameters) is there.
+    """Generate the demo set at args.data_dir unless a complete one is there: its marker names the
+    same parameters and generator version, and the sha256 of the files as generated, checked here.
+    A stale set (ours: it has the marker) is generated again. Returns the files' sha256.
 
     Written into a temporary sibling folder that is renamed into place after its marker, so an
     interrupted generation never leaves a half-written set at data_dir.
@@ -265,12 +304,11 @@ def ensure_demo_dataset(args):
     params = _demo_params(args)
     marker = target / MARKER
     if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return target
-        except ValueError:
-            pass
-        shutil.rmtree(target)                              # ours (it has the marker) but stale
+        reason = _stale_reason(target, params)
+        if reason is None:
+            return json.loads(marker.read_text())["sha256"]
+        print(f"demo data {target}: {reason}; generating it again", flush=True)
+        shutil.rmtree(target)
     elif target.exists() and any(target.iterdir()):
         raise UserError(f"{target} exists and is not a synthetic dataset (no {MARKER}); "
                         f"remove it or pass another --data_dir for the demo")
@@ -278,17 +316,17 @@ def ensure_demo_dataset(args):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         generate_synthetic_dataset(tmp, **{key: val for key, val in params.items() if key != "generator"})
-        atomic_write_json(tmp / MARKER, params)
+        atomic_write_json(tmp / MARKER, {**params, "sha256": files_sha256(tmp)})
         if target.exists():
             target.rmdir()                                 # empty folder
         os.replace(tmp, target)
     except OSError:
-        if not (marker.is_file() and json.loads(marker.read_text()) == params):
+        if not marker.is_file() or _stale_reason(target, params) is not None:
             raise                                          # (else another process finished first)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return target
+    return json.loads(marker.read_text())["sha256"]
 
 
 def main(argv=None):
@@ -307,7 +345,7 @@ def main(argv=None):
                                           opts.seed, timeline_gt=opts.timeline_gt,
                                           durations=None if opts.min_duration is None and opts.max_duration is None
                                           else (opts.min_duration or 0.0, opts.max_duration or float("inf")))
-    print(f"wrote {len(database)} videos to {opts.out}")
+    print(f"wrote {len(database)} videos to {opts.out} (files sha256 {files_sha256(opts.out)})")
 
 
 if __name__ == "__main__":

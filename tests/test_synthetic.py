@@ -1,11 +1,15 @@
 """synthetic_data.py: real layout, determinism, demo set handling, and a learnability sanity check."""
 import json
+import os
+import subprocess
+import sys
 from argparse import Namespace
 
 import numpy as np
 import pytest
 
 import synthetic_data as sd
+from conftest import REPO_ROOT
 from utils import UserError
 
 
@@ -153,14 +157,59 @@ def demo_args(root, dim=16):
                      class_name_lst=sd._default_classes("THUMOS"))
 
 
-def test_ensure_demo_dataset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["THUMOS", "ActivityNet"])
+def test_byte_identical_with_one_and_two_threads(tmp_path, kind):
+    """Fresh processes with 1 and 2 BLAS / OpenMP threads write the same bytes (BLAS float32
+    products differed in the last bits between the two before the arithmetic was fixed)."""
+    for threads in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+               "MKL_NUM_THREADS": str(threads)}
+        command = [sys.executable, str(REPO_ROOT / "synthetic_data.py"), "--out", str(tmp_path / str(threads)),
+                   "--kind", kind, "--num_train", "5", "--num_test", "3", "--feature_dim", "256", "--seed", "1"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = tmp_path / "1", tmp_path / "2"
+    files = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
+    assert len(files) == 8 + 3 and files == sorted(path.relative_to(two) for path in two.rglob("*") if path.is_file())
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert sd.files_sha256(one) == sd.files_sha256(two)
+
+
+def test_files_sha256_covers_names_and_bytes(tmp_path):
+    sd.generate_synthetic_dataset(tmp_path, "THUMOS", 2, 1, feature_dim=8, seed=0)
+    digest = sd.files_sha256(tmp_path)
+    assert len(digest) == 64 and sd.files_sha256(tmp_path) == digest
+    (tmp_path / sd.MARKER).write_text("{}")                                    # the marker is not covered
+    assert sd.files_sha256(tmp_path) == digest
+    npy = next((tmp_path / "test").glob("*.npy"))
+    npy.rename(npy.with_name("other.npy"))                                     # a name changes it
+    assert sd.files_sha256(tmp_path) != digest
+    npy.with_name("other.npy").rename(npy)
+    x = np.load(npy)
+    x[0, 0] = np.nextafter(x[0, 0], np.float32(np.inf))                       # one value by one ulp
+    np.save(npy, x)
+    assert sd.files_sha256(tmp_path) != digest
+
+
+def test_ensure_demo_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sd, "DEMO_SIZES", {"THUMOS": (3, 2)})
     root = tmp_path / "demo"
-    sd.ensure_demo_dataset(demo_args(root))
+    digest = sd.ensure_demo_dataset(demo_args(root))
     assert (root / sd.MARKER).is_file() and len(list((root / "train").glob("*.npy"))) == 3
+    assert json.loads((root / sd.MARKER).read_text())["sha256"] == digest == sd.files_sha256(root)
     stamp = (root / "gt.json").stat().st_mtime_ns
-    sd.ensure_demo_dataset(demo_args(root))                                    # complete: kept
-    assert (root / "gt.json").stat().st_mtime_ns == stamp
+    assert sd.ensure_demo_dataset(demo_args(root)) == digest                   # complete: kept
+    assert (root / "gt.json").stat().st_mtime_ns == stamp and capsys.readouterr().out == ""
+    npy = next((root / "train").glob("*.npy"))
+    np.save(npy, np.load(npy) + 1)                                             # edited files: generated again
+    assert sd.ensure_demo_dataset(demo_args(root)) == digest
+    assert "differ from the checksum" in capsys.readouterr().out
+    marker = json.loads((root / sd.MARKER).read_text())
+    del marker["sha256"]
+    (root / sd.MARKER).write_text(json.dumps({**marker, "generator": 2}))      # an older generator's set
+    assert sd.ensure_demo_dataset(demo_args(root)) == digest
+    assert "older generator (version 2)" in capsys.readouterr().out
     sd.ensure_demo_dataset(demo_args(root, dim=24))                            # other parameters: rebuilt
     assert np.load(next((root / "train").glob("*.npy"))).shape[1] == 24
     assert not list(tmp_path.glob(".demo.tmp-*"))

@@ -1,0 +1,81 @@
+"""Bit-identical runs on one machine: the same seed gives the same checkpoints whatever the number
+of DataLoader workers, and with --deterministic (on the CPU the flag changes no number)."""
+import os
+
+import pytest
+import torch
+
+import engine
+import runner
+from config import build_args
+from synthetic_data import generate_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("repro") / "THUMOS14"
+    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=10, num_test=6, feature_dim=32, seed=5,
+                               durations=(20.0, 50.0))
+    return data_dir
+
+
+def tiny_argv(data_dir, checkpoint_root, *extra):
+    # 6 epochs, 2 per step: every step has a second epoch (persistent workers are reused there)
+    return ["--data_dir", str(data_dir), "--checkpoint_root", str(checkpoint_root), "--feature_dim", "32",
+            "--epochs", "6", "--epochs_per_step", "2", "--num_steps", "2", "--eval_freq", "2",
+            "--sample_segments_num", "48", "--max_segments_num", "16", "--batch_size", "4", "--lr", "0.001",
+            "--device", "cpu", *extra]
+
+
+def run_and_read(argv):
+    """(best mAP per step, {checkpoint name: state}, the log's mAP lines) of one run."""
+    best = runner.run("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    states = {name: torch.load(os.path.join(save_dir, name), weights_only=False)
+              for name in sorted(os.listdir(save_dir)) if name.endswith(".pth")}
+    with open(os.path.join(save_dir, "log.txt")) as handle:
+        lines = [line.split(" | lr ")[-1] for line in handle if "mAP@tIoU" in line]   # without the wall clock
+    return best, states, lines
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory):
+    return run_and_read(tiny_argv(tiny_data, tmp_path_factory.mktemp("j0"), "--num_workers", "0"))
+
+
+def assert_same_run(a, b):
+    best_a, states_a, lines_a = a
+    best_b, states_b, lines_b = b
+    assert best_a == best_b
+    assert lines_a == lines_b and len(lines_a) == 6
+    assert set(states_a) == set(states_b) and "model_step2_best_epoch.pth" in states_a
+    for name, state in states_a.items():
+        assert state["epoch"] == states_b[name]["epoch"], name
+        for key, value in state["model_state_dict"].items():
+            assert torch.equal(value, states_b[name]["model_state_dict"][key]), f"{name}: {key}"
+        assert state["rng"]["loader"].equal(states_b[name]["rng"]["loader"]), name
+        assert state["rng"]["torch"].equal(states_b[name]["rng"]["torch"]), name
+
+
+def test_same_run_with_two_workers(tiny_data, tmp_path, reference):
+    """Batch order and each item's random sampling come from the run's generator in the main
+    process, so -j 2 (workers kept between epochs) repeats -j 0 bit for bit."""
+    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path, "--num_workers", "2")))
+
+
+def test_same_run_twice_and_with_deterministic(tiny_data, tmp_path, reference, monkeypatch):
+    """Two CPU runs are bit-identical; --deterministic is on during the run, restored after, and
+    changes no number on the CPU."""
+    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path / "again")))
+    seen = []
+    original = engine.train_one_epoch
+
+    def recording(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", recording)
+    before = torch.are_deterministic_algorithms_enabled()
+    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path / "det", "--deterministic")))
+    assert seen == [True] * 6
+    assert torch.are_deterministic_algorithms_enabled() == before
