@@ -2,7 +2,7 @@
 # The GPU picture in one command (at most about 8 minutes on one GPU):
 #
 #     bash bench/gpu_check.sh                 # from the repository root
-#     PYTHON=.venv/bin/python OUT=/tmp/gpu bash bench/gpu_check.sh
+#     PYTHON=.venv/bin/python OUT=gpu_out bash bench/gpu_check.sh
 #
 # Runs, each under its own time limit: the THUMOS demo on cuda in fp32 and with --amp (wall time,
 # best mAP per step), bench_model.py and bench_attention.py on cuda, bench_pipeline.py on cuda
