@@ -76,7 +76,7 @@ def check_feature_file(path, feature_dim, full=True, load=False):
     return array
 
 
-def _read_split(path):
+def read_split(path):
     if not path.is_file():
         raise DataError(f"split file {path} is missing; it must list one video name per line")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -85,7 +85,7 @@ def _read_split(path):
     return names
 
 
-def _read_gt(path):
+def read_gt(path):
     try:
         with open(path) as handle:
             gt = json.load(handle)
@@ -129,9 +129,9 @@ class VideoDataset(Dataset):
                             f"THUMOS-14 / ActivityNet-1.3 release used by ACM-Net and ASM-Loc and unpack them "
                             f"there (or pass --data_dir, or run --demo for synthetic data); expected layout:\n"
                             + EXPECTED_TREE.format(root=self.root, dim=self.feature_dim))
-        database = _read_gt(self.root / "gt.json") if phase != "predict" else {vid: {} for vid in new_videos}
-        train_list = _read_split(self.root / "split_train.txt") if phase != "predict" else []
-        test_list = _read_split(self.root / "split_test.txt") if phase != "predict" else []
+        database = read_gt(self.root / "gt.json") if phase != "predict" else {vid: {} for vid in new_videos}
+        train_list = read_split(self.root / "split_train.txt") if phase != "predict" else []
+        test_list = read_split(self.root / "split_test.txt") if phase != "predict" else []
         held_out = set(held_out)
         self.train_videos = set(train_list) - held_out
         lists = {"train": [("train", [vid for vid in train_list if vid not in held_out])],

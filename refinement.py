@@ -22,7 +22,7 @@ import engine
 import run_record
 import validation
 from config import config_text
-from dataset import VideoDataset, _read_gt, _read_split, collate_fn
+from dataset import VideoDataset, read_gt, read_split, collate_fn
 from eval import protocol
 from eval.proposals import write_results_json
 from utils import (Logger, UserError, atomic_save_npz, atomic_torch_save, load_checkpoint, load_model_state,
@@ -41,7 +41,7 @@ def is_eval_epoch(epoch, args):
 
 
 def rng_state(generator):
-    numpy_state = np.random.get_state(legacy=False)
+    numpy_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global generator, on purpose)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()     # weights_only-loadable
     return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
             "loader": generator.get_state()}
@@ -51,7 +51,7 @@ def restore_rng_state(state, generator):
     random.setstate(tuple(state["python"]) if isinstance(state["python"], list) else state["python"])
     numpy_state = {**state["numpy"], "state": dict(state["numpy"]["state"])}
     numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
+    np.random.set_state(numpy_state)  # noqa: NPY002 (the global generator, on purpose)
     torch.set_rng_state(state["torch"])
     generator.set_state(state["loader"])
 
@@ -114,8 +114,8 @@ class Refinement:
         """--val_videos: the held-out training videos; their list and GT are written to the run folder."""
         args = self.args
         root = Path(args.data_dir)
-        database = _read_gt(root / "gt.json")
-        names = validation.held_out_videos(args, database, _read_split(root / "split_train.txt"))
+        database = read_gt(root / "gt.json")
+        names = validation.held_out_videos(args, database, read_split(root / "split_train.txt"))
         if names and args.is_main:
             resuming = not (args.no_resume or args.checkpoint) and os.path.exists(
                 os.path.join(args.save_dir, "model_latest.pth"))

@@ -44,7 +44,7 @@ def uniform_plan(T, S):
 
 def randint(rng, low, high):
     if rng is None:
-        return np.random.randint(low, high)
+        return np.random.randint(low, high)  # noqa: NPY002 (the global generator, on purpose)
     if isinstance(rng, np.random.Generator):
         return rng.integers(low, high)
     return rng.randint(low, high)

@@ -187,7 +187,7 @@ def set_seed(seed):
     """Seed python, numpy and torch (all devices) for a reproducible run."""
     import torch
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator, on purpose)
     torch.manual_seed(seed)
 
 
@@ -195,7 +195,7 @@ def seed_worker(worker_id):
     """DataLoader worker_init_fn: derive numpy/python seeds from torch's per-worker seed."""
     import torch
     worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
+    np.random.seed(worker_seed)  # noqa: NPY002 (the global generator, on purpose)
     random.seed(worker_seed)
 
 
