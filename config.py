@@ -53,6 +53,7 @@ COMMON = dict(
     val_videos="",
 )
 
+DEFAULT_PRESET = "THUMOS"          # where a tool needs one and none is given (python -m eval)
 PRESETS = {
     "THUMOS": dict(
         data_dir="data/THUMOS14",
@@ -65,6 +66,9 @@ PRESETS = {
         cls_threshold=0.25,           # video-level class score threshold at test time
         tiou_thresholds=np.arange(0.1, 1.0, 0.1),
         num_tiou_for_average=7,       # average mAP over the first N thresholds
+        extra_average_ranges=[0.1, 0.5, 0.3, 0.7],   # (low, high) pairs also averaged and reported
+        diagnosis_bins="THUMOS14-test",  # --diagnose bin edges (eval/diagnosis.py BIN_TABLE)
+        synthetic_profile="THUMOS14",    # shape of the --demo data (synthetic_data.py PROFILES)
         nms_thresh=0.45,
         fg_topk_seg=8, bg_topk_seg=3,
         lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5,
@@ -93,6 +97,9 @@ PRESETS = {
         cls_threshold=0.10,
         tiou_thresholds=np.arange(0.5, 1.0, 0.05),
         num_tiou_for_average=10,
+        extra_average_ranges=[],
+        diagnosis_bins="DETAD",
+        synthetic_profile="ActivityNet13",
         nms_thresh=0.90,
         fg_topk_seg=2, bg_topk_seg=10,
         lamb_fg=5.0, lamb_bg=0.5, lamb_abg=0.5,
@@ -276,6 +283,10 @@ def derive(args):
     """Threshold lists as float64 arrays and the values that follow from other keys (after any change)."""
     for key in ("tiou_thresholds", "cas_thresh", "att_thresh", "pseudo_cas_thresh", "pseudo_att_thresh"):
         setattr(args, key, np.asarray(getattr(args, key), dtype=np.float64))
+    ranges = np.asarray(args.extra_average_ranges, dtype=np.float64).reshape(-1)
+    if len(ranges) % 2:
+        raise ConfigError(f"--extra_average_ranges takes (low, high) pairs, got {len(ranges)} values")
+    args.extra_average_ranges = ranges.reshape(-1, 2).tolist()
     args.class_name_lst = load_class_names(CLASS_LIST_DIR / args.class_list)
     args.action_cls_num = len(args.class_name_lst)
     args.snippets_per_sec = args.frames_per_sec / args.segment_frames_num   # r = 25/16

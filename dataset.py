@@ -1,10 +1,10 @@
 """The video dataset (docs/method.md §1, §8): features on disk, validation, cache, items and collate.
 
-The array functions it uses (sampling, targets, dynamic weights) live in sampling.py and are
-re-exported here. Random sampling draws from a per-item generator
-when the key carries a seed (training, see distributed.GlobalBatchSampler), else numpy's global RNG.
+The array functions it uses (sampling, targets, dynamic weights) live in sampling.py; gt.json and
+the split lists are read by eval/files.py. Random sampling draws from a per-item generator when
+the key carries a seed (training, see engine/distributed.py GlobalBatchSampler), else numpy's
+global RNG.
 """
-import json
 import os
 from pathlib import Path
 
@@ -12,20 +12,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sampling import (R, apply_plan, attention_proposal_bbox, dynamic_positions, dynamic_sample,  # noqa: F401
-                      dynamic_segment_weights, lerp_rows, proposal_arrays, pseudo_instance_label, random_plan,
-                      random_sample, select_labels, uniform_plan, uniform_sample, warp_times)
-from extract_features import warn_extraction_mismatch
-from utils import UserError
+from eval.files import DataError, read_gt, read_split
+from features.provenance import warn_extraction_mismatch
+from sampling import (R, apply_plan, attention_proposal_bbox, dynamic_positions, dynamic_sample,
+                      dynamic_segment_weights, lerp_rows, proposal_arrays, pseudo_instance_label,
+                      random_plan, select_labels, uniform_plan)
 EXPECTED_TREE = """  {root}/gt.json            {{"database": {{VID: {{"duration", "subset", "annotations"}}}}}}
   {root}/split_train.txt    one training VID per line
   {root}/split_test.txt     one test VID per line
   {root}/train/VID.npy      float32 (T_vid, {dim}) = I3D RGB || flow
   {root}/test/VID.npy"""
-
-
-class DataError(UserError):
-    """The dataset on disk is missing or malformed; the message names the file and the fix."""
 
 
 # ----------------------------------------------------------------------------- feature files
@@ -74,29 +70,6 @@ def check_feature_file(path, feature_dim, full=True, load=False):
     if full and not np.isfinite(array.sum(dtype=np.float64)):
         raise DataError(f"feature file {path} contains NaN or inf values (as float32); re-extract it")
     return array
-
-
-def read_split(path):
-    if not path.is_file():
-        raise DataError(f"split file {path} is missing; it must list one video name per line")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DataError(f"split file {path} is empty; it must list one video name per line")
-    return names
-
-
-def read_gt(path):
-    try:
-        with open(path) as handle:
-            gt = json.load(handle)
-    except FileNotFoundError:
-        raise DataError(f"annotation file {path} is missing; it comes with the feature release") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"annotation file {path} is not valid JSON ({err}); re-download it") from None
-    if not isinstance(gt, dict) or not isinstance(gt.get("database"), dict):
-        raise DataError(f"annotation file {path} has no \"database\" object; expected the ActivityNet "
-                        f"gt.json layout {{\"database\": {{VID: {{\"annotations\": [...]}}}}}}")
-    return gt["database"]
 
 
 # ----------------------------------------------------------------------------- the dataset

@@ -24,9 +24,13 @@ class ASMLocBaseLoss(nn.Module):
     """cls_loss = lamb_fg * CE(fg_cls, fg_label) + lamb_bg * CE(bg_cls, bg_label)
     + lamb_abg * CE(bg_cls, fg_label), with fg_label = [video label, 0] and bg_label = [0..0, 1]."""
 
-    def __init__(self, args):
+    def __init__(self, lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5):
         super().__init__()
-        self.lamb_fg, self.lamb_bg, self.lamb_abg = args.lamb_fg, args.lamb_bg, args.lamb_abg
+        self.lamb_fg, self.lamb_bg, self.lamb_abg = lamb_fg, lamb_bg, lamb_abg
+
+    @classmethod
+    def from_config(cls, args):
+        return cls(args.lamb_fg, args.lamb_bg, args.lamb_abg)
 
     def classification(self, video_label, out):
         """Returns cls_loss and its three terms as tensors."""
@@ -55,14 +59,18 @@ class ASMLocBaseLoss(nn.Module):
 
 
 class ASMLocLoss(ASMLocBaseLoss):
-    """cls_loss + pseudo_instance_loss (switch: args.use_pseudo_instance_loss), where
+    """cls_loss + pseudo_instance_loss (switch: use_pseudo_instance_loss), where
     pseudo_instance_loss = -mean_{B,T} sum_c exp(-u) log(max(cas, 1e-7)) pil + beta * mean(u).
     u is the model's uncertainty (B, T, 1), or 0 when the model has none."""
 
-    def __init__(self, args):
-        super().__init__(args)
-        self.beta = args.beta
-        self.use_pseudo_instance_loss = bool(args.use_pseudo_instance_loss)
+    def __init__(self, lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5, beta=0.2, use_pseudo_instance_loss=True):
+        super().__init__(lamb_fg, lamb_bg, lamb_abg)
+        self.beta = beta
+        self.use_pseudo_instance_loss = bool(use_pseudo_instance_loss)
+
+    @classmethod
+    def from_config(cls, args):
+        return cls(args.lamb_fg, args.lamb_bg, args.lamb_abg, args.beta, args.use_pseudo_instance_loss)
 
     def pseudo_instance(self, out, pseudo_label):
         """out.cas (B, T, C+1), pseudo_label (B, T, C+1) row-normalised."""

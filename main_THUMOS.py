@@ -1,5 +1,5 @@
 """Train or test ASM-Loc on THUMOS-14 (see README.md). `--demo` runs on synthetic data."""
-import runner
+from engine.run import main
 
 if __name__ == "__main__":
-    runner.main("THUMOS")
+    main("THUMOS")

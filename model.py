@@ -244,24 +244,37 @@ class InterSegmentAttention(AttentionBlock):
 
 
 # ----------------------------------------------------------------------------- models
+def base_settings(args):
+    """The base model's keyword arguments from a config namespace."""
+    return dict(feature_dim=args.feature_dim, num_classes=args.action_cls_num, dropout=args.dropout,
+                fg_topk_seg=args.fg_topk_seg, bg_topk_seg=args.bg_topk_seg,
+                embed_dropout=bool(args.embed_dropout))
+
+
 class ASMLocBase(nn.Module):
     """Step-0 model: embedding, foreground/background attention, snippet classifier.
 
-    `args.embed_dropout` (ActivityNet preset) adds Dropout before the embedding conv (so the
-    conv is feature_embedding.1) and dropout before the attention and uncertainty heads.
+    embed_dropout (ActivityNet preset) adds Dropout before the embedding conv (so the conv is
+    feature_embedding.1) and dropout before the attention and uncertainty heads.
     """
 
-    def __init__(self, args):
+    def __init__(self, feature_dim, num_classes, dropout=0.7, fg_topk_seg=8, bg_topk_seg=3,
+                 embed_dropout=False):
         super().__init__()
-        D, C = args.feature_dim, args.action_cls_num
-        self.embed_dropout = bool(args.embed_dropout)
-        self.fg_topk_seg, self.bg_topk_seg = args.fg_topk_seg, args.bg_topk_seg
-        self.dropout = nn.Dropout(args.dropout)
-        layers = [nn.Dropout(args.dropout)] if self.embed_dropout else []
+        D, C = feature_dim, num_classes
+        self.embed_dropout = bool(embed_dropout)
+        self.fg_topk_seg, self.bg_topk_seg = fg_topk_seg, bg_topk_seg
+        self.dropout = nn.Dropout(dropout)
+        layers = [nn.Dropout(dropout)] if self.embed_dropout else []
         self.feature_embedding = nn.Sequential(*layers, nn.Conv1d(D, D, 3, padding=1), nn.ReLU())
         self.att_branch = nn.Conv1d(D, 2, 1)
         self.snippet_cls = nn.Linear(D, C + 1)
         self.uncertainty_branch = None
+
+    @classmethod
+    def from_config(cls, args):
+        """The model of a config namespace (docs/method.md §2 keys)."""
+        return cls(**base_settings(args))
 
     def embed(self, features):
         """features (B, T, D) -> embedding (B, T, D), contiguous channels-last."""
@@ -298,15 +311,25 @@ class ASMLoc(ASMLocBase):
     drop the corresponding modules (and their state_dict keys); all on = the paper's model.
     With use_uncertainty off the output's uncertainty is None (the loss then uses u = 0)."""
 
-    def __init__(self, args):
-        super().__init__(args)
-        D = args.feature_dim
+    def __init__(self, feature_dim, num_classes, dropout=0.7, fg_topk_seg=8, bg_topk_seg=3,
+                 embed_dropout=False, num_heads=8, use_intra_attention=True,
+                 use_inter_attention=True, use_uncertainty=True):
+        super().__init__(feature_dim, num_classes, dropout, fg_topk_seg, bg_topk_seg,
+                         embed_dropout)
+        D = feature_dim
         self.fast_attention = True
-        self.MHSA_Intra = IntraSegmentAttention(D, args.num_heads) if args.use_intra_attention else None
-        self.MHSA_Inter = InterSegmentAttention(D, args.num_heads) if args.use_inter_attention else None
-        if args.use_uncertainty:
+        self.MHSA_Intra = IntraSegmentAttention(D, num_heads) if use_intra_attention else None
+        self.MHSA_Inter = InterSegmentAttention(D, num_heads) if use_inter_attention else None
+        if use_uncertainty:
             self.uncertainty_branch = nn.Conv1d(D, 1, 1, bias=False)
             nn.init.normal_(self.uncertainty_branch.weight, 0.0, 1e-4)
+
+    @classmethod
+    def from_config(cls, args):
+        return cls(**base_settings(args), num_heads=args.num_heads,
+                   use_intra_attention=args.use_intra_attention,
+                   use_inter_attention=args.use_inter_attention,
+                   use_uncertainty=args.use_uncertainty)
 
     def forward(self, features, proposal_bbox=None, proposal_count=None):
         """features (B, T, D), proposal_bbox (B, K, 2) long, proposal_count (B,) long.

@@ -4,9 +4,9 @@
     python predict.py --checkpoint RUN_FOLDER --videos PATH --rgb_weights RGB.pt --flow_weights FLOW.pt [...]
 
 PATH is one (T, D) float .npy file or a folder of them (one per video, named VID.npy); with --videos, a
-video file or folder whose two-stream I3D features are extracted first (extract_features.py) into
+video file or folder whose two-stream I3D features are extracted first (features/extract.py) into
 OUT_features/, where a later run finds them. The cascade is replayed exactly as test mode does
-(inference.py); no gt.json or split file is needed. The config is the run's (RUN_FOLDER/config.json:
+(engine/cascade.py); no gt.json or split file is needed. The config is the run's (RUN_FOLDER/config.json:
 dataset, feature_dim, fps, snippet frames, thresholds, ...); any key can be overridden as in the entry
 scripts (`--nms_thresh 0.3`, ...), and each override is printed. Without config.json (released
 checkpoints) config.py is used: pass the flags the run was trained with.
@@ -18,9 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from config import build_args
-from eval.proposals import write_results_json
-from run_identity import adopt_trained_config, trained_dataset
+from config import DEFAULT_PRESET, PRESETS, build_args
+from engine.run_folder import adopt_trained_config, trained_dataset
+from eval.files import write_results_json
 from utils import UserError, atomic_write_text, run_cli
 
 
@@ -28,7 +28,7 @@ def parse_predict_args(argv):
     """Predict-only flags; everything else goes to config.build_args (the entry scripts' flags)."""
     parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["THUMOS", "ActivityNet"],
+    parser.add_argument("--dataset", choices=sorted(PRESETS),
                         help="preset of config.py (default: the run's, from config.json; else THUMOS)")
     parser.add_argument("--features", help="a (T, D) float .npy file or a folder of them")
     parser.add_argument("--videos", help="a video file or folder: extract I3D features (cached in OUT_features/)")
@@ -77,9 +77,9 @@ def detections_csv(results):
 
 
 def write_plots(folder, results, outputs, dataset, args):
-    import visualize
+    from engine.plots import plot_video
     for vid, out in outputs.items():
-        visualize.plot_video(os.path.join(folder, f"{vid}.png"), vid, out["vid_len"], args.class_name_lst,
+        plot_video(os.path.join(folder, f"{vid}.png"), vid, out["vid_len"], args.class_name_lst,
                              out["fg_cas"], out["temp_att"], results[vid], [], args.frames_per_sec,
                              args.segment_frames_num, weights=dataset.dynamic_weights(vid), cum=out["cum"],
                              title_extra=f"step {args.num_steps} (final)", score_threshold=0.0)
@@ -90,14 +90,14 @@ def run(argv):
     finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     finder.add_argument("--checkpoint")
     folder = finder.parse_known_args(rest)[0].checkpoint
-    args = build_args(known.dataset or trained_dataset(folder) or "THUMOS", rest)
+    args = build_args(known.dataset or trained_dataset(folder) or DEFAULT_PRESET, rest)
     for line in adopt_trained_config(args, rest):
         print(line)
-    from inference import list_feature_files, load_cascade, new_video_dataset, run_cascade   # imports torch
+    from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
     out = Path(known.out or f"predictions.{known.format}")
     models = load_cascade(args.checkpoint, args, "predict.py")
     if known.videos is not None:       # features at the run's time base, cached beside the output
-        from extract_features import FEATURE_DIM, extract_videos
+        from features.extract import FEATURE_DIM, extract_videos
         if args.feature_dim != FEATURE_DIM:
             raise UserError(f"--videos gives {FEATURE_DIM}-d features; the checkpoint expects {args.feature_dim}")
         videos = extract_videos(known.videos, out.with_name(out.stem + "_features"), known.rgb_weights,

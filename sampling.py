@@ -102,13 +102,22 @@ def dynamic_sample(x, weights):
     return lerp_rows(x, pos - 1), cum
 
 
-def warp_times(t, cum, vid_len, r=R):
-    """Seconds → seconds on the dynamic timeline: (interp(t*r + 1; 0..T_vid → cum) − 1)/r (extrapolating)."""
+def original_to_dynamic_time(t, cum, vid_len, r=R):
+    """Seconds of the original video -> seconds on the dynamic timeline (training targets):
+    (interp(t*r + 1; 0..T_vid -> cum) - 1) / r, extrapolating; identity when cum is None."""
     t = np.asarray(t, dtype=np.float64)
     if cum is None:
         return t
-    grid = np.linspace(0, vid_len, len(cum))  # 0..T_vid; [0, 0.5, 1] for one-snippet videos (identity)
+    grid = np.linspace(0, vid_len, len(cum))  # 0..T_vid; [0, 0.5, 1] for one-snippet videos
     return (interp_extrap(t * r + 1, grid, np.asarray(cum, dtype=np.float64)) - 1) / r
+
+
+def dynamic_to_original_time(t, cum, duration):
+    """Seconds on the dynamic timeline -> seconds of the original video (proposals):
+    interp(t / duration; cum / cum[-1] -> linspace(0, 1)) * duration."""
+    cum = np.asarray(cum, dtype=np.float64).reshape(-1)
+    return np.interp(np.asarray(t) / duration, cum / cum[-1],
+                     np.linspace(0, 1, len(cum))) * duration
 
 
 # ----------------------------------------------------------------------------- proposals → targets
@@ -155,7 +164,7 @@ def attention_proposal_bbox(proposals, scale, out_len, delta, K, warp=None, vid_
     # a pair is kept when its end exceeds the last kept end, i.e. the largest end processed before it
     prev_max = np.maximum.accumulate(np.concatenate([[-np.inf], seg[:-1, 1]]))
     seg = seg[seg[:, 1] > prev_max]
-    s, e = warp_times(seg[:, 0], warp, vid_len, r), warp_times(seg[:, 1], warp, vid_len, r)
+    s, e = original_to_dynamic_time(seg[:, 0], warp, vid_len, r), original_to_dynamic_time(seg[:, 1], warp, vid_len, r)
     mid, dur = (s + e) / 2, e - s
     start = np.maximum(np.rint((mid - (delta + 0.5) * dur) * scale), 0).astype(np.int64)
     end = np.minimum(np.rint((mid + (delta + 0.5) * dur) * scale), out_len - 1).astype(np.int64)
@@ -175,8 +184,8 @@ def pseudo_instance_label(proposals, gt_labels, class_names, scale, out_len, war
     seg, names, _ = select_labels(proposals, set(gt_labels) & set(class_names))
     index = {name: i for i, name in enumerate(class_names)}
     cls = np.array([index[n] for n in names], dtype=np.int64)
-    lo = np.maximum(np.rint(warp_times(seg[:, 0], warp, vid_len, r) * scale), 0)
-    hi = np.minimum(np.rint(warp_times(seg[:, 1], warp, vid_len, r) * scale), out_len - 1)
+    lo = np.maximum(np.rint(original_to_dynamic_time(seg[:, 0], warp, vid_len, r) * scale), 0)
+    hi = np.minimum(np.rint(original_to_dynamic_time(seg[:, 1], warp, vid_len, r) * scale), out_len - 1)
     t = np.arange(out_len)
     inside = ((t >= lo[:, None]) & (t <= hi[:, None])).astype(np.float32)  # (P, out_len)
     onehot = np.eye(C, dtype=np.float32)[cls]                               # (P, C)

@@ -8,7 +8,10 @@ flow (second half) more motion. Deterministic for a seed (per-video generators),
 bit-identical on every generation: the arithmetic is float64 in a fixed summation order (no BLAS,
 whose float32 products change with its thread count and memory alignment), cast to float32 once.
 
-CLI: python synthetic_data.py --out DIR --kind THUMOS --num_train 40 --num_test 40 --feature_dim 2048 --seed 0
+The shape of a set (durations, instances, subsets, names) is a profile of PROFILES, measured on a
+real dataset; a config preset names its profile (synthetic_profile).
+
+CLI: python synthetic_data.py --out DIR --profile THUMOS14 --num_train 40 --num_test 40 --seed 0
 """
 import argparse
 import hashlib
@@ -24,19 +27,19 @@ from utils import UserError, atomic_write_json, atomic_write_text
 
 R = 25 / 16
 MARKER = "SYNTHETIC.json"            # written last: its presence means the set is complete
-DEMO_SIZES = {"THUMOS": (100, 60), "ActivityNet": (160, 80)}   # (train, test) videos of the demo sets
 GENERATOR_VERSION = 3                # in the demo marker: a demo set from an older generator is rebuilt
 KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"), ("HammerThrow", "ThrowDiscus"),
                ("HighJump", "LongJump"), ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
                ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
-SUBSETS = {"THUMOS": ("validation", "test"), "ActivityNet": ("train", "val")}
 
 
-def _default_classes(kind):
-    path = Path(__file__).resolve().parent / "classes" / ("THUMOS14.txt" if kind == "THUMOS" else "ActivityNet13.txt")
+def default_classes(profile):
+    """The class list of a profile's dataset (classes/), or made-up names of as many classes."""
+    profile = PROFILES[profile]
+    path = Path(__file__).resolve().parent / "classes" / profile["class_list"]
     if path.is_file():
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [f"class_{i:03d}" for i in range(20 if kind == "THUMOS" else 200)]
+    return [f"class_{i:03d}" for i in range(profile["num_classes"])]
 
 
 def _partners(class_names):
@@ -133,7 +136,7 @@ def _features(T, annotations, bank, rng):
 # ---------------------------------------------------------------------------------------------
 QUANTILE_P = np.linspace(0, 1, 21)
 REAL_STATS = {
-    "THUMOS": {
+    "THUMOS14": {
         # video duration (s)
         "duration_s": [8.8, 30.7, 36.9, 51.3, 67.3, 81.1, 100.3, 112.3, 128.4, 135.6, 150.4, 168.3, 180.6,
                        191.1, 210.2, 228.6, 275.9, 311.0, 450.4, 600.8, 1174.4],
@@ -146,7 +149,7 @@ REAL_STATS = {
         # distinct classes per video: probability of 1, 2
         "classes_p": [0.865, 0.135],
     },
-    "ActivityNet": {
+    "ActivityNet13": {
         "duration_s": [1.6, 18.2, 30.2, 40.5, 52.0, 61.6, 70.6, 80.7, 91.5, 102.6, 114.4, 125.2, 136.4, 148.4,
                        160.6, 172.7, 184.6, 197.1, 210.7, 224.3, 755.1],
         "inside_frac": [0.0, 0.119, 0.209, 0.292, 0.362, 0.439, 0.506, 0.567, 0.622, 0.672, 0.718, 0.763, 0.802,
@@ -156,17 +159,29 @@ REAL_STATS = {
         "classes_p": [1.0],                 # 99.96 % of the videos have one class
     },
 }
-# Scaling to the demo's time budget: every video duration is multiplied by TIME_SCALE and clipped
-# to DEMO_DURATIONS (so videos fit the demo's S snippets). THUMOS keeps instance lengths in seconds
-# (short actions are the point of THUMOS) and the per-video action fraction, so the number of
-# instances per video shrinks with the duration; ActivityNet keeps the per-video structure
-# (instances per video, action fraction, hence instance length as a fraction of the video).
-TIME_SCALE = {"THUMOS": 0.35, "ActivityNet": 0.5}
-DEMO_DURATIONS = {"THUMOS": (20.0, 160.0), "ActivityNet": (10.0, 150.0)}
-MAX_INSTANCE_S = 30.0                       # THUMOS: longest drawn instance (0.5 % are longer in the real set)
+# Profiles: a dataset's shape, scaled to the demo's time budget. Every video duration is multiplied
+# by time_scale and clipped to durations (so videos fit the demo's S snippets). "lengths": instance
+# lengths in seconds are kept (short actions are the point of THUMOS) and the per-video action
+# fraction, so the number of instances per video shrinks with the duration. "per_video": the
+# per-video structure is kept (instances per video, action fraction, hence instance length as a
+# fraction of the video), as for ActivityNet. subsets: gt.json subsets of (train, test) videos;
+# video_name: a format of the subset, the index in its split (i) and overall (number);
+# time_step: annotations are rounded to 1 / time_step s; demo_videos: (train, test) of --demo.
+PROFILES = {
+    "THUMOS14": dict(stats=REAL_STATS["THUMOS14"], instances="lengths", time_scale=0.35,
+                     durations=(20.0, 160.0), demo_videos=(100, 60), subsets=("validation", "test"),
+                     video_name="video_{subset}_{i:07d}", time_step=10, class_list="THUMOS14.txt",
+                     num_classes=20),
+    "ActivityNet13": dict(stats=REAL_STATS["ActivityNet13"], instances="per_video", time_scale=0.5,
+                          durations=(10.0, 150.0), demo_videos=(160, 80), subsets=("train", "val"),
+                          video_name="v_synth{number:06d}", time_step=100,
+                          class_list="ActivityNet13.txt", num_classes=200),
+}
+MAX_INSTANCE_S = 30.0        # "lengths": longest drawn instance (0.5 % are longer in real THUMOS)
 # mean of the THUMOS instance length table after that cap (by integration of the inverse CDF)
 MEAN_INSTANCE_S = float(np.mean(np.minimum(np.interp(np.linspace(0, 1, 100001), QUANTILE_P,
-                                                     REAL_STATS["THUMOS"]["length_s"]), MAX_INSTANCE_S)))
+                                                     REAL_STATS["THUMOS14"]["length_s"]),
+                                           MAX_INSTANCE_S)))
 
 
 def draw_quantiles(quantiles, rng, size=None):
@@ -174,15 +189,16 @@ def draw_quantiles(quantiles, rng, size=None):
     return np.interp(rng.uniform(0, 1, size), QUANTILE_P, quantiles)
 
 
-def sample_timeline(kind, rng, time_scale=None, durations=None):
+def sample_timeline(profile, rng, time_scale=None, durations=None):
     """(duration, starts, ends, n_classes) of one demo video, from the measured statistics."""
-    stats = REAL_STATS[kind]
-    scale = TIME_SCALE[kind] if time_scale is None else time_scale
-    low, high = DEMO_DURATIONS[kind] if durations is None else durations
+    profile = PROFILES[profile]
+    stats = profile["stats"]
+    scale = profile["time_scale"] if time_scale is None else time_scale
+    low, high = profile["durations"] if durations is None else durations
     d = float(np.clip(scale * draw_quantiles(stats["duration_s"], rng), low, high))
     coverage = float(np.clip(draw_quantiles(stats["inside_frac"], rng), 0.02, 0.98))
     n_cls = 1 + int(rng.choice(len(stats["classes_p"]), p=stats["classes_p"]))
-    if kind == "THUMOS":
+    if profile["instances"] == "lengths":
         # iid lengths (never rejected, so their distribution stays the measured one); their number
         # gives the video's action fraction on average
         n = max(1, int(round(coverage * d / MEAN_INSTANCE_S)))
@@ -198,62 +214,62 @@ def sample_timeline(kind, rng, time_scale=None, durations=None):
     return d, starts, starts + lengths, n_cls
 
 
-def generate_synthetic_dataset(out_dir, kind="THUMOS", num_train=40, num_test=40, feature_dim=2048, seed=0,
+def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_test=40, feature_dim=2048, seed=0,
                                class_names=None, timeline_gt=None, durations=None):
     """Write gt.json, split_{train,test}.txt and {train,test}/VID.npy under out_dir; returns the database."""
-    if kind not in SUBSETS:
-        raise ValueError(f"kind must be THUMOS or ActivityNet, got {kind!r}")
-    class_names = list(class_names or _default_classes(kind))
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    class_names = list(class_names or default_classes(profile))
     index = {name: i for i, name in enumerate(class_names)}
     bank = _bank(class_names, feature_dim, seed)
     out = Path(out_dir)
     database, splits = {}, {"train": [], "test": []}
-    videos = _real_timeline(timeline_gt, kind, num_train, num_test, index) if timeline_gt is not None \
-        else _generated_videos(kind, num_train, num_test, seed, class_names, durations)
+    videos = _real_timeline(timeline_gt, profile, num_train, num_test, index) if timeline_gt is not None \
+        else _generated_videos(profile, num_train, num_test, seed, class_names, durations)
     for number, (vid, folder, duration, anns) in enumerate(videos):
         rng = np.random.default_rng([seed, number])
         T = max(int(round(duration * R)), 1)
         feats = _features(T, [(s, e, index[c]) for s, e, c in anns], bank, rng)
         (out / folder).mkdir(parents=True, exist_ok=True)
         np.save(out / folder / f"{vid}.npy", feats)
-        subset = SUBSETS[kind][folder == "test"]
+        subset = PROFILES[profile]["subsets"][folder == "test"]
         database[vid] = {"duration": duration, "subset": subset,
                          "annotations": [{"segment": [s, e], "label": c} for s, e, c in anns]}
         splits[folder].append(vid)
     for folder, names in splits.items():
         atomic_write_text(out / f"split_{folder}.txt", "".join(f"{vid}\n" for vid in names))
-    atomic_write_json(out / "gt.json", {"version": f"synthetic-{kind} (seed {seed})", "taxonomy": [],
+    atomic_write_json(out / "gt.json", {"version": f"synthetic-{profile} (seed {seed})", "taxonomy": [],
                                         "database": database})
     return database
 
 
-def _generated_videos(kind, num_train, num_test, seed, class_names, durations):
+def _generated_videos(profile, num_train, num_test, seed, class_names, durations):
     C = len(class_names)
     rng = np.random.default_rng([seed, 104729])
     for number in range(num_train + num_test):
         folder = "train" if number < num_train else "test"
         i = number if folder == "train" else number - num_train
-        vid = (f"video_{'validation' if folder == 'train' else 'test'}_{i:07d}" if kind == "THUMOS"
-               else f"v_synth{number:06d}")
-        d, starts, ends, n_cls = sample_timeline(kind, rng, durations=durations)
+        shape = PROFILES[profile]
+        vid = shape["video_name"].format(subset=shape["subsets"][folder == "test"], i=i, number=number)
+        d, starts, ends, n_cls = sample_timeline(profile, rng, durations=durations)
         classes = rng.choice(C, n_cls, replace=False)
         labels = classes[rng.permutation(np.r_[np.arange(n_cls), rng.integers(0, n_cls, len(starts) - n_cls)])]
         T = max(int(round(d * R)), 1)
         duration = T / R                           # the features cover exactly the annotated time
-        step = 10 if kind == "THUMOS" else 100
+        step = shape["time_step"]
         anns = [(round(s * step) / step, max(round(e * step), round(s * step) + 1) / step, class_names[c])
                 for s, e, c in zip(starts, ends, labels)]
         yield vid, folder, duration, anns
 
 
-def _real_timeline(gt, kind, num_train, num_test, index):
+def _real_timeline(gt, profile, num_train, num_test, index):
     """Videos (names, durations, annotations) from a real gt.json (path or dict)."""
     if not isinstance(gt, dict):
         with open(gt) as handle:
             gt = json.load(handle)
     database = gt["database"]
     names = {v: sorted(n for n, e in database.items() if e.get("subset") == s)
-             for v, s in zip(("train", "test"), SUBSETS[kind])}
+             for v, s in zip(("train", "test"), PROFILES[profile]["subsets"])}
     for folder, count in (("train", num_train), ("test", num_test)):
         for vid in names[folder][:count]:
             entry = database[vid]
@@ -263,10 +279,11 @@ def _real_timeline(gt, kind, num_train, num_test, index):
 
 
 def _demo_params(args):
-    kind = getattr(args, "dataset", "THUMOS")
-    num_train, num_test = DEMO_SIZES[kind]
-    return {"kind": kind, "num_train": num_train, "num_test": num_test, "feature_dim": int(args.feature_dim),
-            "seed": 0, "class_names": list(args.class_name_lst), "durations": list(DEMO_DURATIONS[kind]),
+    profile = args.synthetic_profile
+    num_train, num_test = PROFILES[profile]["demo_videos"]
+    return {"profile": profile, "num_train": num_train, "num_test": num_test,
+            "feature_dim": int(args.feature_dim), "seed": 0, "class_names": list(args.class_name_lst),
+            "durations": list(PROFILES[profile]["durations"]),
             "generator": GENERATOR_VERSION}
 
 
@@ -332,16 +349,16 @@ def ensure_demo_dataset(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a synthetic THUMOS-/ActivityNet-like feature dataset.")
     parser.add_argument("--out", required=True, help="output folder (the data_dir)")
-    parser.add_argument("--kind", default="THUMOS", choices=sorted(SUBSETS))
+    parser.add_argument("--profile", default="THUMOS14", choices=sorted(PROFILES))
     parser.add_argument("--num_train", type=int, default=40)
     parser.add_argument("--num_test", type=int, default=40)
     parser.add_argument("--feature_dim", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min_duration", type=float, default=None, help="seconds (default: DEMO_DURATIONS)")
-    parser.add_argument("--max_duration", type=float, default=None, help="seconds (default: DEMO_DURATIONS)")
+    parser.add_argument("--min_duration", type=float, default=None, help="seconds (default: the profile's)")
+    parser.add_argument("--max_duration", type=float, default=None, help="seconds (default: the profile's)")
     parser.add_argument("--timeline_gt", default=None, help="take videos and annotations from this real gt.json")
     opts = parser.parse_args(argv)
-    database = generate_synthetic_dataset(opts.out, opts.kind, opts.num_train, opts.num_test, opts.feature_dim,
+    database = generate_synthetic_dataset(opts.out, opts.profile, opts.num_train, opts.num_test, opts.feature_dim,
                                           opts.seed, timeline_gt=opts.timeline_gt,
                                           durations=None if opts.min_duration is None and opts.max_duration is None
                                           else (opts.min_duration or 0.0, opts.max_duration or float("inf")))

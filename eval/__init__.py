@@ -1,11 +1,9 @@
-"""Evaluation: CAS -> proposals (docs/method.md §11), detection mAP (§12), DETAD-style diagnosis."""
-from eval.detection import ANETDetection, EvaluationInputError, format_report
-from eval.diagnosis import BIN_TABLE, diagnose, diagnose_detector, short_action_mAP, short_action_mAP_of
-from eval.proposals import (group_runs, nms, outer_inner_contrast, outer_ranges, range_sums,
-                            segments_to_seconds, upsample, video_proposals,
-                            warp_times, write_results_json)
+"""Scoring only: detection mAP of result files against gt.json (docs/method.md §12), the
+evaluation protocol, DETAD-style diagnosis, and the readers and writers of those files.
+`python -m eval` scores a result file from the command line. Torch-free."""
+from eval.detection import ANETDetection
+from eval.diagnosis import BIN_TABLE, diagnose, diagnose_detector, short_action_mAP
+from eval.files import EvaluationInputError
 
 __all__ = ["ANETDetection", "BIN_TABLE", "EvaluationInputError", "diagnose", "diagnose_detector",
-           "format_report", "short_action_mAP", "short_action_mAP_of", "group_runs", "nms",
-           "outer_inner_contrast", "outer_ranges", "range_sums", "segments_to_seconds",
-           "upsample", "video_proposals", "warp_times", "write_results_json"]
+           "short_action_mAP"]

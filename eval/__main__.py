@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from config import PRESETS
+from config import DEFAULT_PRESET, PRESETS
 from eval.detection import ANETDetection
 from eval.diagnosis import diagnose_detector
 from eval.diagnosis_report import format_diagnosis, write_diagnosis
@@ -21,7 +21,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--gt", required=True, help="ground-truth gt.json")
     parser.add_argument("--pred", required=True, help="prediction JSON {version, results, external_data}")
-    parser.add_argument("--dataset", choices=sorted(PRESETS), default="THUMOS",
+    parser.add_argument("--dataset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                         help="sets the default tIoU thresholds, subset and averaging")
     parser.add_argument("--subset", default=None, help="gt.json subset (default: the dataset's eval subset)")
     parser.add_argument("--tiou", type=float, nargs="+", default=None, help="tIoU thresholds")

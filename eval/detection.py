@@ -9,40 +9,27 @@ gives. A tIoU with an empty union (two zero-length segments) is 0/0 = NaN as the
 puts NaN last, so such GT is visited first, and NaN is never "below the threshold", so it is
 matched at every threshold (this is how the official number on the sample file comes out).
 """
-import json
 import os
 import warnings
 
 import numpy as np
 
-from eval.proposals import group_positions
-from utils import UserError
+from config import PRESETS
+from eval.files import EvaluationInputError, read_json
+from eval.tables import format_report
+from utils import group_positions
 
 REQUIRED_FIELDS = ("results", "version", "external_data")
 
 
-class EvaluationInputError(UserError):
-    """A ground-truth or prediction file that cannot be evaluated (missing, malformed)."""
-
-
 # ----------------------------------------------------------------------------- loading
-def _read_json(path, what):
-    if not os.path.isfile(path):
-        raise EvaluationInputError(f"{what} file {path} not found")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise EvaluationInputError(f"{what} file {path} is not valid JSON ({err})") from None
-
-
 def load_ground_truth(gt_file, subset):
     """All annotations of the videos in `subset`, in gt.json order.
 
     Returns (video_names list, class_names list (order of first appearance),
     gt_video (G,) int, gt_label (G,) int, gt_seg (G, 2) float64).
     """
-    data = _read_json(gt_file, "ground-truth")
+    data = read_json(gt_file, "ground-truth")
     if not isinstance(data, dict) or "database" not in data:
         raise EvaluationInputError(f"ground-truth file {gt_file} has no 'database' field")
     video_names, class_index, videos, labels, segments = [], {}, [], [], []
@@ -76,7 +63,7 @@ def load_predictions(prediction, class_index, video_index):
     source = "the in-memory predictions"
     if not isinstance(prediction, dict):
         source = f"prediction file {os.fspath(prediction)}"
-        prediction = _read_json(os.fspath(prediction), "prediction")
+        prediction = read_json(os.fspath(prediction), "prediction")
     if not isinstance(prediction, dict):
         raise EvaluationInputError(f"{source} must hold a JSON object")
     for field in REQUIRED_FIELDS:
@@ -332,6 +319,12 @@ def average_precision(hits, bounds, n_pos):
 
 
 # ----------------------------------------------------------------------------- evaluator
+def preset_average_count(dataset, num_thresholds):
+    """num_tiou_for_average of the config preset named `dataset` (all thresholds for a name that
+    is no preset)."""
+    return PRESETS.get(dataset, {}).get("num_tiou_for_average", num_thresholds)
+
+
 class ANETDetection:
     """Detection mAP of a prediction file (path or dict) against one subset of gt.json."""
 
@@ -341,8 +334,8 @@ class ANETDetection:
         if len(self.tiou_thresholds) == 0:
             raise EvaluationInputError("need at least one tIoU threshold")
         self.subset, self.dataset, self.verbose = subset, dataset, verbose
-        if num_tiou_for_average is None:
-            num_tiou_for_average = 7 if dataset == "THUMOS" else len(self.tiou_thresholds)
+        if num_tiou_for_average is None:        # the released keyword: the preset's count
+            num_tiou_for_average = preset_average_count(dataset, len(self.tiou_thresholds))
         self.num_tiou_for_average = num_tiou_for_average
         (self.video_names, self.class_names, self.gt_video, self.gt_label,
          self.gt_seg) = load_ground_truth(os.fspath(ground_truth_file), subset)
@@ -377,19 +370,3 @@ class ANETDetection:
             self.evaluate()
         return format_report(self.tiou_thresholds, self.mAP, self.ap, self.class_names,
                              self.num_tiou_for_average, per_class=per_class)
-
-
-def format_report(thresholds, mAP, ap, class_names, num_for_average, per_class=True):
-    """mAP per threshold + average (+ per-class AP rows) as an aligned text table (percent)."""
-    head = "".join(f"{t:>7.2f}" for t in thresholds)
-    lines = [f"{'tIoU':<24}{head}{'avg':>8}",
-             f"{'mAP':<24}" + "".join(f"{100 * m:>7.2f}" for m in mAP)
-             + f"{100 * np.mean(mAP[:num_for_average]):>8.2f}"]
-    n_avg = min(num_for_average, len(thresholds))
-    lines.append(f"(average over the first {n_avg} of {len(thresholds)} thresholds)")
-    if per_class:
-        lines.append("per-class AP")
-        for c, name in enumerate(class_names):
-            lines.append(f"{name[:23]:<24}" + "".join(f"{100 * v:>7.2f}" for v in ap[:, c])
-                         + f"{100 * np.mean(ap[:num_for_average, c]):>8.2f}")
-    return "\n".join(lines)

@@ -44,25 +44,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eval.detection import (ANETDetection, EvaluationInputError, _read_json, candidate_pairs, class_order,
-                            match_predictions)
-from eval.proposals import group_positions
+from config import PRESETS
+from eval.detection import ANETDetection, candidate_pairs, class_order, match_predictions
+from eval.files import EvaluationInputError, read_json
+from utils import group_positions
 
 INF = float("inf")
-# Bin edges per dataset preset: characteristic -> (edges, bin names).
-# ActivityNet: DETAD's. THUMOS: chosen from the real THUMOS14 test subset of gt.json (212 videos,
+# Bin edges, by the name a preset gives in its diagnosis_bins key: characteristic -> (edges, bin
+# names). "DETAD": the DETAD paper's (ActivityNet). "THUMOS14-test": chosen from the real THUMOS14 test subset of gt.json (212 videos,
 # 3358 instances): length (s) quantiles 20/40/60/80 % = 1.5/2.5/4.2/6.9, median 3.2, max 86.6;
 # coverage quantiles = .0062/.0094/.0154/.0260, max .91; instances per video quantiles
 # (per instance) = 12/22/36/62, min 1, max 218. Round edges near those quantiles give bins of
 # comparable size: GT per bin, length 730/659/572/759/638, coverage 637/798/541/678/704,
 # instances 539/651/1028/727/413 (pinned by tests/test_eval_diagnosis.py).
 BIN_TABLE = {
-    "ActivityNet": {
+    "DETAD": {
         "length": ((0, 30, 60, 120, 180, INF), ("XS", "S", "M", "L", "XL")),
         "coverage": ((0, 0.2, 0.4, 0.6, 0.8, INF), ("XS", "S", "M", "L", "XL")),
         "instances": ((0, 1, 4, 8, INF), ("XS", "S", "M", "L")),
     },
-    "THUMOS": {
+    "THUMOS14-test": {
         "length": ((0, 1.5, 2.5, 4, 7, INF), ("XS", "S", "M", "L", "XL")),
         "coverage": ((0, 0.006, 0.01, 0.015, 0.025, INF), ("XS", "S", "M", "L", "XL")),
         "instances": ((0, 10, 20, 40, 80, INF), ("XS", "S", "M", "L", "XL")),
@@ -102,7 +103,7 @@ def assign_bins(values, edges):
 
 def load_durations(gt_file, video_names):
     """Duration (s) of each video (in `video_names` order) from gt.json; needed for coverage."""
-    database = _read_json(gt_file, "ground-truth")["database"]
+    database = read_json(gt_file, "ground-truth")["database"]
     durations = np.empty(len(video_names))
     for i, vid in enumerate(video_names):
         value = database[vid].get("duration")
@@ -283,6 +284,15 @@ def fp_profile(types_ranked, row_class, n_gt_per_class, max_k=10, cumulative=Fal
     return np.cumsum(counts, axis=0) if cumulative else counts
 
 
+def preset_bin_table(dataset):
+    """The BIN_TABLE entry that the config preset named `dataset` chooses (diagnosis_bins)."""
+    name = PRESETS.get(dataset, {}).get("diagnosis_bins")
+    if name not in BIN_TABLE:
+        raise EvaluationInputError(f"no diagnosis bins for dataset {dataset!r}: its preset's "
+                                   f"diagnosis_bins is {name!r} (known: {', '.join(BIN_TABLE)})")
+    return BIN_TABLE[name]
+
+
 def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumulative=False, bin_table=None,
                       ignore_any_tiou=False):
     """Diagnosis of a loaded ANETDetection (its GT, predictions, thresholds and averaging).
@@ -291,10 +301,7 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
     threshold once it is at one of them (DETAD's released code), instead of at that threshold only."""
     import pandas as pd
     if bin_table is None:
-        if detector.dataset not in BIN_TABLE:
-            raise EvaluationInputError(f"no diagnosis bins for dataset {detector.dataset!r} "
-                                       f"(known: {', '.join(BIN_TABLE)})")
-        bin_table = BIN_TABLE[detector.dataset]
+        bin_table = preset_bin_table(detector.dataset)
     if detector.mAP is None:
         detector.evaluate()
     durations = load_durations(ground_truth_file, detector.video_names)

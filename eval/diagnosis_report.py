@@ -5,12 +5,11 @@ Files (each written atomically; `prefix` e.g. "test_" and a step suffix come fro
 {prefix}diagnosis_bins.png (per-bin average mAP bars), {prefix}diagnosis_fp.png (stacked
 false-positive shares over k). matplotlib is imported lazily with the headless Agg backend.
 """
-import io
 import math
 import os
 
 from eval.diagnosis import ERROR_TYPES
-from utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from utils import atomic_write_json, atomic_write_text, jsonable, pyplot, save_figure
 
 FP_COLORS = ("#33a02c", "#b2df8a", "#1f78b4", "#fb9a99", "#e31a1c", "#a6cee3")   # DETAD's palette
 BIN_COLORS = {"all": "#555555", "length": "#f0027f", "coverage": "#386cb0", "instances": "#bf5b17"}
@@ -47,40 +46,19 @@ def format_diagnosis(diag):
     return "\n".join(lines)
 
 
-def _jsonable(records):
-    return [{k: (None if _missing(v) else v) for k, v in r.items()} for r in records]
-
-
 def diagnosis_to_dict(diag):
     """Plain dict (JSON-ready; empty values are null)."""
     return {"tiou_thresholds": [float(t) for t in diag.tiou_thresholds],
             "num_tiou_for_average": int(diag.num_tiou_for_average), "fp_tiou": diag.fp_tiou,
             "average_mAP": diag.average_mAP, "normalizer_N": diag.normalizer,
             "ignore_any_tiou": diag.ignore_any_tiou,
-            "by_characteristic": _jsonable(diag.by_characteristic.to_dict("records")),
-            "fp_breakdown": _jsonable(diag.fp_breakdown.to_dict("records"))}
-
-
-def _save(fig, path):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")          # headless; harmless when another module chose it already
-    import matplotlib.pyplot as plt
-    return plt
+            "by_characteristic": jsonable(diag.by_characteristic.to_dict("records")),
+            "fp_breakdown": jsonable(diag.fp_breakdown.to_dict("records"))}
 
 
 def plot_bins(diag, path, title=""):
     """Bars of average mAP and AP_N (%) per bin, grouped by characteristic; empty bins have no bar."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = diag.by_characteristic.to_dict("records")
     fig, axes = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True)
     x = list(range(len(rows)))
@@ -99,12 +77,12 @@ def plot_bins(diag, path, title=""):
     n_avg = min(diag.num_tiou_for_average, len(diag.tiou_thresholds))
     axes[0].set_title(f"{title}mAP by GT length (s), coverage and instances per video "
                       f"(avg over the first {n_avg} tIoU)".strip())
-    _save(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_fp(diag, path, title=""):
     """Stacked shares (%) of true positives and each error type over k = 1..K."""
-    plt = _pyplot()
+    plt = pyplot()
     table = diag.fp_breakdown
     fig, ax = plt.subplots(figsize=(8, 5))
     bottom = [0.0] * len(table)
@@ -118,7 +96,7 @@ def plot_fp(diag, path, title=""):
     ax.set_ylim(0, 100)
     ax.set_title(f"{title}false-positive profile at tIoU {diag.fp_tiou:g}".strip())
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def write_diagnosis(diag, folder, prefix="", title=""):

@@ -8,23 +8,19 @@ that is not in the subset are scored as false positives by the evaluator.
 """
 import numpy as np
 
-# tIoU ranges other WTAL papers report for THUMOS-14 besides the 0.1:0.7 average
-THUMOS_EXTRA_RANGES = ((0.1, 0.5), (0.3, 0.7))
-
 
 def range_name(low, high):
     return f"{low:.1f}:{high:.1f}"
 
 
-def range_averages(tiou_thresholds, mAP, dataset):
-    """{"0.1:0.5": mean mAP over the thresholds in [0.1, 0.5], "0.3:0.7": ...} for THUMOS (empty otherwise,
-    and a range is left out when the tIoU list lacks one of its 0.1 steps)."""
+def range_averages(tiou_thresholds, mAP, ranges):
+    """{"0.1:0.5": mean mAP over the thresholds in [0.1, 0.5], ...} for each (low, high) of
+    `ranges` (the preset's extra_average_ranges); a range is left out when the tIoU list lacks
+    one of its 0.1 steps."""
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64)
     values = np.asarray(mAP, dtype=np.float64)
     out = {}
-    if dataset != "THUMOS":
-        return out
-    for low, high in THUMOS_EXTRA_RANGES:
+    for low, high in ranges:
         wanted = np.arange(round(10 * low), round(10 * high) + 1) / 10                # 0.1 steps
         index = [np.flatnonzero(np.isclose(thresholds, t, atol=1e-6)) for t in wanted]
         if all(len(i) for i in index):
@@ -32,11 +28,12 @@ def range_averages(tiou_thresholds, mAP, dataset):
     return out
 
 
-def describe(database, subset, split_name, split_videos, tiou_thresholds, num_tiou_for_average, dataset):
+def describe(database, subset, split_name, split_videos, tiou_thresholds, num_tiou_for_average,
+             extra_ranges=()):
     """The protocol as a JSON-friendly dict.
 
     database: gt.json's {VID: {"subset", "annotations"}}; split_videos: the videos the run predicts
-    (the split file's list, in order).
+    (the split file's list, in order); extra_ranges: the preset's extra_average_ranges.
     """
     in_subset = [vid for vid, info in database.items() if info.get("subset") == subset]
     listed = set(split_videos)
@@ -55,7 +52,7 @@ def describe(database, subset, split_name, split_videos, tiou_thresholds, num_ti
         "gt_instances": len(annotations), "classes": len({ann["label"] for ann in annotations}),
         "tiou_thresholds": thresholds, "average_over": [thresholds[0], thresholds[n_avg - 1]],
         "average_count": n_avg,
-        "extra_averages": list(range_averages(thresholds, np.zeros(len(thresholds)), dataset)),
+        "extra_averages": list(range_averages(thresholds, np.zeros(len(thresholds)), extra_ranges)),
     }
 
 

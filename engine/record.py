@@ -9,28 +9,28 @@ import platform
 import subprocess
 from pathlib import Path
 
+from eval.files import read_gt
 from eval.protocol import describe, range_averages
 from utils import atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def map_entry(detector, args):
     """{"mAP": {tIoU: %}, "average_mAP": %, "averages": {"0.1:0.5": %, ...}} of one evaluation."""
     return {"mAP": {f"{t:.2f}": 100 * float(v) for t, v in zip(args.tiou_thresholds, detector.mAP)},
             "average_mAP": 100 * float(detector.average_mAP),
-            "averages": {k: 100 * v for k, v in range_averages(args.tiou_thresholds, detector.mAP,
-                                                                args.dataset).items()}}
+            "averages": {k: 100 * v for k, v in range_averages(
+                args.tiou_thresholds, detector.mAP, args.extra_average_ranges).items()}}
 
 
 def run_protocol(args, test_set):
     """The evaluation protocol of a run on `test_set` (its gt.json, split list and the config)."""
-    with open(test_set.root / "gt.json") as handle:          # read (and checked) by the dataset before
-        database = json.load(handle)["database"]
+    database = read_gt(test_set.root / "gt.json")
     return describe(database, args.eval_subset, "split_test.txt", test_set.video_names, args.tiou_thresholds,
-                    args.num_tiou_for_average, args.dataset)
+                    args.num_tiou_for_average, args.extra_average_ranges)
 
 
 class MetricsRecord:

@@ -10,9 +10,11 @@ from the full set, uniform sampling) against their own temporal GT in gt.json (T
 "validation", ActivityNet "train").
 """
 import os
+from pathlib import Path
 
 import numpy as np
 
+from eval.files import read_gt, read_split
 from utils import UserError, atomic_write_json, atomic_write_text
 
 LIST_FILE = "val_videos.txt"             # the held-out videos, in the run folder
@@ -126,3 +128,18 @@ def write_held_out(save_dir, names, database, resuming):
     atomic_write_json(os.path.join(save_dir, GT_FILE), {"database": entries})
     return path
 
+
+
+def held_out_for_run(args):
+    """The run's held-out videos ([] without --val_videos); their list and GT are written to the
+    run folder (main process)."""
+    if not getattr(args, "val_videos", ""):
+        return []
+    root = Path(args.data_dir)
+    database = read_gt(root / "gt.json")
+    names = held_out_videos(args, database, read_split(root / "split_train.txt"))
+    if names and args.is_main:
+        resuming = not (args.no_resume or args.checkpoint) and os.path.exists(
+            os.path.join(args.save_dir, "model_latest.pth"))
+        write_held_out(args.save_dir, names, database, resuming)
+    return names

@@ -1,13 +1,18 @@
 """One video's model outputs -> scored action proposals (docs/method.md §11), as array functions.
 
+Used for the evaluation detections and for the pseudo proposals between refinement steps.
 Shapes: T snippets fed to the model, C classes (+1 background), k predicted classes,
-N = len(arange(0, T, 1/scale)) upsampled points, R score-map rows (one per class and threshold).
-Values are float64 after upsampling (as in the released code). NMS ties (equal scores) keep pooling order: the CAS
-branch thresholds first, then the attention branch, each from left to right in time.
+N = len(arange(0, T, 1/scale)) upsampled points, R score-map rows (one per class and
+threshold). Values are float64 after upsampling (as in the released code). NMS ties (equal
+scores) keep pooling order: the CAS branch thresholds first, then the attention branch, each
+from left to right in time. A new proposal method goes here, beside `video_proposals`.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
-from utils import atomic_write_json
+from sampling import dynamic_to_original_time
+from utils import group_positions
 
 
 def upsample(x, scale):
@@ -49,13 +54,6 @@ def group_runs(mask):
     starts, stops = edges[0::2], edges[1::2]
     row = starts // (n + 1)
     return row, starts - row * (n + 1), stops - 1 - row * (n + 1)
-
-
-def group_positions(counts):
-    """For consecutive groups of sizes counts (n,), each element's position in its group."""
-    counts = np.asarray(counts, dtype=np.int64)
-    starts = np.cumsum(counts) - counts
-    return np.arange(counts.sum()) - np.repeat(starts, counts)
 
 
 def outer_ranges(first, last, lamb, n):
@@ -116,12 +114,6 @@ def summed_contrast(terms, first, last, lamb):
 def segments_to_seconds(first, last, t_factor):
     """Upsampled index runs [first, last] -> (start, end) seconds: first*f, (last+1)*f."""
     return first * t_factor, (last + 1) * t_factor
-
-
-def warp_times(t, cum, duration):
-    """Dynamic-sampling time warp back to the original video: interp(t/d; cum/cum[-1] -> linspace)*d."""
-    cum = np.asarray(cum, dtype=np.float64).reshape(-1)
-    return np.interp(np.asarray(t) / duration, cum / cum[-1], np.linspace(0, 1, len(cum))) * duration
 
 
 def _overlap_pairs(start, end, groups, thresh):
@@ -186,34 +178,84 @@ def nms(segments, scores, thresh, groups=None):
     return order[kept[order]]
 
 
-def _branch_settings(args, pseudo):
-    """(cas thresholds, att thresholds, gamma cas, gamma att) for evaluation or pseudo mode."""
-    if pseudo:
-        return (np.asarray(args.pseudo_cas_thresh, dtype=np.float64).reshape(-1),
-                np.asarray(args.pseudo_att_thresh, dtype=np.float64).reshape(-1), 0.0, 0.0)
-    return (np.asarray(args.cas_thresh, dtype=np.float64).reshape(-1),
-            np.asarray(args.att_thresh, dtype=np.float64).reshape(-1),
-            args.oic_gamma_cas, args.oic_gamma_att)
+@dataclass(frozen=True, eq=False)
+class ProposalSettings:
+    """What proposal generation reads (docs/method.md §11), for evaluation or pseudo proposals.
+
+    cas_thresholds / att_thresholds: the two branches' thresholds; gamma_cas / gamma_att: the
+    weight of the video score in each branch's proposal score; fusion weights: score map =
+    w_cas * cas + w_att * att; oic_lamb: outer length / inner length.
+    """
+    class_names: tuple
+    cls_threshold: float
+    upsample_scale: int
+    cas_thresholds: np.ndarray
+    att_thresholds: np.ndarray
+    gamma_cas: float
+    gamma_att: float
+    fusion_cas_weight: float
+    fusion_att_weight: float
+    oic_lamb: float
+    nms_thresh: float
+    frames_per_sec: float
+    segment_frames_num: int
+
+    @classmethod
+    def from_config(cls, args, pseudo=False):
+        """Evaluation settings, or with `pseudo` those of the pseudo proposals (gamma 0)."""
+        prefix = "pseudo_" if pseudo else ""
+        return cls(
+            class_names=tuple(args.class_name_lst), cls_threshold=args.cls_threshold,
+            upsample_scale=args.test_upgrade_scale,
+            cas_thresholds=thresholds(getattr(args, prefix + "cas_thresh")),
+            att_thresholds=thresholds(getattr(args, prefix + "att_thresh")),
+            gamma_cas=0.0 if pseudo else args.oic_gamma_cas,
+            gamma_att=0.0 if pseudo else args.oic_gamma_att,
+            fusion_cas_weight=args.fusion_cas_weight, fusion_att_weight=args.fusion_att_weight,
+            oic_lamb=args.oic_lamb, nms_thresh=args.nms_thresh,
+            frames_per_sec=args.frames_per_sec, segment_frames_num=args.segment_frames_num)
+
+
+def thresholds(values):
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def predicted_class_mask(scores, threshold):
+    """(N, C) bool: the classes with score > threshold, or the argmax where none is
+    (docs/method.md §11); scores (N, C) or (C,) video-level class scores."""
+    scores = np.atleast_2d(np.asarray(scores))
+    chosen = scores > threshold
+    none = np.flatnonzero(~chosen.any(axis=1))
+    chosen[none, scores[none].argmax(axis=1)] = True
+    return chosen
 
 
 def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=None):
-    """docs/method.md §11 for one video -> [{label, score, segment: [start, end]}] after per-class NMS.
+    """docs/method.md §11 for one video -> [{label, score, segment: [start, end]}] after
+    per-class NMS.
 
     fg_cls (C+1,), temp_att (T, 2), fg_cas (T, C+1); vid_len = T_vid snippets of the original
-    video; cum = dynamic-sampling cumulative weights (T_vid+1,) or None.
+    video; cum = dynamic-sampling cumulative weights (T_vid+1,) or None. args: a
+    ProposalSettings, or the config namespace (then `pseudo` picks the pseudo-proposal settings).
     """
+    settings = args if isinstance(args, ProposalSettings) else \
+        ProposalSettings.from_config(args, pseudo)
+    return proposals_from_outputs(fg_cls, temp_att, fg_cas, vid_len, settings, cum)
+
+
+def proposals_from_outputs(fg_cls, temp_att, fg_cas, vid_len, settings, cum=None):
+    """video_proposals with explicit settings (a ProposalSettings)."""
     fg_cls = np.asarray(fg_cls, dtype=np.float64).reshape(-1)
-    n_cls = len(args.class_name_lst)
+    n_cls = len(settings.class_names)
     video_score = fg_cls[:n_cls]                                           # (C,)
-    classes = np.flatnonzero(video_score > args.cls_threshold)
-    if classes.size == 0:
-        classes = np.array([int(np.argmax(video_score))])
-    scale = args.test_upgrade_scale
+    classes = np.flatnonzero(predicted_class_mask(video_score, settings.cls_threshold)[0])
+    scale = settings.upsample_scale
     n_snip = np.shape(temp_att)[0]
-    cas = upsample(np.asarray(fg_cas)[:, classes], scale).T                  # (k, N) float64
-    att = upsample(np.asarray(temp_att)[:, 0], scale)                         # (N,)
-    th_cas, th_att, gamma_cas, gamma_att = _branch_settings(args, pseudo)
-    w_cas, w_att = args.fusion_cas_weight, args.fusion_att_weight
+    cas = upsample(np.asarray(fg_cas)[:, classes], scale).T                # (k, N) float64
+    att = upsample(np.asarray(temp_att)[:, 0], scale)                      # (N,)
+    th_cas, th_att = settings.cas_thresholds, settings.att_thresholds
+    gamma_cas, gamma_att = settings.gamma_cas, settings.gamma_att
+    w_cas, w_att = settings.fusion_cas_weight, settings.fusion_att_weight
     k, n = cas.shape
     # Each (class, threshold) gives a score map w_cas*cas + w_att*att whose thresholded term is
     # zeroed below theta, and runs where that term is >= theta.
@@ -240,26 +282,19 @@ def video_proposals(fg_cls, temp_att, fg_cas, vid_len, args, pseudo=False, cum=N
     c, a = is_cas, ~is_cas
     contrast[c] = summed_contrast([(w_cas, kept_cas, cls_pos[c] * len(th_cas) + thr_idx[c]),
                                    (w_att, att[None, :], np.zeros(c.sum(), dtype=np.int64))],
-                                  first[c], last[c], args.oic_lamb)
+                                  first[c], last[c], settings.oic_lamb)
     contrast[a] = summed_contrast([(w_att, kept_att, thr_idx[a] - len(th_cas)), (w_cas, cas, cls_pos[a])],
-                                  first[a], last[a], args.oic_lamb)
+                                  first[a], last[a], settings.oic_lamb)
     gamma = np.where(is_cas, gamma_cas, gamma_att)
     score = contrast + gamma * video_score[classes][cls_pos]
-    t_factor = (args.segment_frames_num * vid_len) / (args.frames_per_sec * scale * n_snip)
+    t_factor = (settings.segment_frames_num * vid_len) / (settings.frames_per_sec * scale * n_snip)
     start, end = segments_to_seconds(first, last, t_factor)
     if cum is not None:
-        duration = args.segment_frames_num * vid_len / args.frames_per_sec
-        start, end = warp_times(start, cum, duration), warp_times(end, cum, duration)
+        duration = settings.segment_frames_num * vid_len / settings.frames_per_sec
+        start = dynamic_to_original_time(start, cum, duration)
+        end = dynamic_to_original_time(end, cum, duration)
     segs = np.stack([start, end], axis=1)                                  # (G, 2)
-    kept = nms(segs, score, args.nms_thresh, groups=cls_pos)
-    names = [args.class_name_lst[c] for c in classes[cls_pos[kept]].tolist()]
+    kept = nms(segs, score, settings.nms_thresh, groups=cls_pos)
+    names = [settings.class_names[c] for c in classes[cls_pos[kept]].tolist()]
     return [{"label": name, "score": sc, "segment": seg}
             for name, sc, seg in zip(names, score[kept].tolist(), segs[kept].tolist())]
-
-
-def write_results_json(path, results_by_video, version="VERSION 1.3", external_data=None):
-    """Write {"version", "results": {VID: [...]}, "external_data"} atomically (evaluator input)."""
-    if external_data is None:
-        external_data = {"used": True, "details": "I3D RGB + flow features pretrained on Kinetics"}
-    atomic_write_json(path, {"version": version, "results": results_by_video,
-                             "external_data": external_data})

@@ -7,8 +7,7 @@ k < num_steps, its pseudo proposals and dynamic weights for step k+1. A test vid
 step depend only on its own proposals (its label set is the labels in them, docs/method.md §8, §9), so the
 cascade of one video, or of a folder of new videos, is replayed alone and exactly as test mode does.
 
-Layering: this module uses engine's passes, model, dataset, eval and utils; nothing imports it but
-the entry points (test mode, predict.py) and users.
+Used by test mode (engine/run.py), predict.py and users (`localize`).
 """
 import argparse
 import os
@@ -17,74 +16,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import engine
 from dataset import VideoDataset
+from engine import passes, reports
+from engine.checkpoints import cascade_paths, load_step_model
+from engine.record import run_protocol
 from eval.protocol import protocol_line
-from model import ASMLoc, ASMLocBase
-from run_record import run_protocol
-from utils import CheckpointError, Logger, UserError, load_checkpoint, load_model_state
+from utils import UserError
 
 
 class InputError(UserError):
     """Feature files or arrays handed to predict.py / localize() are unusable; one line naming the input."""
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def step_checkpoint_name(step, args):
-    """Test mode's file for step k: the last epoch of steps < num_steps, the best epoch of the final step."""
-    return engine.step_file(step, "last" if step < args.num_steps else "best")
-
-
-def step_checkpoint_paths(checkpoint_dir, args, needed_by="--test"):
-    """One checkpoint path per step 0..num_steps; a one-line error when the folder lacks any."""
-    folder = os.fspath(checkpoint_dir)
-    if not os.path.isdir(folder):
-        raise UserError(f"checkpoint folder {folder} not found; {needed_by} needs a run folder with one "
-                        f"model_step*.pth file per step")
-    paths = [os.path.join(folder, step_checkpoint_name(step, args)) for step in range(args.num_steps + 1)]
-    missing = [os.path.basename(path) for path in paths if not os.path.isfile(path)]
-    if missing:
-        raise UserError(f"checkpoint folder {folder} is missing {', '.join(missing)}; {needed_by} needs one file "
-                        f"per step (num_steps = {args.num_steps}): pass the flags the run was trained with "
-                        f"(e.g. --demo, --num_steps)")
-    return paths
-
-
-def load_step_model(path, step, args, mmap=True):
-    """Model of step `step` (base at 0, full after) with the checkpoint's weights, in eval mode.
-
-    Checks the stored dataset and the tensor shapes first (utils.load_model_state: one-line errors).
-    mmap: map the checkpoint instead of reading it whole (its optimizer state is never read).
-    """
-    state = load_checkpoint(path, map_location=args.device, mmap=mmap)
-    stored = state.get("dataset")
-    if stored is not None and stored != args.dataset:
-        raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use the {stored} "
-                        f"preset (predict.py --dataset {stored}, main_{stored}.py --test)")
-    model = build_model_for_loading(args, step)
-    load_model_state(model, state, path, args)      # strict: every parameter and buffer is overwritten
-    return model.eval()
-
-
-def build_model_for_loading(args, step):
-    """engine.build_model without the random initialisation its weights would get (about 0.5 s of CPU
-    per full model at D = 2048): built on the meta device, then given uninitialised memory. Only when
-    every buffer is in the state_dict (so the strict load overwrites all of it); else the plain build."""
-    with torch.device("meta"):
-        model = ASMLocBase(args) if step == 0 else ASMLoc(args)
-    saved = set(model.state_dict())
-    if any(name not in saved for name, _ in model.named_buffers()):
-        return engine.build_model(args, step)
-    return model.to_empty(device=args.device)
-
-
+# ----------------------------------------------------------------------------- the cascade
 def load_cascade(checkpoint_dir, args, needed_by="--test", mmap=True):
     """Every step's model, loaded once: [model_0, ..., model_num_steps]."""
-    paths = step_checkpoint_paths(checkpoint_dir, args, needed_by)
+    paths = cascade_paths(checkpoint_dir, args, needed_by)
     return [load_step_model(path, step, args, mmap) for step, path in enumerate(paths)]
 
 
-# ----------------------------------------------------------------------------- the cascade
 def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
     """Replay the cascade on every video of `dataset` (test videos: label sets from their own proposals).
 
@@ -100,7 +50,7 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
         if not isinstance(model, torch.nn.Module):
             model = load_step_model(model, step, args)
         last = step == len(models) - 1
-        detections, results, outputs = engine.inference_pass(
+        detections, results, outputs = passes.inference_pass(
             model, dataset, args, step, detect=last or on_step is not None, pseudo=not last,
             keep_outputs=keep_outputs and (last or on_step is not None))
         if on_step is not None:
@@ -112,18 +62,18 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
 
 def test_cascade(args):
     """Test mode (--test --checkpoint DIR): the cascade on the test split, scored at every step."""
-    log = Logger(args.log_path, enabled=args.is_main)
-    paths = step_checkpoint_paths(args.checkpoint, args, "--test")
+    log = reports.Logger(args.log_path, enabled=args.is_main)
+    paths = cascade_paths(args.checkpoint, args, "--test")
     test_set = VideoDataset(args, "test", "uniform")
     log(protocol_line(run_protocol(args, test_set)))
     detectors = []
 
     def score(step, detections, outputs):
         path = os.path.join(args.save_dir, f"test_result_step{step}.json")
-        detector = engine.score_results(detections, outputs, args, path)
+        detector = passes.score_results(detections, outputs, args, path)
         if args.is_main:
-            log(engine.format_map_line(detector, f"test step {step} ({os.path.basename(paths[step])})"))
-            engine.report_evaluation(detector, args, step, test_set, "test_", log)
+            log(reports.format_map_line(detector, f"test step {step} ({os.path.basename(paths[step])})"))
+            reports.report_evaluation(detector, args, step, test_set, "test_", log)
         detectors.append(detector)
 
     run_cascade(paths, test_set, args, on_step=score, keep_outputs=args.visualize)

@@ -1,4 +1,6 @@
-"""A run's identity is its whole resolved config (docs/method.md §2): the keys of config.json that can
+"""A run folder: its identity, its writability, and where test mode writes.
+
+A run's identity is its whole resolved config (docs/method.md §2): the keys of config.json that can
 change a result (all but config.NON_RESULT_KEYS).
 
 - Training resumes a run folder only under the config that started it: check_run_folder compares the
@@ -20,6 +22,18 @@ LAUNCH_KEYS = ("world_size",)        # set by the launcher (torchrun) for this c
 
 class RunConfigChanged(UserError):
     """A run folder holds a run made under another config."""
+
+
+def check_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write_test")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
+                        f"choose another with --outdir or --checkpoint_root") from None
 
 
 def read_config(path):

@@ -1,48 +1,25 @@
-"""Plots and reports: per-video CAS/attention/proposal figures, per-class AP tables, mAP summaries.
+"""Figures: one video's CAS, attention, proposals and sampling weights; mAP per refinement step.
 
-Pure functions of numpy arrays and lists; the only I/O is the PNG/CSV/JSON each one is asked to
-write, always through a temporary file + os.replace so a reader never sees a half-written file.
-Time is in seconds: snippet i of a video covers [i/r, (i+1)/r] with r = frames_per_sec/segment_frames_num.
+Pure functions of numpy arrays and lists; the only I/O is the PNG each one is asked to write
+(atomically). Time is in seconds: snippet i of a video covers [i/r, (i+1)/r] with
+r = frames_per_sec / segment_frames_num.
 """
-import io
-import json
-from collections.abc import Mapping
+import numpy as np
 
-import matplotlib
+from sampling import dynamic_to_original_time
+from utils import pyplot, save_figure
 
-matplotlib.use("Agg")  # headless: before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils import atomic_write_bytes  # noqa: E402
-
-FIGSIZE = (12, 7)  # inches; at DPI this is a 1200 x 700 PNG
-DPI = 100
-
-
-# ----------------------------------------------------------------------------- file writes
-def _save_figure(fig, path):
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=DPI)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+FIGSIZE = (12, 7)  # inches; at 100 dpi a 1200 x 700 PNG
 
 
 # ----------------------------------------------------------------------------- per-video figure
 def snippet_times(num_rows, vid_len, frames_per_sec=25, segment_frames_num=16, cum=None):
-    """Centre time (s) of each of the model's `num_rows` snippets, as section 8 maps proposals.
-
-    Row j covers [j, j+1] * duration / num_rows of the (possibly warped) axis; under dynamic
-    sampling the warped fraction u maps back through interp(u; cum/cum[-1] -> linspace(0, 1)).
-    """
+    """Centre time (s) of each of the model's `num_rows` snippets, as proposals are mapped
+    (docs/method.md §11): row j covers [j, j+1] * duration / num_rows of the (possibly dynamic)
+    timeline, mapped back to the original video under dynamic sampling."""
     duration = vid_len * segment_frames_num / frames_per_sec
-    u = (np.arange(num_rows) + 0.5) / num_rows  # (T,) fraction of the warped axis
-    if cum is not None:
-        cum = np.asarray(cum, dtype=np.float64)
-        u = np.interp(u, cum / cum[-1], np.linspace(0.0, 1.0, len(cum)))
-    return u * duration
+    t = (np.arange(num_rows) + 0.5) / num_rows * duration   # (T,) on the sampled timeline
+    return t if cum is None else dynamic_to_original_time(t, cum, duration)
 
 
 def _class_order(class_names, gt_segments, proposals, max_classes):
@@ -115,6 +92,7 @@ def plot_video(path, vid_name, vid_len, class_names, fg_cas, temp_att, proposals
     shown = [p for p in proposals if p["score"] > score_threshold]
     gt_cls, pred_cls = _class_order(class_names, gt_segments, shown, max_classes)
     rows = gt_cls + pred_cls
+    plt = pyplot()
     palette = plt.get_cmap("tab10").colors
     colors = {name: palette[i % len(palette)] for i, name in enumerate(rows)}
     kept = []
@@ -177,90 +155,10 @@ def plot_video(path, vid_name, vid_len, class_names, fg_cas, temp_att, proposals
         ax.tick_params(labelsize=8)
     title = f"{vid_name}  ({duration:.1f} s, {vid_len} snippet{'s' if vid_len != 1 else ''})"
     fig.suptitle(title + (f"  |  {title_extra}" if title_extra else ""), fontsize=11)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------- per-class AP
-def _ordered_names(class_names, num_cols):
-    """Class names in `ap` column order; accepts a list or a {name: column} mapping."""
-    if isinstance(class_names, Mapping):
-        names = [n for n, _ in sorted(class_names.items(), key=lambda kv: kv[1])]
-    else:
-        names = list(class_names)
-    if len(names) != num_cols:
-        raise ValueError(f"{len(names)} class names for an AP table with {num_cols} columns")
-    return names
-
-
-def _per_class_rows(class_names, tiou_thresholds, ap, num_tiou_for_average=None):
-    ap = np.atleast_2d(np.asarray(ap, dtype=np.float64))  # (thresholds, classes)
-    tious = [float(x) for x in tiou_thresholds]
-    n_avg = len(tious) if num_tiou_for_average is None else int(num_tiou_for_average)
-    names = _ordered_names(class_names, ap.shape[1])
-    header = ["class"] + [f"AP@{x:.2f}" for x in tious] + [f"avg({tious[0]:.2f}-{tious[n_avg - 1]:.2f})"]
-    avg = ap[:n_avg].mean(axis=0)  # (classes,)
-    rows = [[name] + list(ap[:, c]) + [avg[c]] for c, name in enumerate(names)]
-    return header, rows
-
-
-def write_per_class_ap_csv(path, class_names, tiou_thresholds, ap, num_tiou_for_average=None):
-    """CSV: one row per class, a column per tIoU, then the average over the first N thresholds."""
-    header, rows = _per_class_rows(class_names, tiou_thresholds, ap, num_tiou_for_average)
-    lines = [",".join(header)]
-    for row in rows:
-        name = '"' + row[0].replace('"', '""') + '"' if ("," in row[0] or '"' in row[0]) else row[0]
-        lines.append(",".join([name] + [f"{v:.6f}" for v in row[1:]]))
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def format_per_class_table(class_names, tiou_thresholds, ap, num_tiou_for_average=None):
-    """Fixed-width per-class AP table (in %) with a mean row, for stdout and the log."""
-    header, rows = _per_class_rows(class_names, tiou_thresholds, ap, num_tiou_for_average)
-    widths = [max(len(h), 6) for h in header[1:]]
-    name_w = max([len(r[0]) for r in rows] + [len(header[0]), len("mean")])
-
-    def line(name, values):
-        return " ".join([name.ljust(name_w)] + [f"{100 * v:{w}.2f}" for v, w in zip(values, widths)])
-
-    out = [" ".join([header[0].ljust(name_w)] + [h.rjust(w) for h, w in zip(header[1:], widths)])]
-    out.append("-" * len(out[0]))
-    out.extend(line(row[0], row[1:]) for row in rows)
-    if rows:
-        out.append("-" * len(out[0]))
-        out.append(line("mean", np.mean([r[1:] for r in rows], axis=0)))
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- summaries
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def read_summary_json(path):
-    """The summary dict in `path`, or {} if the file is missing or not a JSON object."""
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_summary_json(path, summary):
-    """Merge {"step k": {"mAP", "average_mAP", "tiou_thresholds"}} into `path` (other steps kept)."""
-    merged = read_summary_json(path)
-    merged.update(_jsonable(summary))
-    text = json.dumps(merged, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode())
-    return merged
-
-
+# ----------------------------------------------------------------------------- mAP per step
 def summary_to_per_step(summary):
     """{"step k": entry} -> {k: (tious, mAP, average)}, the input of plot_map_over_steps."""
     out = {}
@@ -277,6 +175,7 @@ def plot_map_over_steps(path, per_step_map):
     values = [np.asarray(per_step_map[k][1], dtype=np.float64) for k in steps]
     avgs = [float(per_step_map[k][2]) for k in steps]
     scale = 100.0 if max([v.max() for v in values if v.size] + avgs + [0.0]) <= 1.0 else 1.0
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     n = max(len(steps), 1)
     width = 0.8 / n
@@ -294,4 +193,4 @@ def plot_map_over_steps(path, per_step_map):
     ax.set_title("Detection mAP per refinement step")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    _save_figure(fig, path)
+    save_figure(fig, path)

@@ -1,4 +1,4 @@
-"""Slow loop version of the DETAD-style diagnosis (eval/diagnosis.py), written from the definitions.
+"""Slow loop version of the DETAD-style diagnosis (eval/diagnosis.py), from its definitions.
 
 Plain Python, one prediction and one GT at a time; tests pin the vectorised diagnosis to it and
 bench/bench_diagnosis.py times it. Ranking as docs/method.md §12: per class np.argsort(scores)[::-1]
@@ -7,7 +7,7 @@ over the class's predictions in file order; candidate GT visited in np.argsort(t
 import numpy as np
 
 from eval.diagnosis import ERROR_TYPES
-from eval.reference import loop_tiou
+from oracles.detection_loop import loop_tiou
 
 
 def loop_bin(value, edges):

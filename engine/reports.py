@@ -1,0 +1,157 @@
+"""What a run tells its user: log lines (stdout and log.txt), per-class tables, summary JSON,
+TensorBoard scalars, diagnosis and plots of an evaluation. Formatting only: the numbers come
+from the passes and the record."""
+import json
+import os
+
+from engine.passes import progress
+from engine.plots import plot_video
+from engine.timing import timed_calls
+from eval.tables import format_per_class_table, write_per_class_ap_csv
+from utils import atomic_write_text, jsonable
+
+
+class Logger:
+    """Print to stdout and append the same line to log.txt (console=False: log.txt only;
+    file=False: stdout only)."""
+
+    def __init__(self, log_path=None, enabled=True):
+        self.log_path = log_path if enabled else None
+        self.enabled = enabled          # False on the non-main processes of a torchrun job
+        if self.log_path:
+            os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+
+    def __call__(self, message="", console=True, file=True):
+        if not self.enabled:
+            return
+        if console:
+            print(message, flush=True)
+        if self.log_path and file:
+            with open(self.log_path, "a") as handle:
+                handle.write(message + "\n")
+
+
+class Scalars:
+    """TensorBoard scalars of a training run (tensorboard/ in the run folder; main process)."""
+
+    def __init__(self, folder, enabled=True):
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
+
+    def add(self, values, epoch):
+        """values {tag: number}, all at `epoch`."""
+        if self.writer:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, epoch)
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------- lines
+def train_line(step, epoch, stats, lr):
+    return (f"step {step} epoch {epoch} | "
+            + " ".join(f"{key} {value:.4f}" for key, value in stats.items()) + f" | lr {lr:g}")
+
+
+def format_map_line(detector, prefix):
+    values = " ".join(f"{tiou:.2f}:{100 * value:.2f}"
+                      for tiou, value in zip(detector.tiou_thresholds, detector.mAP))
+    return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
+
+
+def best_per_step_line(best_mAP, final_model):
+    return ("best average mAP per step: " + ", ".join(
+        f"step {step} {100 * value:.2f}" for step, value in enumerate(best_mAP)
+        if value > float("-inf")) + f" (final model: {final_model})")
+
+
+def results_lines(results, num_steps, protocol, held_out):
+    """The closing lines of a finished run from its results.json: last-epoch and validation-
+    selected mAP per step, and the final step's averages over the reported tIoU ranges."""
+    steps = results["steps"]
+    lines = ["last epoch average mAP per step: " + ", ".join(
+        f"step {k} {v['last']['average_mAP']:.2f} (epoch {v['last']['epoch']})"
+        for k, v in steps.items())]
+    if held_out:
+        lines.append("validation-selected per step: " + ", ".join(
+            f"step {k} epoch {v['val_selected']['epoch']} (val "
+            f"{v['val_selected']['val_average_mAP']:.2f}) test {v['val_selected']['average_mAP']:.2f}"
+            for k, v in steps.items()))
+    final = steps.get(str(num_steps))
+    if final and final["best"]["averages"]:          # the extra ranges other papers report
+        kinds = [kind for kind in ("best", "last", "val_selected") if kind in final]
+        low, high = protocol["average_over"]
+        ranges = {f"{low:g}:{high:g}": {kind: final[kind]["average_mAP"] for kind in kinds}}
+        ranges.update({name: {kind: final[kind]["averages"][name] for kind in kinds}
+                       for name in final["best"]["averages"]})
+        lines.append(f"final step {num_steps} average mAP ({' / '.join(kinds)}): " + ", ".join(
+            f"{name} " + " / ".join(f"{value:.2f}" for value in values.values())
+            for name, values in ranges.items()))
+    return lines
+
+
+# ----------------------------------------------------------------------------- summary JSON
+def read_summary_json(path):
+    """The summary dict in `path`, or {} if the file is missing or not a JSON object."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_summary_json(path, summary):
+    """Merge {"step k": {"mAP", "average_mAP", "tiou_thresholds"}} into `path` (other steps
+    kept)."""
+    merged = read_summary_json(path)
+    merged.update(jsonable(summary))
+    atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+# ----------------------------------------------------------------------------- an evaluation
+@timed_calls("eval reports")
+def report_evaluation(detector, args, step, dataset, tag, log, console=True):
+    """Per-class AP (log.txt, and stdout when `console`; kept as detector.table), the CSV, the
+    per-step summary JSON, and --diagnose / --visualize output (main process)."""
+    folder = args.save_dir
+    table = format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
+                                   args.num_tiou_for_average)
+    detector.table = "\n".join([f"note: {message}" for message in detector.warnings] + [table])
+    log(detector.table, console=console)
+    write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"),
+                           detector.activity_index, args.tiou_thresholds, detector.ap,
+                           args.num_tiou_for_average)
+    write_summary_json(os.path.join(folder, f"{tag}summary.json"), {f"step {step}": {
+        "mAP": detector.mAP, "average_mAP": detector.average_mAP,
+        "tiou_thresholds": args.tiou_thresholds}})
+    if getattr(args, "diagnose", False):             # DETAD-style diagnosis under diagnosis/
+        from eval.diagnosis_report import diagnose_evaluation
+        log(diagnose_evaluation(detector, os.path.join(args.data_dir, "gt.json"),
+                                os.path.join(folder, "diagnosis"), f"{tag}step{step}_",
+                                title=f"{tag}step {step}: ",
+                                ignore_any_tiou=getattr(args, "ignore_any_tiou", False)),
+            console=console)
+    if args.visualize:
+        plot_videos(detector, args, step, dataset, os.path.join(folder, "visualize",
+                                                                f"{tag}step{step}"))
+
+
+def plot_videos(detector, args, step, dataset, folder):
+    """--visualize: one PNG per video (the first visualize_videos of them; 0 = all)."""
+    names = list(detector.outputs)
+    names = names[:args.visualize_videos] if args.visualize_videos > 0 else names
+    for vid_name in progress(names, args, "visualize"):
+        out = detector.outputs[vid_name]
+        plot_video(os.path.join(folder, f"{vid_name}.png"), vid_name, out["vid_len"],
+                   args.class_name_lst, out["fg_cas"], out["temp_att"],
+                   detector.predictions[vid_name], dataset.gt_segments[vid_name],
+                   args.frames_per_sec, args.segment_frames_num,
+                   weights=dataset.dynamic_weights(vid_name), cum=out["cum"],
+                   title_extra=f"step {step}, avg mAP {100 * detector.average_mAP:.2f}",
+                   score_threshold=0.0)

@@ -1,0 +1,92 @@
+"""The entry point of main_THUMOS.py and main_ActivityNet.py: config, run folder, errors, then
+training (engine/training.py) or test mode (engine/cascade.py).
+
+The run folder is locked for the whole run (rank 0 takes the lock for all torchrun ranks), so a
+second command on the same folder stops at once instead of mixing its files in. A run resumes
+only under the config that made it (run_folder.check_run_folder, before anything is written).
+Test mode takes the config of the run in --checkpoint and writes into a folder of its own.
+"""
+import os
+import sys
+
+from config import build_args, save_config
+from engine import cascade, distributed, run_folder, training
+from engine.precision import deterministic_mode
+from engine.reports import Logger
+from engine.seeding import set_seed
+from utils import RunFolderLock, run_cli
+
+
+def main(dataset, argv=None):
+    """`python main_{dataset}.py ARGS`: errors are one line (exit 2), Ctrl-C says how to resume."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_cli(lambda: run(dataset, argv), argv,
+            "files written before are intact (writes are atomic), free space or change "
+            "--checkpoint_root and rerun",
+            interrupt_hint="interrupted: rerun the same command to resume from model_latest.pth")
+
+
+def run(dataset, argv):
+    """Build the config and run training (or --test); returns the best mAP per step (or the
+    test mode's detectors)."""
+    keep_freed_memory()           # reuse freed activation buffers instead of page-faulting them
+    args = build_args(dataset, argv)
+    with deterministic_mode(args.deterministic):   # before CUDA starts: cuBLAS reads it once
+        return run_training_or_test(distributed.init_distributed(args), argv)
+
+
+def run_training_or_test(args, argv):
+    """run() after the config: the trained config in test mode, seed, demo data, run-folder lock
+    and identity check, then training or --test."""
+    notes = []
+    if args.test:
+        notes = run_folder.adopt_trained_config(args, argv)
+        args.save_dir = run_folder.test_output_folder(args)
+        args.log_path = os.path.join(args.save_dir, "log.txt")
+        notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
+    set_seed(args.seed + args.rank)   # per-process dropout masks; DDP broadcasts rank 0's weights
+    if args.demo and args.is_main:
+        from synthetic_data import ensure_demo_dataset
+        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
+    lock = RunFolderLock(args.save_dir)
+    if args.is_main:
+        run_folder.check_writable(args.save_dir)
+        lock.acquire()
+    try:
+        if args.is_main:
+            notes += run_folder.check_run_folder(args)        # raises before anything is written
+            log = Logger(args.log_path)
+            for line in notes:
+                log(line)
+            save_config(args, os.path.join(args.save_dir, "config.json"))
+        distributed.barrier()
+        if args.test:
+            return cascade.test_cascade(args)
+        return training.train(args)
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------- process memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # mallopt parameters (glibc malloc.h)
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed activation buffers for reuse; True when it took effect.
+
+    Every training iteration frees and reallocates the same multi-MB tensors. By default glibc
+    maps each block above 128 KB freshly from the kernel and hands it back when freed, so the
+    next iteration page-faults it in again and the kernel zeroes it: about a million page faults
+    in a demo run, a quarter of a base-model iteration at the demo's sizes (bench/README.md).
+    Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB keeps
+    those blocks in the heap. No effect on results; elsewhere (macOS, musl) it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))

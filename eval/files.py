@@ -1,0 +1,59 @@
+"""The annotation and result files: the one reader of gt.json and of the split lists, and the
+one writer of ActivityNet-format result files. Every problem is one line naming the file."""
+import json
+import os
+
+from utils import UserError, atomic_write_json
+
+
+class DataError(UserError):
+    """The dataset on disk is missing or malformed; the message names the file and the fix."""
+
+
+class EvaluationInputError(DataError):
+    """A ground-truth or prediction file that cannot be evaluated (missing, malformed)."""
+
+
+def read_json(path, what, error=EvaluationInputError):
+    """The JSON value in `path`; `what` names the file in the one-line error."""
+    if not os.path.isfile(path):
+        raise error(f"{what} file {path} not found")
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{what} file {path} is not valid JSON ({err})") from None
+
+
+def read_gt(path):
+    """gt.json's {VID: {"duration", "subset", "annotations": [...]}} ("database")."""
+    if not os.path.isfile(path):
+        raise DataError(f"annotation file {path} is missing; it comes with the feature release")
+    try:
+        with open(path) as handle:
+            gt = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"annotation file {path} is not valid JSON ({err}); re-download it") from None
+    if not isinstance(gt, dict) or not isinstance(gt.get("database"), dict):
+        raise DataError(f"annotation file {path} has no \"database\" object; expected the "
+                        f"ActivityNet gt.json layout {{\"database\": {{VID: {{\"annotations\": "
+                        f"[...]}}}}}}")
+    return gt["database"]
+
+
+def read_split(path):
+    """The video names of a split file, one per line (blank lines skipped)."""
+    if not path.is_file():
+        raise DataError(f"split file {path} is missing; it must list one video name per line")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"split file {path} is empty; it must list one video name per line")
+    return names
+
+
+def write_results_json(path, results_by_video, version="VERSION 1.3", external_data=None):
+    """Write {"version", "results": {VID: [...]}, "external_data"} atomically (evaluator input)."""
+    if external_data is None:
+        external_data = {"used": True, "details": "I3D RGB + flow features pretrained on Kinetics"}
+    atomic_write_json(path, {"version": version, "results": results_by_video,
+                             "external_data": external_data})
