@@ -18,7 +18,8 @@ written, with a plot, to checkpoints/{dataset}/{OUTDIR}/ablation.{md,csv,png}.
 All numbers are read back from the runs' own results.json (log.txt for run folders written
 before the runs kept a metrics record).
 
-Mean +- std over seeds of the full model on the real data, the way to report a number with its spread:
+Mean +- std over seeds of the full model on the real data, the way to report a number with
+its spread:
     python ablate.py --seeds 5 --variants full [--val_videos 0.2]
 """
 import argparse
@@ -39,14 +40,20 @@ def parse_cli(argv):
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (or --seed_list)")
     parser.add_argument("--seed_list", type=int, nargs="+", default=None)
     parser.add_argument("--jobs", type=int, default=None,
-                        help="cells run at once (default: the number of visible GPUs on CUDA, else of cores)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (default cores // jobs)")
+                        help="cells run at once (default: the number of visible GPUs on CUDA, "
+                             "else of cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per cell (default cores // jobs)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="a grid axis (repeatable); replaces the default grid by the product of the axes")
-    parser.add_argument("--variants", default="default", choices=["default", "components", "steps", "full"],
-                        help="the default grid, or only its component / num_steps rows, or only the full model")
+                        help="a grid axis (repeatable); replaces the default grid by the product "
+                             "of the axes")
+    parser.add_argument("--variants", default="default",
+                        choices=["default", "components", "steps", "full"],
+                        help="the default grid, or only its component / num_steps rows, or only "
+                             "the full model")
     parser.add_argument("--name", default="ablation", help="name of the result files")
-    parser.add_argument("--dry_run", action="store_true", help="print the cells' commands, run nothing")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the cells' commands, run nothing")
     return parser.parse_known_args(argv)
 
 
@@ -72,8 +79,9 @@ def main(argv=None):
     gpus = visible_gpus(passthrough)
     jobs = min(opts.jobs or len(gpus) or os.cpu_count() or 1, max(len(todo), 1))
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
-    print(f"{len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), {len(cells) - len(todo)} finished, "
-          f"{len(todo)} to run with {jobs} jobs x {threads} threads"
+    print(f"{len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), "
+          f"{len(cells) - len(todo)} finished, {len(todo)} to run with {jobs} jobs x "
+          f"{threads} threads"
           + (f", each cell on one GPU of CUDA_VISIBLE_DEVICES={','.join(gpus)}" if gpus else ""))
     if any("num_steps" in overrides for _, overrides in variants):
         print(budget_note(base_args))
@@ -81,17 +89,18 @@ def main(argv=None):
         for cell in todo:
             print(" ".join(["python", f"main_{opts.dataset}.py"] + cell.argv))
         return 0
-    if "--demo" in passthrough:                     # generate the demo set once, before the parallel cells
+    if "--demo" in passthrough:              # generate the demo set once, before the parallel cells
         from synthetic_data import ensure_demo_dataset
         ensure_demo_dataset(base_args)
     start = time.time()
     failed, cpu = [], 0.0
     for cell, code, seconds, cpu_s in run_cells(todo, jobs, gpus,
-                                                lambda c, gpu: run_cell(c, opts.dataset, threads, result_dir, gpu)):
+                                                lambda c, gpu: run_cell(c, opts.dataset, threads,
+                                                                        result_dir, gpu)):
             status = "done" if code == 0 and cell.result() else f"FAILED (exit {code})"
             cpu += cpu_s
-            print(f"  {cell.variant} seed {cell.seed}: {status} in {seconds:.0f} s wall, {cpu_s:.0f} s CPU "
-                  f"({cell.save_dir})", flush=True)
+            print(f"  {cell.variant} seed {cell.seed}: {status} in {seconds:.0f} s wall, "
+                  f"{cpu_s:.0f} s CPU ({cell.save_dir})", flush=True)
             if status != "done":
                 failed.append(cell)
     wall = time.time() - start
@@ -100,8 +109,8 @@ def main(argv=None):
         raise UserError("no cell finished; see the .out files in " + result_dir)
     command = " ".join(["python ablate.py"] + (sys.argv[1:] if argv is None else list(argv)))
     header = (f"`{command}`: {len(cells)} cells ({len(variants)} variants x {len(seeds)} seeds), "
-              f"{len(todo)} run now in {wall / 60:.1f} min wall time ({cpu / 60:.1f} min CPU) with {jobs} parallel "
-              f"jobs x {threads} threads on {os.cpu_count()} cores.")
+              f"{len(todo)} run now in {wall / 60:.1f} min wall time ({cpu / 60:.1f} min CPU) "
+              f"with {jobs} parallel jobs x {threads} threads on {os.cpu_count()} cores.")
     text = markdown(rows, ref, header)
     print("\n" + text)
     base = os.path.join(result_dir, opts.name)
@@ -110,7 +119,8 @@ def main(argv=None):
     plot(rows, ref, base + ".png")
     print(f"wrote {base}.md, {base}.csv and {base}.png")
     if failed:
-        print(f"error: {len(failed)} cells failed; their output is in {result_dir}/*.out", file=sys.stderr)
+        print(f"error: {len(failed)} cells failed; their output is in {result_dir}/*.out",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,5 @@
-"""The video dataset (docs/method.md §1, §8): features on disk, validation, cache, items and collate.
+"""The video dataset (docs/method.md §1, §8): features on disk, validation, cache, items and
+collate.
 
 The array functions it uses (sampling, targets, dynamic weights) live in sampling.py; gt.json and
 the split lists are read by eval/files.py. Random sampling draws from a per-item generator when
@@ -17,7 +18,8 @@ from features.provenance import warn_extraction_mismatch
 from sampling import (R, apply_plan, attention_proposal_bbox, dynamic_positions, dynamic_sample,
                       dynamic_segment_weights, lerp_rows, proposal_arrays, pseudo_instance_label,
                       random_plan, select_labels, uniform_plan)
-EXPECTED_TREE = """  {root}/gt.json            {{"database": {{VID: {{"duration", "subset", "annotations"}}}}}}
+EXPECTED_TREE = """\
+  {root}/gt.json            {{"database": {{VID: {{"duration", "subset", "annotations"}}}}}}
   {root}/split_train.txt    one training VID per line
   {root}/split_test.txt     one test VID per line
   {root}/train/VID.npy      float32 (T_vid, {dim}) = I3D RGB || flow
@@ -25,7 +27,8 @@ EXPECTED_TREE = """  {root}/gt.json            {{"database": {{VID: {{"duration"
 
 
 # ----------------------------------------------------------------------------- feature files
-_CACHE = {}          # path -> float32 array, shared by all datasets of the process (forked workers share it)
+# path -> float32 array, shared by all datasets of the process (forked workers share it)
+_CACHE = {}
 _CACHE_BYTES = [0]
 _CHECKED = set()     # (path, size, mtime) of files that passed the full check in this process
 
@@ -43,39 +46,43 @@ def _cache_put(path, array, budget_gb):
 
 
 def check_feature_file(path, feature_dim, full=True, load=False):
-    """Open VID.npy (header + mmap) and check it; returns the array (mmap, or in memory if `load` or not
-    float32: float16 / float64 files are cast to float32 once, here)."""
+    """Open VID.npy (header + mmap) and check it; returns the array (mmap, or in memory if `load`
+    or not float32: float16 / float64 files are cast to float32 once, here)."""
     try:
         array = np.load(path, mmap_mode=None if load else "r", allow_pickle=False)
     except FileNotFoundError:
-        raise DataError(f"feature file {path} is missing; the split lists this video, so add the file "
-                        f"or remove the video from the split file") from None
+        raise DataError(f"feature file {path} is missing; the split lists this video, so add the "
+                        f"file or remove the video from the split file") from None
     except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"feature file {path} is not a readable .npy array (truncated or another format: "
-                        f"{err}); re-extract or re-download it") from None
+        raise DataError(f"feature file {path} is not a readable .npy array (truncated or another "
+                        f"format: {err}); re-extract or re-download it") from None
     if not isinstance(array, np.ndarray) or array.ndim != 2:
-        raise DataError(f"feature file {path} has shape {getattr(array, 'shape', '?')}; expected a 2-D "
-                        f"(T_vid, {feature_dim}) array; re-extract it")
+        raise DataError(f"feature file {path} has shape {getattr(array, 'shape', '?')}; expected a "
+                        f"2-D (T_vid, {feature_dim}) array; re-extract it")
     if array.shape[1] != feature_dim:
-        raise DataError(f"feature file {path} has dimension {array.shape[1]}, but feature_dim is {feature_dim}; "
-                        f"use matching features or set --feature_dim {array.shape[1]}")
+        raise DataError(f"feature file {path} has dimension {array.shape[1]}, but feature_dim is "
+                        f"{feature_dim}; use matching features or set --feature_dim "
+                        f"{array.shape[1]}")
     if not np.issubdtype(array.dtype, np.floating):
-        raise DataError(f"feature file {path} has dtype {array.dtype}; expected floating point (float32, or "
-                        f"float16 / float64, which are read as float32); re-extract it")
+        raise DataError(f"feature file {path} has dtype {array.dtype}; expected floating point "
+                        f"(float32, or float16 / float64, which are read as float32); "
+                        f"re-extract it")
     if array.shape[0] == 0:
         raise DataError(f"feature file {path} has no snippets (shape {array.shape}); re-extract it")
-    if array.dtype != np.float32:                # read whole and cast, as the released code's astype(float32)
-        with np.errstate(over="ignore"):         # float64 beyond float32's range becomes inf: refused below
+    if array.dtype != np.float32:    # read whole and cast, as the released code's astype(float32)
+        # float64 beyond float32's range becomes inf: refused below
+        with np.errstate(over="ignore"):
             array = np.asarray(array, dtype=np.float32)
     if full and not np.isfinite(array.sum(dtype=np.float64)):
-        raise DataError(f"feature file {path} contains NaN or inf values (as float32); re-extract it")
+        raise DataError(f"feature file {path} contains NaN or inf values (as float32); "
+                        f"re-extract it")
     return array
 
 
 # ----------------------------------------------------------------------------- the dataset
 class VideoDataset(Dataset):
-    """Videos of one phase ("train", "test", "full" = test list then train list, "val" = the held-out
-    training videos) with docs/method.md §8 items.
+    """Videos of one phase ("train", "test", "full" = test list then train list, "val" = the
+    held-out training videos) with docs/method.md §8 items.
 
     sampling: "random" (train) or "uniform" (test); after `set_proposals(results, weights)` with
     weights, the dynamic versions are used and `cum` is returned with each item.
@@ -83,12 +90,15 @@ class VideoDataset(Dataset):
 
     def __init__(self, args, phase="train", sampling="random", videos=None, held_out=()):
         """videos: phase "predict" only (predict.py): {VID: .npy path or (T_vid, D) array} of new
-        videos; no gt.json or split file is read and every video is a test video (docs/method.md §8).
-        held_out: training videos kept for validation (--val_videos): phase "train" leaves them out,
-        phase "val" has only them, and every phase treats them as test videos (predicted label sets)."""
-        if phase not in ("train", "test", "full", "val", "predict") or sampling not in ("random", "uniform"):
-            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected train|test|full|val|predict, "
-                             f"random|uniform")
+        videos; no gt.json or split file is read and every video is a test video (docs/method.md
+        §8).
+        held_out: training videos kept for validation (--val_videos): phase "train" leaves them
+        out, phase "val" has only them, and every phase treats them as test videos (predicted label
+        sets)."""
+        if phase not in ("train", "test", "full", "val", "predict") \
+                or sampling not in ("random", "uniform"):
+            raise ValueError(f"phase {phase!r} / sampling {sampling!r}: expected "
+                             f"train|test|full|val|predict, random|uniform")
         new_videos = dict(videos or {}) if phase == "predict" else {}
         self.phase, self.sampling = phase, sampling
         self.root = Path(args.data_dir)
@@ -98,17 +108,20 @@ class VideoDataset(Dataset):
         self.r = getattr(args, "snippets_per_sec", R)
         self.cache_gb = float(getattr(args, "feature_cache_gb", 0) or 0)
         if phase != "predict" and not self.root.is_dir():
-            raise DataError(f"data folder {self.root} not found: download the I3D features of the public "
-                            f"THUMOS-14 / ActivityNet-1.3 release used by ACM-Net and ASM-Loc and unpack them "
-                            f"there (or pass --data_dir, or run --demo for synthetic data); expected layout:\n"
+            raise DataError(f"data folder {self.root} not found: download the I3D features of the "
+                            f"public THUMOS-14 / ActivityNet-1.3 release used by ACM-Net and "
+                            f"ASM-Loc and unpack them there (or pass --data_dir, or run --demo for "
+                            f"synthetic data); expected layout:\n"
                             + EXPECTED_TREE.format(root=self.root, dim=self.feature_dim))
-        database = read_gt(self.root / "gt.json") if phase != "predict" else {vid: {} for vid in new_videos}
+        database = read_gt(self.root / "gt.json") if phase != "predict" \
+            else {vid: {} for vid in new_videos}
         train_list = read_split(self.root / "split_train.txt") if phase != "predict" else []
         test_list = read_split(self.root / "split_test.txt") if phase != "predict" else []
         held_out = set(held_out)
         self.train_videos = set(train_list) - held_out
         lists = {"train": [("train", [vid for vid in train_list if vid not in held_out])],
-                 "val": [("train", [vid for vid in train_list if vid in held_out])], "test": [("test", test_list)],
+                 "val": [("train", [vid for vid in train_list if vid in held_out])],
+                 "test": [("test", test_list)],
                  "full": [("test", test_list), ("train", train_list)], "predict": []}[phase]
         self.video_names, self.paths = [], {}
         for folder, names in lists:
@@ -116,10 +129,12 @@ class VideoDataset(Dataset):
             for vid in names:
                 if vid not in database:
                     raise DataError(f"{split_file} lists video {vid}, which has no entry in "
-                                    f"{self.root / 'gt.json'}; add its annotations or remove it from the split")
+                                    f"{self.root / 'gt.json'}; add its annotations or remove it "
+                                    f"from the split")
                 self.video_names.append(vid)
                 self.paths[vid] = str(self.root / folder / f"{vid}.npy")
-        self.arrays = {vid: x for vid, x in new_videos.items() if isinstance(x, np.ndarray)}   # in memory
+        # in memory
+        self.arrays = {vid: x for vid, x in new_videos.items() if isinstance(x, np.ndarray)}
         for vid, source in new_videos.items():
             self.video_names.append(vid)
             self.paths[vid] = f"<array {vid}>" if vid in self.arrays else str(source)
@@ -130,13 +145,16 @@ class VideoDataset(Dataset):
             labels = {ann["label"] for ann in self.gt_segments[vid]}
             unknown = sorted(labels - set(index))
             if unknown:
-                raise DataError(f"{self.root / 'gt.json'}: video {vid} has label {unknown[0]!r}, which is not in "
-                                f"the class list ({len(index)} classes); fix the annotation or the class list")
+                raise DataError(f"{self.root / 'gt.json'}: video {vid} has label {unknown[0]!r}, "
+                                f"which is not in the class list ({len(index)} classes); fix the "
+                                f"annotation or the class list")
             self.gt_labels[vid] = labels
             self.video_labels[vid] = np.zeros(len(index), dtype=np.float32)
             self.video_labels[vid][[index[name] for name in labels]] = 1.0
-        warn_extraction_mismatch([os.path.dirname(path) for vid, path in self.paths.items() if vid not in self.arrays],
-                                 getattr(args, "frames_per_sec", 25), getattr(args, "segment_frames_num", 16))
+        warn_extraction_mismatch([os.path.dirname(path) for vid, path in self.paths.items()
+                                  if vid not in self.arrays],
+                                 getattr(args, "frames_per_sec", 25),
+                                 getattr(args, "segment_frames_num", 16))
         self._lens = {}
         if not getattr(args, "skip_data_checks", False):
             for vid in self.video_names:
@@ -151,7 +169,7 @@ class VideoDataset(Dataset):
         if array is None:
             stat = os.stat(path) if os.path.isfile(path) else None
             key = (path, stat.st_size, stat.st_mtime_ns) if stat else None
-            check = check and key not in _CHECKED        # train/test/full share files: scan each once
+            check = check and key not in _CHECKED  # train/test/full share files: scan each once
             load = self.cache_gb > 0 and stat is not None and \
                 _CACHE_BYTES[0] + stat.st_size <= self.cache_gb * 2**30   # fits: read it whole once
             array = check_feature_file(path, self.feature_dim, full=check, load=load)
@@ -167,7 +185,8 @@ class VideoDataset(Dataset):
 
     @property
     def vid_lens(self):
-        """vid → T_vid for every video of the phase (headers are read on first use with skip_data_checks)."""
+        """vid → T_vid for every video of the phase (headers are read on first use with
+        skip_data_checks)."""
         return {vid: self.vid_len(vid) for vid in self.video_names}
 
     def is_train_video(self, vid):
@@ -176,27 +195,31 @@ class VideoDataset(Dataset):
 
     # -- proposals
     def label_set(self, vid, proposals):
-        """docs/method.md §8: GT labels for training videos, labels present in the proposals otherwise."""
+        """docs/method.md §8: GT labels for training videos, labels present in the proposals
+        otherwise."""
         if self.is_train_video(vid):
             return set(self.gt_labels[vid])
         return set(proposal_arrays(proposals)[1].tolist())
 
     def set_proposals(self, pseudo_results, weights):
-        """Hand over the previous step's pseudo proposals {vid: [...]} and dynamic weights {vid: w} (or None)."""
+        """Hand over the previous step's pseudo proposals {vid: [...]} and dynamic weights {vid: w}
+        (or None)."""
         results = dict(pseudo_results or {})
         if isinstance(results.get("results"), dict):
             results = results["results"]
         self.pseudo_results = results
         self.weights = dict(weights) if weights else None
-        self._proposals = {vid: proposal_arrays(results[vid]) for vid in self.video_names if results.get(vid)}
+        self._proposals = {vid: proposal_arrays(results[vid]) for vid in self.video_names
+                           if results.get(vid)}
 
     def compute_dynamic_weights(self, pseudo_results, args):
         """docs/method.md §9 weights for every video of the phase: {vid: float64 (T_vid,)}."""
         out = {}
         for vid in self.video_names:
             proposals = proposal_arrays((pseudo_results or {}).get(vid, []))
-            out[vid] = dynamic_segment_weights(proposals, self.vid_len(vid), self.label_set(vid, proposals),
-                                               args.alpha, args.delta, args.gamma, r=args.snippets_per_sec)
+            out[vid] = dynamic_segment_weights(proposals, self.vid_len(vid),
+                                               self.label_set(vid, proposals), args.alpha,
+                                               args.delta, args.gamma, r=args.snippets_per_sec)
         return out
 
     def dynamic_weights(self, vid):
@@ -217,8 +240,9 @@ class VideoDataset(Dataset):
         w = self.weights.get(vid)
         w = np.ones(T) if w is None else np.asarray(w, dtype=np.float64)
         if len(w) != T:
-            raise DataError(f"dynamic weights of video {vid} have length {len(w)} but {self.paths[vid]} has "
-                            f"{T} snippets; the weights belong to another dataset (regenerate them)")
+            raise DataError(f"dynamic weights of video {vid} have length {len(w)} but "
+                            f"{self.paths[vid]} has {T} snippets; the weights belong to another "
+                            f"dataset (regenerate them)")
         if T == 1:
             rows, cum = dynamic_sample(x, w)
             return apply_plan(rows, plan_fn(2)), cum, 1
@@ -251,13 +275,15 @@ class VideoDataset(Dataset):
             if len(chosen[0]):
                 # class-list order where the released code iterates a Python set (docs/method.md §8)
                 ordered = [name for name in self.class_names if name in label_set]
-                bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum, x.shape[0], self.r,
-                                                      labels=ordered)
-            pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale, out_len,
-                                        cum, x.shape[0], self.r)
-        return {"vid_name": vid, "features": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+                bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum,
+                                                      x.shape[0], self.r, labels=ordered)
+            pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale,
+                                        out_len, cum, x.shape[0], self.r)
+        return {"vid_name": vid,
+                "features": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
                 "video_label": torch.from_numpy(self.video_labels[vid]), "vid_len": x.shape[0],
-                "proposal_bbox": torch.from_numpy(bbox), "proposal_count": torch.tensor(count, dtype=torch.int64),
+                "proposal_bbox": torch.from_numpy(bbox),
+                "proposal_count": torch.tensor(count, dtype=torch.int64),
                 "pseudo_instance_label": torch.from_numpy(pil), "cum": cum}
 
 
@@ -265,9 +291,11 @@ def collate_fn(items):
     """Stack a list of items into a batch dict (vid_name and cum stay lists)."""
     lengths = {item["features"].shape[0] for item in items}
     if len(lengths) > 1:
-        raise ValueError(f"cannot batch videos of different sampled lengths {sorted(lengths)}; use batch_size 1")
+        raise ValueError(f"cannot batch videos of different sampled lengths {sorted(lengths)}; "
+                         f"use batch_size 1")
     batch = {key: torch.stack([item[key] for item in items]) for key in
-             ("features", "video_label", "proposal_bbox", "proposal_count", "pseudo_instance_label")}
+             ("features", "video_label", "proposal_bbox", "proposal_count",
+              "pseudo_instance_label")}
     batch["vid_len"] = torch.tensor([item["vid_len"] for item in items], dtype=torch.int64)
     batch["vid_name"] = [item["vid_name"] for item in items]
     batch["cum"] = [item["cum"] for item in items]

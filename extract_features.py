@@ -1,4 +1,5 @@
-"""Two-stream I3D features of videos, in the convention of the public THUMOS-14 / ActivityNet-1.3 features.
+"""Two-stream I3D features of videos, in the convention of the public THUMOS-14 / ActivityNet-1.3
+features.
 
     python extract_features.py --videos FILE|DIR --out DIR --rgb_weights rgb_imagenet.pt
         --flow_weights flow_imagenet.pt [--device cuda] [--fps 25] [--snippet_frames 16] [--batch 8]
@@ -22,17 +23,23 @@ from utils import run_cli
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="extract_features.py", description=__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="extract_features.py", description=__doc__,
+                                     allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", required=True, help="a video file or a folder of them")
     parser.add_argument("--out", required=True, help="folder for VID.npy and extract_config.json")
-    parser.add_argument("--rgb_weights", required=True, help="the PyTorch I3D port's models/rgb_imagenet.pt")
-    parser.add_argument("--flow_weights", required=True, help="the PyTorch I3D port's models/flow_imagenet.pt")
-    parser.add_argument("--device", default="cpu", help="torch device of the two networks (cpu, cuda, cuda:1)")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate the videos are resampled to")
+    parser.add_argument("--rgb_weights", required=True,
+                        help="the PyTorch I3D port's models/rgb_imagenet.pt")
+    parser.add_argument("--flow_weights", required=True,
+                        help="the PyTorch I3D port's models/flow_imagenet.pt")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the two networks (cpu, cuda, cuda:1)")
+    parser.add_argument("--fps", type=float, default=25.0,
+                        help="frame rate the videos are resampled to")
     parser.add_argument("--snippet_frames", type=int, default=16, help="frames per feature snippet")
     parser.add_argument("--batch", type=int, default=8, help="snippets per network pass")
-    parser.add_argument("--workers", type=int, default=0, help="processes computing flow (default: all CPU cores)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes computing flow (default: all CPU cores)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
@@ -44,8 +51,8 @@ def main(argv=None):
         a = parse_args(argv)
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise ExtractError(f"--device {a.device}: CUDA is not available on this machine")
-        extract_videos(a.videos, a.out, a.rgb_weights, a.flow_weights, a.fps, a.snippet_frames, a.device,
-                       a.batch, a.workers)
+        extract_videos(a.videos, a.out, a.rgb_weights, a.flow_weights, a.fps, a.snippet_frames,
+                       a.device, a.batch, a.workers)
     run_cli(run, argv, "choose another --out")
 
 

@@ -36,14 +36,16 @@ class ASMLocBaseLoss(nn.Module):
         """Returns cls_loss and its three terms as tensors."""
         video_label = video_label.to(out.fg_cls.dtype)                   # (B, C)
         B = video_label.shape[0]
-        fg_label = normalise(torch.cat([video_label, video_label.new_zeros(B, 1)], dim=1))  # (B, C+1)
+        # (B, C+1)
+        fg_label = normalise(torch.cat([video_label, video_label.new_zeros(B, 1)], dim=1))
         bg_label = torch.zeros_like(fg_label)
         bg_label[:, -1] = 1.0
         fg_loss = soft_ce(out.fg_cls, fg_label)
         bg_loss = soft_ce(out.bg_cls, bg_label)
         abg_loss = soft_ce(out.bg_cls, fg_label)
         cls_loss = self.lamb_fg * fg_loss + self.lamb_bg * bg_loss + self.lamb_abg * abg_loss
-        return cls_loss, {"fg_loss": fg_loss, "bg_loss": bg_loss, "abg_loss": abg_loss, "cls_loss": cls_loss}
+        return cls_loss, {"fg_loss": fg_loss, "bg_loss": bg_loss, "abg_loss": abg_loss,
+                          "cls_loss": cls_loss}
 
     @staticmethod
     def as_floats(total, terms):
@@ -63,18 +65,21 @@ class ASMLocLoss(ASMLocBaseLoss):
     pseudo_instance_loss = -mean_{B,T} sum_c exp(-u) log(max(cas, 1e-7)) pil + beta * mean(u).
     u is the model's uncertainty (B, T, 1), or 0 when the model has none."""
 
-    def __init__(self, lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5, beta=0.2, use_pseudo_instance_loss=True):
+    def __init__(self, lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5, beta=0.2,
+                 use_pseudo_instance_loss=True):
         super().__init__(lamb_fg, lamb_bg, lamb_abg)
         self.beta = beta
         self.use_pseudo_instance_loss = bool(use_pseudo_instance_loss)
 
     @classmethod
     def from_config(cls, args):
-        return cls(args.lamb_fg, args.lamb_bg, args.lamb_abg, args.beta, args.use_pseudo_instance_loss)
+        return cls(args.lamb_fg, args.lamb_bg, args.lamb_abg, args.beta,
+                   args.use_pseudo_instance_loss)
 
     def pseudo_instance(self, out, pseudo_label):
         """out.cas (B, T, C+1), pseudo_label (B, T, C+1) row-normalised."""
-        u = out.uncertainty if out.uncertainty is not None else out.cas.new_zeros(out.cas.shape[:2] + (1,))
+        u = out.uncertainty if out.uncertainty is not None \
+            else out.cas.new_zeros(out.cas.shape[:2] + (1,))
         log_cas = torch.log(out.cas.clamp(min=EPS))                       # (B, T, C+1)
         weighted = torch.exp(-u) * log_cas * pseudo_label.to(out.cas.dtype)  # (B, T, C+1)
         return -weighted.sum(dim=2).mean() + self.beta * u.mean()
@@ -85,7 +90,8 @@ class ASMLocLoss(ASMLocBaseLoss):
         loss, terms = self.classification(video_label, out)
         if self.use_pseudo_instance_loss:
             if pseudo_label is None:
-                raise ValueError("ASMLocLoss needs pseudo_label (B, T, C+1) when use_pseudo_instance_loss is on")
+                raise ValueError("ASMLocLoss needs pseudo_label (B, T, C+1) when "
+                                 "use_pseudo_instance_loss is on")
             pil = self.pseudo_instance(out, pseudo_label)
             terms["pseudo_instance_loss"] = pil
             loss = loss + pil

@@ -82,7 +82,8 @@ def segment_attention(q, k, v, mask, scale):
 
 # ----------------------------------------------------------------------------- attention blocks
 class AttentionBlock(nn.Module):
-    """y = x + BN(conv_out(attention)); BN weight/bias start at 0 so the block starts as identity."""
+    """y = x + BN(conv_out(attention)); BN weight/bias start at 0 so the block starts as
+    identity."""
 
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -109,8 +110,9 @@ class AttentionBlock(nn.Module):
         nor the backward pass makes a transposed copy (a fused 3D-wide projection would need a
         stack and a permuted copy of all three gradients)."""
         B, N, _ = rows.shape
+        # 3 x (B, h, N, dh)
         return tuple(conv1x1(rows, conv).view(B, N, self.heads, self.head_dim).transpose(1, 2)
-                     for conv in (self.conv_query, self.conv_key, self.conv_value))  # 3 x (B, h, N, dh)
+                     for conv in (self.conv_query, self.conv_key, self.conv_value))
 
     def dense_attend(self, x, mask):
         """Released-style attention over all N positions of channels-first x (B, D, N)."""
@@ -145,13 +147,13 @@ class IntraSegmentAttention(AttentionBlock):
         covered_rows = rows.index_select(0, sel)                        # (n, D)
         total = groups[-1][0] + groups[-1][1] * groups[-1][2]           # slots in the packed buffer
 
-        def packed(values):                                             # (n, F) -> (slots, F), padding 0
+        def packed(values):                                        # (n, F) -> (slots, F), padding 0
             return values.new_zeros(total, values.shape[1]).index_copy(0, slot, values)
         q, k, v = (packed(conv1x1(covered_rows, conv)) for conv in
                    (self.conv_query, self.conv_key, self.conv_value))   # 3 x (slots, D)
         member = packed(membership.reshape(B * T, K).index_select(0, sel).to(q.dtype))  # (slots, K)
         outputs = []
-        for offset, count, length in groups:                            # one attention call per group
+        for offset, count, length in groups:                          # one attention call per group
             part = slice(offset, offset + count * length)
             heads = [t[part].view(count, length, self.heads, self.head_dim).transpose(1, 2)
                      for t in (q, k, v)]                                # 3 x (count, h, length, dh)
@@ -161,7 +163,8 @@ class IntraSegmentAttention(AttentionBlock):
             outputs.append(att.transpose(1, 2).reshape(count * length, D))
         att = outputs[0] if len(outputs) == 1 else torch.cat(outputs)   # (slots, D)
         att = conv1x1(att.index_select(0, slot), self.conv_out, bias=False)  # (n, D)
-        out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)      # (B*T, D); dtype of att (autocast)
+        # (B*T, D); dtype of att (autocast)
+        out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)
         out_rows = out_rows + self.conv_out.bias                        # conv_out(0) = bias outside
         return (rows + self.bn(out_rows)).view(B, T, D)                 # (B, T, D)
 
@@ -182,30 +185,34 @@ def intra_packing(membership, covered, sel, packing="auto"):
     """
     B, T, K = membership.shape
     device = sel.device
-    n = sel.numel()                                                     # 0: one empty group (no NaN, zero gradients)
+    n = sel.numel()                                    # 0: one empty group (no NaN, zero gradients)
     n_max = int(covered.sum(dim=1).max())                               # N
     video_cost = B * n_max ** 2
     if packing != "video" and n:
-        joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)    # (B, T-1) t-1 and t share a proposal
+        # (B, T-1) t-1 and t share a proposal
+        joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)
         starts = covered.clone()
-        starts[:, 1:] &= ~joined                                        # (B, T) first snippet of a run
-        run = starts.reshape(-1).cumsum(0).index_select(0, sel) - 1     # (n,) run of each covered snippet
+        starts[:, 1:] &= ~joined                                     # (B, T) first snippet of a run
+        # (n,) run of each covered snippet
+        run = starts.reshape(-1).cumsum(0).index_select(0, sel) - 1
         lengths = torch.bincount(run)                                   # (R,)
-        position = torch.arange(n, device=device) - (lengths.cumsum(0) - lengths)[run]  # (n,) inside its run
+        # (n,) inside its run
+        position = torch.arange(n, device=device) - (lengths.cumsum(0) - lengths)[run]
         length_class = torch.ceil(torch.log2(lengths.double())).long()  # (R,) 0 for length 1
         classes = torch.unique(length_class).tolist()
         by_class = [(length_class == j).nonzero().squeeze(1) for j in classes]
         longest = [int(lengths[ids].max()) for ids in by_class]
         run_cost = sum(len(ids) * length ** 2 for ids, length in zip(by_class, longest))
         if packing == "run" or (packing == "auto" and run_cost < video_cost):
-            row_of_run = torch.empty_like(lengths)                      # (R,) first slot of each run's row
+            row_of_run = torch.empty_like(lengths)               # (R,) first slot of each run's row
             groups, offset = [], 0
             for ids, length in zip(by_class, longest):
                 row_of_run[ids] = offset + torch.arange(len(ids), device=device) * length
                 groups.append((offset, len(ids), length))
                 offset += len(ids) * length
             return row_of_run[run] + position, groups
-    rank = (covered.cumsum(dim=1) - 1).reshape(-1).index_select(0, sel)  # (n,) position in its video
+    # (n,) position in its video
+    rank = (covered.cumsum(dim=1) - 1).reshape(-1).index_select(0, sel)
     return (sel // T) * n_max + rank, [(0, B, n_max)]
 
 
@@ -217,7 +224,8 @@ class InterSegmentAttention(AttentionBlock):
         """Column-normalised P (mean over a proposal's snippets), row-normalised P (mean over
         the proposals covering a snippet; 0 where none). Both (B, T, K)."""
         p = membership.to(dtype)
-        return p / p.sum(dim=1, keepdim=True).clamp(min=1e-5), p / p.sum(dim=2, keepdim=True).clamp(min=1e-5)
+        return (p / p.sum(dim=1, keepdim=True).clamp(min=1e-5),
+                p / p.sum(dim=2, keepdim=True).clamp(min=1e-5))
 
     def forward_dense(self, x, membership, inter_mask):
         """x (B, T, D), membership (B, T, K), inter_mask (B, K, K) -> (B, T, D)."""
@@ -237,7 +245,8 @@ class InterSegmentAttention(AttentionBlock):
         segments = col.transpose(1, 2) @ x                              # (B, K', D)
         q, k, v = self.qkv_rows(segments)                               # 3 x (B, h, K', dh)
         mask = valid[:, :k_max, None] & valid[:, None, :k_max]          # (B, K', K')
-        att = segment_attention(q, k, v, mask, self.scale).transpose(1, 2).reshape(B, k_max, D)  # (B, K', D)
+        # (B, K', D)
+        att = segment_attention(q, k, v, mask, self.scale).transpose(1, 2).reshape(B, k_max, D)
         out = row @ conv1x1(att, self.conv_out, bias=False)             # (B, T, D)
         out = (out + self.conv_out.bias).reshape(B * T, D)              # (B*T, D)
         return x + self.bn(out).view(B, T, D)                           # (B, T, D)
@@ -284,7 +293,8 @@ class ASMLocBase(nn.Module):
         return self.dropout(emb) if self.embed_dropout else emb
 
     def heads(self, emb):
-        """Attention, snippet dropout, classifier, top-k pooling (docs/method.md §3-5) -> ModelOutput."""
+        """Attention, snippet dropout, classifier, top-k pooling (docs/method.md §3-5) ->
+        ModelOutput."""
         emb = emb.contiguous()  # dropout masks follow memory order: same layout on every path
         B, T, _ = emb.shape
         temp_att = torch.softmax(conv1x1(self.head_input(emb), self.att_branch), dim=2)  # (B, T, 2)

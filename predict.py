@@ -1,15 +1,18 @@
 """Localize actions in new videos with a trained cascade: I3D feature files in, detections out.
 
-    python predict.py --checkpoint RUN_FOLDER --features PATH [--out FILE] [--format json|csv] [--plot]
-    python predict.py --checkpoint RUN_FOLDER --videos PATH --rgb_weights RGB.pt --flow_weights FLOW.pt [...]
+    python predict.py --checkpoint RUN_FOLDER --features PATH [--out FILE] [--format json|csv]
+        [--plot]
+    python predict.py --checkpoint RUN_FOLDER --videos PATH --rgb_weights RGB.pt
+        --flow_weights FLOW.pt [...]
 
-PATH is one (T, D) float .npy file or a folder of them (one per video, named VID.npy); with --videos, a
-video file or folder whose two-stream I3D features are extracted first (features/extract.py) into
-OUT_features/, where a later run finds them. The cascade is replayed exactly as test mode does
-(engine/cascade.py); no gt.json or split file is needed. The config is the run's (RUN_FOLDER/config.json:
-dataset, feature_dim, fps, snippet frames, thresholds, ...); any key can be overridden as in the entry
-scripts (`--nms_thresh 0.3`, ...), and each override is printed. Without config.json (released
-checkpoints) config.py is used: pass the flags the run was trained with.
+PATH is one (T, D) float .npy file or a folder of them (one per video, named VID.npy); with
+--videos, a video file or folder whose two-stream I3D features are extracted first
+(features/extract.py) into OUT_features/, where a later run finds them. The cascade is replayed
+exactly as test mode does (engine/cascade.py); no gt.json or split file is needed. The config is
+the run's (RUN_FOLDER/config.json: dataset, feature_dim, fps, snippet frames, thresholds, ...); any
+key can be overridden as in the entry scripts (`--nms_thresh 0.3`, ...), and each override is
+printed. Without config.json (released checkpoints) config.py is used: pass the flags the run was
+trained with.
 """
 import argparse
 import csv
@@ -29,17 +32,26 @@ def parse_predict_args(argv):
     parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(PRESETS),
-                        help="preset of config.py (default: the run's, from config.json; else THUMOS)")
+                        help="preset of config.py (default: the run's, from config.json; "
+                             "else THUMOS)")
     parser.add_argument("--features", help="a (T, D) float .npy file or a folder of them")
-    parser.add_argument("--videos", help="a video file or folder: extract I3D features (cached in OUT_features/)")
-    parser.add_argument("--rgb_weights", help="with --videos: the PyTorch I3D port's models/rgb_imagenet.pt")
-    parser.add_argument("--flow_weights", help="with --videos: the PyTorch I3D port's models/flow_imagenet.pt")
-    parser.add_argument("--out", default="", help="output file (default predictions.json / predictions.csv)")
+    parser.add_argument("--videos",
+                        help="a video file or folder: extract I3D features "
+                             "(cached in OUT_features/)")
+    parser.add_argument("--rgb_weights",
+                        help="with --videos: the PyTorch I3D port's models/rgb_imagenet.pt")
+    parser.add_argument("--flow_weights",
+                        help="with --videos: the PyTorch I3D port's models/flow_imagenet.pt")
+    parser.add_argument("--out", default="",
+                        help="output file (default predictions.json / predictions.csv)")
     parser.add_argument("--format", default="json", choices=["json", "csv"],
                         help="json: ActivityNet result file; csv: video,label,score,start,end")
-    parser.add_argument("--plot", action="store_true", help="one PNG per video beside --out (OUT_plots/VID.png)")
-    parser.add_argument("--fps", type=float, help="frame rate of the feature extraction (default: the run's, 25)")
-    parser.add_argument("--snippet_frames", type=int, help="frames per feature snippet (default: the run's, 16)")
+    parser.add_argument("--plot", action="store_true",
+                        help="one PNG per video beside --out (OUT_plots/VID.png)")
+    parser.add_argument("--fps", type=float,
+                        help="frame rate of the feature extraction (default: the run's, 25)")
+    parser.add_argument("--snippet_frames", type=int,
+                        help="frames per feature snippet (default: the run's, 16)")
     parser.add_argument("--score_threshold", type=float, help="keep detections with score >= X")
     parser.add_argument("--top_k", type=int, help="keep the K best-scored detections per video")
     known, rest = parser.parse_known_args(argv)
@@ -48,11 +60,13 @@ def parse_predict_args(argv):
     if known.snippet_frames is not None:
         rest += ["--segment_frames_num", str(known.snippet_frames)]
     if (known.features is None) == (known.videos is None):
-        raise UserError("predict.py needs either --features PATH (.npy files) or --videos PATH (video files)")
+        raise UserError("predict.py needs either --features PATH (.npy files) or --videos PATH "
+                        "(video files)")
     if known.top_k is not None and known.top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {known.top_k}")
     if not any(flag == "--checkpoint" or flag.startswith("--checkpoint=") for flag in rest):
-        raise UserError("predict.py needs --checkpoint RUN_FOLDER (the folder with model_step*.pth)")
+        raise UserError("predict.py needs --checkpoint RUN_FOLDER (the folder with "
+                        "model_step*.pth)")
     return known, rest
 
 
@@ -60,7 +74,8 @@ def filter_detections(detections, score_threshold=None, top_k=None):
     """Detections with score >= score_threshold, then the top_k best scored; original order kept."""
     kept = [d for d in detections if score_threshold is None or d["score"] >= score_threshold]
     if top_k is not None and len(kept) > top_k:
-        best = sorted(range(len(kept)), key=lambda i: -kept[i]["score"])[:top_k]   # stable: ties keep order
+        # stable: ties keep order
+        best = sorted(range(len(kept)), key=lambda i: -kept[i]["score"])[:top_k]
         kept = [kept[i] for i in sorted(best)]
     return kept
 
@@ -72,7 +87,8 @@ def detections_csv(results):
     writer.writerow(["video", "label", "score", "start", "end"])
     for vid, detections in results.items():
         for d in detections:
-            writer.writerow([vid, d["label"], repr(d["score"]), repr(d["segment"][0]), repr(d["segment"][1])])
+            writer.writerow([vid, d["label"], repr(d["score"]), repr(d["segment"][0]),
+                             repr(d["segment"][1])])
     return buffer.getvalue()
 
 
@@ -81,7 +97,8 @@ def write_plots(folder, results, outputs, dataset, args):
     for vid, out in outputs.items():
         plot_video(os.path.join(folder, f"{vid}.png"), vid, out["vid_len"], args.class_name_lst,
                              out["fg_cas"], out["temp_att"], results[vid], [], args.frames_per_sec,
-                             args.segment_frames_num, weights=dataset.dynamic_weights(vid), cum=out["cum"],
+                             args.segment_frames_num, weights=dataset.dynamic_weights(vid),
+                             cum=out["cum"],
                              title_extra=f"step {args.num_steps} (final)", score_threshold=0.0)
 
 
@@ -99,14 +116,17 @@ def run(argv):
     if known.videos is not None:       # features at the run's time base, cached beside the output
         from features.extract import FEATURE_DIM, extract_videos
         if args.feature_dim != FEATURE_DIM:
-            raise UserError(f"--videos gives {FEATURE_DIM}-d features; the checkpoint expects {args.feature_dim}")
-        videos = extract_videos(known.videos, out.with_name(out.stem + "_features"), known.rgb_weights,
-                                known.flow_weights, args.frames_per_sec, args.segment_frames_num, args.device)
+            raise UserError(f"--videos gives {FEATURE_DIM}-d features; the checkpoint expects "
+                            f"{args.feature_dim}")
+        videos = extract_videos(known.videos, out.with_name(out.stem + "_features"),
+                                known.rgb_weights, known.flow_weights, args.frames_per_sec,
+                                args.segment_frames_num, args.device)
     else:
         videos = list_feature_files(known.features)
     dataset = new_video_dataset(videos, args)
     results, outputs = run_cascade(models, dataset, args, keep_outputs=known.plot)
-    results = {vid: filter_detections(dets, known.score_threshold, known.top_k) for vid, dets in results.items()}
+    results = {vid: filter_detections(dets, known.score_threshold, known.top_k)
+               for vid, dets in results.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     if known.format == "csv":
         atomic_write_text(out, detections_csv(results))

@@ -16,7 +16,8 @@ from utils import group_positions
 
 
 def upsample(x, scale):
-    """Linear interpolation of x (T, ...) at arange(0, T, 1/scale), extrapolating -> (N, ...) float64.
+    """Linear interpolation of x (T, ...) at arange(0, T, 1/scale), extrapolating -> (N, ...)
+    float64.
 
     Same arithmetic as scipy's interp1d(kind='linear', fill_value='extrapolate'), which the
     released code used: the neighbour difference is taken in x's own dtype (float32 model
@@ -42,13 +43,13 @@ def group_runs(mask):
     """
     mask = np.asarray(mask, dtype=bool)
     n_rows, n = mask.shape
-    padded = np.zeros((n_rows, n + 1), dtype=bool)                        # (R, N+1): False separator
+    padded = np.zeros((n_rows, n + 1), dtype=bool)                       # (R, N+1): False separator
     padded[:, :n] = mask
     flat = padded.ravel()
-    if n_rows == 0:                                                        # e.g. a branch with no thresholds
+    if n_rows == 0:                                               # e.g. a branch with no thresholds
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1                      # run starts / ends (excl.)
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1                    # run starts / ends (excl.)
     if flat[0]:
         edges = np.concatenate([[0], edges])
     starts, stops = edges[0::2], edges[1::2]
@@ -57,9 +58,11 @@ def group_runs(mask):
 
 
 def outer_ranges(first, last, lamb, n):
-    """Outer margins of runs [first, last] in a length-n signal: [outer_first, first), (last, outer_last].
+    """Outer margins of runs [first, last] in a length-n signal: [outer_first, first),
+    (last, outer_last].
 
-    outer_first = max(0, int(first - lamb*L)), outer_last = min(n-1, int(last + lamb*L)), int() truncating.
+    outer_first = max(0, int(first - lamb*L)), outer_last = min(n-1, int(last + lamb*L)), int()
+    truncating.
     """
     length = last - first + 1
     outer_first = np.maximum(0, (first - lamb * length).astype(np.int64))
@@ -73,9 +76,9 @@ def range_sums(values, starts, stops):
     starts, stops = np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64)
     if len(starts) == 0:
         return np.zeros(0)
-    order = np.argsort(starts, kind="stable")                             # keeps reduceat's gaps short
+    order = np.argsort(starts, kind="stable")                          # keeps reduceat's gaps short
     bounds = np.stack([starts[order], np.maximum(stops[order], starts[order])], axis=1).ravel()
-    padded = np.concatenate([values, [0.0]])                               # allow a bound at len(values)
+    padded = np.concatenate([values, [0.0]])                          # allow a bound at len(values)
     sums = np.empty(len(starts))
     sums[order] = np.add.reduceat(padded, bounds)[0::2]
     return np.where(stops > starts, sums, 0.0)
@@ -155,7 +158,7 @@ def nms(segments, scores, thresh, groups=None):
     rank[order] = np.arange(len(order))
     if len(order) == 0:
         return order
-    if thresh <= 0:                                                        # IoU >= 0 always: best only
+    if thresh <= 0:                                                     # IoU >= 0 always: best only
         return order[np.concatenate([[True], groups[order][1:] != groups[order][:-1]])]
     start, end = segments[:, 0], segments[:, 1]
     length = end - start + 1
@@ -163,11 +166,12 @@ def nms(segments, scores, thresh, groups=None):
     inter = np.maximum(0.0, np.minimum(end[a], end[b]) - np.maximum(start[a], start[b]) + 1)
     hit = inter / (length[a] + length[b] - inter) >= thresh               # symmetric IoU
     a, b = a[hit], b[hit]
-    up, down = np.where(rank[a] < rank[b], a, b), np.where(rank[a] < rank[b], b, a)   # better -> worse
-    state = np.zeros(len(order), dtype=np.int8)                            # 0 open, 1 kept, 2 dropped
+    # better -> worse
+    up, down = np.where(rank[a] < rank[b], a, b), np.where(rank[a] < rank[b], b, a)
+    state = np.zeros(len(order), dtype=np.int8)                          # 0 open, 1 kept, 2 dropped
     while len(up):
         blocked = np.zeros(len(order), dtype=bool)
-        blocked[down] = True                                               # an open better neighbour
+        blocked[down] = True                                              # an open better neighbour
         state[(state == 0) & ~blocked] = 1
         state[down[state[up] == 1]] = 2
         live = (state[up] == 0) & (state[down] == 0)
@@ -276,14 +280,16 @@ def proposals_from_outputs(fg_cls, temp_att, fg_cas, vid_len, settings, cum=None
     first, last = np.concatenate([first_c, first_a]), np.concatenate([last_c, last_a])
     is_cas = np.arange(len(cls_pos)) < len(cls_c)
     order = np.lexsort((first, thr_idx, cls_pos))
-    order = order[last[order] > first[order]]                              # skip runs shorter than 2
-    cls_pos, thr_idx, first, last, is_cas = (x[order] for x in (cls_pos, thr_idx, first, last, is_cas))
+    order = order[last[order] > first[order]]                             # skip runs shorter than 2
+    cls_pos, thr_idx, first, last, is_cas = (x[order]
+                                             for x in (cls_pos, thr_idx, first, last, is_cas))
     contrast = np.empty(len(order))
     c, a = is_cas, ~is_cas
     contrast[c] = summed_contrast([(w_cas, kept_cas, cls_pos[c] * len(th_cas) + thr_idx[c]),
                                    (w_att, att[None, :], np.zeros(c.sum(), dtype=np.int64))],
                                   first[c], last[c], settings.oic_lamb)
-    contrast[a] = summed_contrast([(w_att, kept_att, thr_idx[a] - len(th_cas)), (w_cas, cas, cls_pos[a])],
+    contrast[a] = summed_contrast([(w_att, kept_att, thr_idx[a] - len(th_cas)),
+                                   (w_cas, cas, cls_pos[a])],
                                   first[a], last[a], settings.oic_lamb)
     gamma = np.where(is_cas, gamma_cas, gamma_att)
     score = contrast + gamma * video_score[classes][cls_pos]

@@ -1,4 +1,5 @@
-"""Synthetic I3D-like features in the real on-disk layout (docs/method.md §1), for tests and the --demo run.
+"""Synthetic I3D-like features in the real on-disk layout (docs/method.md §1), for tests and the
+--demo run.
 
 Each video mixes, in a low-rank latent space projected to D dims and passed through a ReLU:
 a class scene context present through the whole video (confusable classes share part of it),
@@ -26,10 +27,11 @@ import numpy as np
 from utils import UserError, atomic_write_json, atomic_write_text
 
 R = 25 / 16
-MARKER = "SYNTHETIC.json"            # written last: its presence means the set is complete
-GENERATOR_VERSION = 3                # in the demo marker: a demo set from an older generator is rebuilt
-KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"), ("HammerThrow", "ThrowDiscus"),
-               ("HighJump", "LongJump"), ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
+MARKER = "SYNTHETIC.json"  # written last: its presence means the set is complete
+GENERATOR_VERSION = 3      # in the demo marker: a demo set from an older generator is rebuilt
+KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"),
+               ("HammerThrow", "ThrowDiscus"), ("HighJump", "LongJump"),
+               ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
                ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
 
 
@@ -68,9 +70,10 @@ def _bank(class_names, D, seed, n_bg=8, n_noise=24):
         return np.sqrt(shared_frac) * shared[group] + np.sqrt(1 - shared_frac) * own
 
     act_a, act_b, ctx = mixed(0.5), mixed(0.5), mixed(0.6)
-    motion, scene = 0.55 + 0.45 * (1 - rgb), 0.35 + 0.65 * rgb          # flow carries motion, RGB scene
+    motion, scene = 0.55 + 0.45 * (1 - rgb), 0.35 + 0.65 * rgb      # flow carries motion, RGB scene
     rows = [0.6 * act_a * motion, 0.6 * act_b * motion, 0.35 * ctx * scene,
-            0.35 * rng.standard_normal((n_bg, D)) * (0.5 + 0.5 * rgb), 0.25 * rng.standard_normal((n_noise, D))]
+            0.35 * rng.standard_normal((n_bg, D)) * (0.5 + 0.5 * rgb),
+            0.25 * rng.standard_normal((n_noise, D))]
     bias = -0.3 + 0.1 * rng.standard_normal(D)
     return np.concatenate(rows).astype(np.float32), bias.astype(np.float32), partner
 
@@ -82,7 +85,7 @@ def _smooth(x, sigma):
     k /= k.sum()
     padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
     out = np.zeros(x.shape)
-    for j, weight in enumerate(k):                   # fixed summation order (see the module docstring)
+    for j, weight in enumerate(k):      # fixed summation order (see the module docstring)
         out += weight * padded[j:j + len(x)]
     return out
 
@@ -100,17 +103,18 @@ def _features(T, annotations, bank, rng):
     """(T, D) float32 features of one video from its annotations [(start_s, end_s, class_id)]."""
     W, bias, partner = bank
     C, D = len(partner), W.shape[1]
-    t = np.arange(T, dtype=np.float64)[None, :] + 0.5                          # snippet centres
+    t = np.arange(T, dtype=np.float64)[None, :] + 0.5                   # snippet centres
     env_a, env_b = np.zeros((T, C)), np.zeros((T, C))
     if annotations:
         s, e, cls = (np.array(v) for v in zip(*annotations))
         s, e = s[:, None] * R, e[:, None] * R
         tau = rng.uniform(0.4, 1.2, (len(cls), 1))
-        box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4   # (N, T) soft sigmoid edges
-        box *= rng.uniform(0.5, 1.5, (len(cls), 1))                             # weak and strong instances
+        # (N, T) soft sigmoid edges
+        box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4
+        box *= rng.uniform(0.5, 1.5, (len(cls), 1))                     # weak and strong instances
         phase = np.clip((t - s) / np.maximum(e - s, 1e-3), 0, 1)
-        for n, c in enumerate(cls):                                              # instance by instance
-            env_a[:, c] += box[n] * (1 - phase[n])                               # (T,)
+        for n, c in enumerate(cls):                                     # instance by instance
+            env_a[:, c] += box[n] * (1 - phase[n])                      # (T,)
             env_b[:, c] += box[n] * phase[n]
     ctx = np.zeros(C)
     present = sorted({c for _, _, c in annotations})
@@ -122,10 +126,11 @@ def _features(T, annotations, bank, rng):
     n_bg, n_noise = W.shape[0] - 3 * C - 24, 24
     bg = np.maximum(_smooth(rng.standard_normal((T, n_bg)), 8.0) * 3 + 0.3, 0)
     noise = _smooth(rng.standard_normal((T, n_noise)), 1.5) * 1.5
-    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1)                # (T, L)
-    pre = _project(latent, W, bias) + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45)
-    pre[1:-1] = 0.5 * pre[1:-1] + 0.25 * (pre[:-2] + pre[2:])                     # overlapping snippets
-    return np.where(pre > 0, pre, 0.0).astype(np.float32)                          # ReLU, one cast
+    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1)     # (T, L)
+    pre = (_project(latent, W, bias)
+           + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45))
+    pre[1:-1] = 0.5 * pre[1:-1] + 0.25 * (pre[:-2] + pre[2:])           # overlapping snippets
+    return np.where(pre > 0, pre, 0.0).astype(np.float32)               # ReLU, one cast
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,22 +143,22 @@ QUANTILE_P = np.linspace(0, 1, 21)
 REAL_STATS = {
     "THUMOS14": {
         # video duration (s)
-        "duration_s": [8.8, 30.7, 36.9, 51.3, 67.3, 81.1, 100.3, 112.3, 128.4, 135.6, 150.4, 168.3, 180.6,
-                       191.1, 210.2, 228.6, 275.9, 311.0, 450.4, 600.8, 1174.4],
+        "duration_s": [8.8, 30.7, 36.9, 51.3, 67.3, 81.1, 100.3, 112.3, 128.4, 135.6, 150.4, 168.3,
+                       180.6, 191.1, 210.2, 228.6, 275.9, 311.0, 450.4, 600.8, 1174.4],
         # per video: fraction of snippets whose centre lies inside an annotated instance
-        "inside_frac": [0.004, 0.059, 0.084, 0.118, 0.136, 0.158, 0.173, 0.186, 0.196, 0.208, 0.229, 0.247,
-                        0.28, 0.313, 0.345, 0.372, 0.419, 0.482, 0.583, 0.751, 0.994],
+        "inside_frac": [0.004, 0.059, 0.084, 0.118, 0.136, 0.158, 0.173, 0.186, 0.196, 0.208, 0.229,
+                        0.247, 0.28, 0.313, 0.345, 0.372, 0.419, 0.482, 0.583, 0.751, 0.994],
         # instance length (s)
-        "length_s": [0.2, 0.7, 0.9, 1.1, 1.3, 1.5, 1.8, 2.0, 2.3, 2.6, 2.9, 3.3, 3.7, 4.4, 5.0, 5.5, 6.2, 7.0,
-                     8.0, 9.7, 118.1],
+        "length_s": [0.2, 0.7, 0.9, 1.1, 1.3, 1.5, 1.8, 2.0, 2.3, 2.6, 2.9, 3.3, 3.7, 4.4, 5.0, 5.5,
+                     6.2, 7.0, 8.0, 9.7, 118.1],
         # distinct classes per video: probability of 1, 2
         "classes_p": [0.865, 0.135],
     },
     "ActivityNet13": {
-        "duration_s": [1.6, 18.2, 30.2, 40.5, 52.0, 61.6, 70.6, 80.7, 91.5, 102.6, 114.4, 125.2, 136.4, 148.4,
-                       160.6, 172.7, 184.6, 197.1, 210.7, 224.3, 755.1],
-        "inside_frac": [0.0, 0.119, 0.209, 0.292, 0.362, 0.439, 0.506, 0.567, 0.622, 0.672, 0.718, 0.763, 0.802,
-                        0.839, 0.872, 0.901, 0.929, 0.958, 0.992, 1.0, 1.0],
+        "duration_s": [1.6, 18.2, 30.2, 40.5, 52.0, 61.6, 70.6, 80.7, 91.5, 102.6, 114.4, 125.2,
+                       136.4, 148.4, 160.6, 172.7, 184.6, 197.1, 210.7, 224.3, 755.1],
+        "inside_frac": [0.0, 0.119, 0.209, 0.292, 0.362, 0.439, 0.506, 0.567, 0.622, 0.672, 0.718,
+                        0.763, 0.802, 0.839, 0.872, 0.901, 0.929, 0.958, 0.992, 1.0, 1.0],
         # instances per video: probability of 1, 2, 3, 4, 5, >= 6 (the last folded into 6)
         "instances_p": [0.7551, 0.1302, 0.0473, 0.0265, 0.0159, 0.0250],
         "classes_p": [1.0],                 # 99.96 % of the videos have one class
@@ -214,9 +219,11 @@ def sample_timeline(profile, rng, time_scale=None, durations=None):
     return d, starts, starts + lengths, n_cls
 
 
-def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_test=40, feature_dim=2048, seed=0,
-                               class_names=None, timeline_gt=None, durations=None):
-    """Write gt.json, split_{train,test}.txt and {train,test}/VID.npy under out_dir; returns the database."""
+def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_test=40,
+                               feature_dim=2048, seed=0, class_names=None, timeline_gt=None,
+                               durations=None):
+    """Write gt.json, split_{train,test}.txt and {train,test}/VID.npy under out_dir; returns the
+    database."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     class_names = list(class_names or default_classes(profile))
@@ -224,8 +231,9 @@ def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_te
     bank = _bank(class_names, feature_dim, seed)
     out = Path(out_dir)
     database, splits = {}, {"train": [], "test": []}
-    videos = _real_timeline(timeline_gt, profile, num_train, num_test, index) if timeline_gt is not None \
-        else _generated_videos(profile, num_train, num_test, seed, class_names, durations)
+    videos = (_real_timeline(timeline_gt, profile, num_train, num_test, index)
+              if timeline_gt is not None
+              else _generated_videos(profile, num_train, num_test, seed, class_names, durations))
     for number, (vid, folder, duration, anns) in enumerate(videos):
         rng = np.random.default_rng([seed, number])
         T = max(int(round(duration * R)), 1)
@@ -238,8 +246,8 @@ def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_te
         splits[folder].append(vid)
     for folder, names in splits.items():
         atomic_write_text(out / f"split_{folder}.txt", "".join(f"{vid}\n" for vid in names))
-    atomic_write_json(out / "gt.json", {"version": f"synthetic-{profile} (seed {seed})", "taxonomy": [],
-                                        "database": database})
+    atomic_write_json(out / "gt.json", {"version": f"synthetic-{profile} (seed {seed})",
+                                        "taxonomy": [], "database": database})
     return database
 
 
@@ -250,14 +258,17 @@ def _generated_videos(profile, num_train, num_test, seed, class_names, durations
         folder = "train" if number < num_train else "test"
         i = number if folder == "train" else number - num_train
         shape = PROFILES[profile]
-        vid = shape["video_name"].format(subset=shape["subsets"][folder == "test"], i=i, number=number)
+        vid = shape["video_name"].format(subset=shape["subsets"][folder == "test"], i=i,
+                                         number=number)
         d, starts, ends, n_cls = sample_timeline(profile, rng, durations=durations)
         classes = rng.choice(C, n_cls, replace=False)
-        labels = classes[rng.permutation(np.r_[np.arange(n_cls), rng.integers(0, n_cls, len(starts) - n_cls)])]
+        labels = classes[rng.permutation(np.r_[np.arange(n_cls),
+                                               rng.integers(0, n_cls, len(starts) - n_cls)])]
         T = max(int(round(d * R)), 1)
         duration = T / R                           # the features cover exactly the annotated time
         step = shape["time_step"]
-        anns = [(round(s * step) / step, max(round(e * step), round(s * step) + 1) / step, class_names[c])
+        anns = [(round(s * step) / step, max(round(e * step), round(s * step) + 1) / step,
+                 class_names[c])
                 for s, e, c in zip(starts, ends, labels)]
         yield vid, folder, duration, anns
 
@@ -273,8 +284,8 @@ def _real_timeline(gt, profile, num_train, num_test, index):
     for folder, count in (("train", num_train), ("test", num_test)):
         for vid in names[folder][:count]:
             entry = database[vid]
-            anns = [(float(a["segment"][0]), float(a["segment"][1]), a["label"]) for a in entry["annotations"]
-                    if a["label"] in index]
+            anns = [(float(a["segment"][0]), float(a["segment"][1]), a["label"])
+                    for a in entry["annotations"] if a["label"] in index]
             yield vid, folder, float(entry["duration"]), anns
 
 
@@ -282,28 +293,32 @@ def _demo_params(args):
     profile = args.synthetic_profile
     num_train, num_test = PROFILES[profile]["demo_videos"]
     return {"profile": profile, "num_train": num_train, "num_test": num_test,
-            "feature_dim": int(args.feature_dim), "seed": 0, "class_names": list(args.class_name_lst),
-            "durations": list(PROFILES[profile]["durations"]),
-            "generator": GENERATOR_VERSION}
+            "feature_dim": int(args.feature_dim), "seed": 0,
+            "class_names": list(args.class_name_lst),
+            "durations": list(PROFILES[profile]["durations"]), "generator": GENERATOR_VERSION}
 
 
 def files_sha256(root):
-    """sha256 of a generated set: each file's relative path and sha256, in path order (the marker excluded)."""
+    """sha256 of a generated set: each file's relative path and sha256, in path order (the marker
+    excluded)."""
     root = Path(root)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0"
+                      + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
 def _stale_reason(target, params):
-    """Why the demo set at target cannot be used as it is, or None (same parameters, files as generated)."""
+    """Why the demo set at target cannot be used as it is, or None (same parameters, files as
+    generated)."""
     try:
         stored = json.loads((target / MARKER).read_text())
     except (OSError, ValueError):
         return f"its {MARKER} is unreadable"
     if {key: val for key, val in stored.items() if key != "sha256"} != params:
-        return f"it was made with other parameters or an older generator (version {stored.get('generator')})"
+        return (f"it was made with other parameters or an older generator "
+                f"(version {stored.get('generator')})")
     if stored.get("sha256") != files_sha256(target):
         return f"its files differ from the checksum in its {MARKER}"
     return None
@@ -332,7 +347,8 @@ def ensure_demo_dataset(args):
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        generate_synthetic_dataset(tmp, **{key: val for key, val in params.items() if key != "generator"})
+        generate_synthetic_dataset(tmp, **{key: val for key, val in params.items()
+                                           if key != "generator"})
         atomic_write_json(tmp / MARKER, {**params, "sha256": files_sha256(tmp)})
         if target.exists():
             target.rmdir()                                 # empty folder
@@ -347,21 +363,26 @@ def ensure_demo_dataset(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write a synthetic THUMOS-/ActivityNet-like feature dataset.")
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic THUMOS-/ActivityNet-like feature dataset.")
     parser.add_argument("--out", required=True, help="output folder (the data_dir)")
     parser.add_argument("--profile", default="THUMOS14", choices=sorted(PROFILES))
     parser.add_argument("--num_train", type=int, default=40)
     parser.add_argument("--num_test", type=int, default=40)
     parser.add_argument("--feature_dim", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min_duration", type=float, default=None, help="seconds (default: the profile's)")
-    parser.add_argument("--max_duration", type=float, default=None, help="seconds (default: the profile's)")
-    parser.add_argument("--timeline_gt", default=None, help="take videos and annotations from this real gt.json")
+    parser.add_argument("--min_duration", type=float, default=None,
+                        help="seconds (default: the profile's)")
+    parser.add_argument("--max_duration", type=float, default=None,
+                        help="seconds (default: the profile's)")
+    parser.add_argument("--timeline_gt", default=None,
+                        help="take videos and annotations from this real gt.json")
     opts = parser.parse_args(argv)
-    database = generate_synthetic_dataset(opts.out, opts.profile, opts.num_train, opts.num_test, opts.feature_dim,
-                                          opts.seed, timeline_gt=opts.timeline_gt,
-                                          durations=None if opts.min_duration is None and opts.max_duration is None
-                                          else (opts.min_duration or 0.0, opts.max_duration or float("inf")))
+    database = generate_synthetic_dataset(
+        opts.out, opts.profile, opts.num_train, opts.num_test, opts.feature_dim, opts.seed,
+        timeline_gt=opts.timeline_gt,
+        durations=None if opts.min_duration is None and opts.max_duration is None
+        else (opts.min_duration or 0.0, opts.max_duration or float("inf")))
     print(f"wrote {len(database)} videos to {opts.out} (files sha256 {files_sha256(opts.out)})")
 
 

@@ -45,16 +45,17 @@ def video_statistics(entry):
     duration = float(entry["duration"])
     segments = [(float(a["segment"][0]), float(a["segment"][1])) for a in entry["annotations"]]
     T = max(int(round(duration * R)), 1)
-    centres = (np.arange(T) + 0.5) / R                                           # (T,) snippet centres (s)
+    centres = (np.arange(T) + 0.5) / R                          # (T,) snippet centres (s)
     inside = np.zeros(T, bool)
     if segments:
-        s, e = np.array(segments).T                                              # (N,), (N,)
-        inside = ((centres[:, None] >= s) & (centres[:, None] <= e)).any(1)      # (T,)
+        s, e = np.array(segments).T                                             # (N,), (N,)
+        inside = ((centres[:, None] >= s) & (centres[:, None] <= e)).any(1)     # (T,)
     merged = _merged(segments)
     lengths = [e - s for s, e in segments]
     return {"duration_s": duration, "instances": len(segments),
-            "classes": len({a["label"] for a in entry["annotations"]}), "inside_frac": float(inside.mean()),
-            "length_s": lengths, "length_frac": [x / duration for x in lengths] if duration > 0 else [],
+            "classes": len({a["label"] for a in entry["annotations"]}),
+            "inside_frac": float(inside.mean()), "length_s": lengths,
+            "length_frac": [x / duration for x in lengths] if duration > 0 else [],
             "gap_s": [b[0] - a[1] for a, b in zip(merged[:-1], merged[1:])]}
 
 
@@ -87,7 +88,8 @@ def summarize(values):
 
 
 def _cell(row):
-    fmt = (lambda x: f"{x:.2f}") if max(abs(row["q90"]), abs(row["mean"])) < 10 else (lambda x: f"{x:.1f}")
+    small = max(abs(row["q90"]), abs(row["mean"])) < 10
+    fmt = (lambda x: f"{x:.2f}") if small else (lambda x: f"{x:.1f}")
     return f"{fmt(row['mean'])} ({fmt(row['q10'])} / {fmt(row['q50'])} / {fmt(row['q90'])})"
 
 

@@ -16,7 +16,8 @@ from model import segment_attention  # noqa: E402
 
 # (name, B, heads, N covered snippets, head dim): demo D = 256, THUMOS D = 2048, 8 heads, about
 # half of the snippets inside a proposal (T = 256 and 750)
-SIZES = [("demo intra", 16, 8, 140, 32), ("THUMOS intra", 16, 8, 400, 256), ("THUMOS inter", 16, 8, 20, 256)]
+SIZES = [("demo intra", 16, 8, 140, 32), ("THUMOS intra", 16, 8, 400, 256),
+         ("THUMOS inter", 16, 8, 20, 256)]
 
 
 def handwritten_attention(q, k, v, mask, scale):
@@ -60,24 +61,28 @@ def time_fn(fn, inputs, mask, scale, repeats, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}; forward + backward, ms, min of {args.repeats}")
-    print(f"{'size':14s} {'B,h,N,dh':>16s} {'hand-written':>12s} {'fused':>8s} {'speed-up':>8s} {'max diff':>9s}")
+    print(f"{'size':14s} {'B,h,N,dh':>16s} {'hand-written':>12s} {'fused':>8s} "
+          f"{'speed-up':>8s} {'max diff':>9s}")
     for name, B, h, N, dh in SIZES:
         qkv = [torch.randn(B, h, N, dh, generator=generator).to(args.device) for _ in range(3)]
         mask = block_mask(B, N, generator, args.device)
         scale = dh ** -0.5
-        diff = (segment_attention(*qkv, mask, scale) - handwritten_attention(*qkv, mask, scale)).abs().max().item()
+        diff = (segment_attention(*qkv, mask, scale)
+                - handwritten_attention(*qkv, mask, scale)).abs().max().item()
         inputs = [t.requires_grad_() for t in qkv]
         slow = time_fn(handwritten_attention, inputs, mask, scale, args.repeats, args.device)
         fast = time_fn(segment_attention, inputs, mask, scale, args.repeats, args.device)
         shape = f"{B},{h},{N},{dh}"
-        print(f"{name:14s} {shape:>16s} {1000 * slow:12.1f} {1000 * fast:8.1f} {slow / fast:8.2f} {diff:9.1e}")
+        print(f"{name:14s} {shape:>16s} {1000 * slow:12.1f} {1000 * fast:8.1f} "
+              f"{slow / fast:8.2f} {diff:9.1e}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Usage: python bench/bench_diagnosis.py [--gt ../shared/data/THUMOS14/gt.json] [-
 Predictions are bench_eval.py's random ones over the real THUMOS-14 test GT (60% jittered GT
 copies, 40% uniform). Reported: loading the files (the evaluator's loader, shared with the mAP),
 the diagnosis itself (matching at 9 tIoU + 0.5, 16 bins, AP and AP_N, false-positive profile;
-best of --repeat), and the loop version (eval/reference_diagnosis.py) on --loop_size predictions
+best of --repeat), and the loop version (tests/oracles/diagnosis_loop.py) on --loop_size
+predictions
 (it visits every GT of the subset for every prediction, so it is timed on a small set and scaled
 linearly to --size). Last, the two ignore rules of the bins side by side: per tIoU (default)
 minus at every tIoU once at one (DETAD's released code, `ignore_any_tiou`), on the per-bin
@@ -22,17 +23,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))                # the loop oracles (tests/oracles/)
 
 from bench_eval import random_predictions             # noqa: E402
 
 from eval.detection import ANETDetection               # noqa: E402
-from eval.diagnosis import BIN_TABLE, diagnose_detector  # noqa: E402
-from eval.reference_diagnosis import loop_diagnose     # noqa: E402
+from eval.diagnosis import diagnose_detector, preset_bin_table  # noqa: E402
+from oracles.diagnosis_loop import loop_diagnose       # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", default=str(REPO.parent / "shared" / "data" / "THUMOS14" / "gt.json"))
+    parser.add_argument("--gt",
+                        default=str(REPO.parent / "shared" / "data" / "THUMOS14" / "gt.json"))
     parser.add_argument("--size", type=int, default=100000)
     parser.add_argument("--loop_size", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
@@ -55,7 +58,7 @@ def main(argv=None):
         any_times.append(time.perf_counter() - t0)
     small = random_predictions(gt, cli.loop_size, np.random.default_rng(1))
     t0 = time.perf_counter()
-    loop_diagnose(gt, small, thresholds, "test", BIN_TABLE["THUMOS"], 0.5, 7)
+    loop_diagnose(gt, small, thresholds, "test", preset_bin_table("THUMOS"), 0.5, 7)
     loop = time.perf_counter() - t0
     print(f"THUMOS test GT: {len(det.gt_label)} instances, {len(det.video_names)} videos; "
           f"{len(det.p_label)} predictions")
@@ -63,12 +66,13 @@ def main(argv=None):
     print(f"{'diagnosis, vectorised (best of ' + str(cli.repeat) + ')':<40}{min(times):>10.2f} s")
     print(f"{'  the same, --ignore_any_tiou':<40}{min(any_times):>10.2f} s")
     print(f"{'loop oracle, ' + str(cli.loop_size) + ' predictions':<40}{loop:>10.2f} s")
-    print(f"{'loop oracle scaled to ' + str(cli.size):<40}{loop * cli.size / cli.loop_size:>10.0f} s (estimate)")
+    print(f"{'loop oracle scaled to ' + str(cli.size):<40}"
+          f"{loop * cli.size / cli.loop_size:>10.0f} s (estimate)")
     bins = per_tiou["characteristic"] != "all"
     for key in ("avg_mAP", "avg_mAP_N"):
         diff = 100 * (per_tiou[key] - any_tiou[key])[bins].dropna()
-        print(f"per-bin {key}, per tIoU minus any tIoU: {diff.min():+.2f} .. {diff.max():+.2f} points "
-              f"(mean {diff.mean():+.2f}, {len(diff)} bins; the 'all' row: "
+        print(f"per-bin {key}, per tIoU minus any tIoU: {diff.min():+.2f} .. {diff.max():+.2f} "
+              f"points (mean {diff.mean():+.2f}, {len(diff)} bins; the 'all' row: "
               f"{100 * (per_tiou[key] - any_tiou[key])[~bins].iloc[0]:+.2f})")
 
 

@@ -15,10 +15,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))          # the loop oracles (tests/oracles/)
 
 from config import build_args                    # noqa: E402
-from eval import ANETDetection, video_proposals  # noqa: E402
-from eval.reference import loop_evaluate         # noqa: E402
+from eval import ANETDetection                   # noqa: E402
+from oracles.detection_loop import loop_evaluate  # noqa: E402
+from proposals import video_proposals            # noqa: E402
 
 
 def random_predictions(gt, n, rng, subset="test"):
@@ -59,14 +61,16 @@ def bench_evaluator(gt_path, sizes, repeat, loop_max):
             load.append(t1 - t0)
             evaluate.append(t2 - t1)
         line = (f"evaluate() {n:>7d} predictions: {min(evaluate):7.3f} s "
-                f"(+ {min(load):.3f} s loading gt.json and the predictions), avg mAP {100 * det.average_mAP:.2f}")
+                f"(+ {min(load):.3f} s loading gt.json and the predictions), "
+                f"avg mAP {100 * det.average_mAP:.2f}")
         if n <= loop_max:
             t0 = time.perf_counter()
             _, ap = loop_evaluate(gt, pred, thresholds, "test")
             loop_time = time.perf_counter() - t0
             diff = np.abs(np.asarray(ap) - det.ap).max()
             line += (f" | loop version {loop_time:7.2f} s -> {loop_time / min(evaluate):5.0f}x"
-                     f" (vs evaluate+load {loop_time / (min(evaluate) + min(load)):4.0f}x), max |AP diff| {diff:.1e}")
+                     f" (vs evaluate+load {loop_time / (min(evaluate) + min(load)):4.0f}x), "
+                     f"max |AP diff| {diff:.1e}")
         print(line, flush=True)
 
 
@@ -105,10 +109,12 @@ def bench_proposals(repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gt", default=str(REPO / ".." / "shared" / "data" / "THUMOS14" / "gt.json"))
+    parser.add_argument("--gt",
+                        default=str(REPO / ".." / "shared" / "data" / "THUMOS14" / "gt.json"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--loop_max", type=int, default=100000, help="largest size also timed with the loop")
+    parser.add_argument("--loop_max", type=int, default=100000,
+                        help="largest size also timed with the loop")
     cli = parser.parse_args()
     if not Path(cli.gt).is_file():
         sys.exit(f"error: ground truth {cli.gt} not found (pass --gt)")

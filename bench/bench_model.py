@@ -1,8 +1,8 @@
-"""Benchmark one training iteration (forward + loss + backward + Adam) of the full ASM-Loc model:
-the fast segment attention vs the plain dense version (every snippet through every projection,
-T x T attention, masks built by Python loops), in one run, plus plain matmul GFLOP/s.
+"""Benchmark one training iteration (forward + loss + backward + Adam) of the full ASM-Loc
+model: the fast segment attention vs the plain dense version (every snippet through every
+projection, T x T attention, masks built by Python loops), in one run, plus plain matmul GFLOP/s.
 
-    .venv/bin/python bench/bench_model.py                 # B=16, T=750, D=2048, 20 proposals/video
+    .venv/bin/python bench/bench_model.py         # B=16, T=750, D=2048, 20 proposals/video
     .venv/bin/python bench/bench_model.py --quick         # small shapes, seconds
     .venv/bin/python bench/bench_model.py --device cuda
 Before timing it checks that both versions give the same outputs and gradients.
@@ -41,11 +41,13 @@ def loop_masks(proposal_bbox, proposal_count, T):
 def random_proposals(B, T, K, per_video, mean_len, generator):
     """Like the dataset's: random [start, end] spans, sorted by start descending, zero padded."""
     start = torch.randint(0, T, (B, per_video), generator=generator)
-    length = torch.randint(mean_len // 2, mean_len * 3 // 2 + 1, (B, per_video), generator=generator)
+    length = torch.randint(mean_len // 2, mean_len * 3 // 2 + 1, (B, per_video),
+                           generator=generator)
     end = (start + length).clamp(max=T - 1)
     order = start.argsort(dim=1, descending=True)
     bbox = torch.zeros(B, K, 2, dtype=torch.long)
-    bbox[:, :per_video] = torch.stack([start.gather(1, order), end.gather(1, order)], dim=-1)  # (B, K, 2)
+    bbox[:, :per_video] = torch.stack([start.gather(1, order), end.gather(1, order)],
+                                      dim=-1)                                   # (B, K, 2)
     return bbox, torch.full((B,), per_video, dtype=torch.long)
 
 
@@ -107,7 +109,8 @@ def check_equal(fast, dense, batch, loss_fn):
         torch.manual_seed(7)
         features, bbox, count, label, pseudo = batch
         if is_dense:
-            masks = (m.to(features.device) for m in loop_masks(bbox.cpu(), count.cpu(), features.shape[1]))
+            masks = (m.to(features.device)
+                     for m in loop_masks(bbox.cpu(), count.cpu(), features.shape[1]))
             out = model.forward_masks(features, *masks)
         else:
             out = model(features, bbox, count)
@@ -128,14 +131,16 @@ def check_equal(fast, dense, batch, loss_fn):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--snippets", type=int, default=750)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--proposals", type=int, default=20, help="proposals per video")
     parser.add_argument("--iters", type=int, default=2, help="timed iterations per version")
-    parser.add_argument("--check_dim", type=int, default=256, help="D of the float64 exactness check")
+    parser.add_argument("--check_dim", type=int, default=256,
+                        help="D of the float64 exactness check")
     parser.add_argument("--quick", action="store_true", help="B=4, T=300, D=512: seconds")
     opts = parser.parse_args()
     if opts.quick:
@@ -156,8 +161,8 @@ def main():
     batch = (features, bbox.to(device), count.to(device), label.to(device), pseudo.to(device))
 
     def build(model_args, dtype):
-        model = ASMLoc(model_args).to(device=device, dtype=dtype)
-        with torch.no_grad():  # a trained-like state, so the attention blocks are not the identity
+        model = ASMLoc.from_config(model_args).to(device=device, dtype=dtype)
+        with torch.no_grad():  # a trained-like state: the attention blocks are not the identity
             for block in (model.MHSA_Intra, model.MHSA_Inter):
                 block.bn.weight.normal_(0.0, 0.5)
                 block.bn.bias.normal_(0.0, 0.5)
@@ -165,7 +170,7 @@ def main():
         dense_model.fast_attention = False
         return model, dense_model
 
-    loss_fn = ASMLocLoss(args)
+    loss_fn = ASMLocLoss.from_config(args)
     membership, _ = proposal_membership(bbox, count, T)
     covered = membership.any(dim=2)                                     # (B, T)
     _, groups = intra_packing(membership, covered, covered.reshape(-1).nonzero().squeeze(1))
@@ -174,12 +179,14 @@ def main():
           f"snippets inside proposals: {covered.float().mean().item():.1%}")
 
     # exactness in float64 (same B, T, proposals; smaller D to keep it quick), then float32 rounding
-    check_args = config.build_args("THUMOS", ["--feature_dim", str(opts.check_dim), "--device", opts.device])
-    check_batch = (torch.randn(B, T, opts.check_dim, generator=generator, dtype=torch.float64).to(device),
-                   *batch[1:3], batch[3].double(), batch[4].double())
+    check_args = config.build_args("THUMOS", ["--feature_dim", str(opts.check_dim),
+                                              "--device", opts.device])
+    check_features = torch.randn(B, T, opts.check_dim, generator=generator, dtype=torch.float64)
+    check_batch = (check_features.to(device), *batch[1:3], batch[3].double(), batch[4].double())
     out_err, grad_err, noise = check_equal(*build(check_args, torch.float64), check_batch, loss_fn)
     print(f"fast vs dense, float64, D={opts.check_dim} (max |diff| / max |dense| per tensor): "
-          f"outputs {out_err:.1e}, gradients {grad_err:.1e}; zero-gradient biases {noise:.1e} (absolute)")
+          f"outputs {out_err:.1e}, gradients {grad_err:.1e}; zero-gradient biases {noise:.1e} "
+          f"(absolute)")
     fast, dense = build(args, torch.float32)
     out_err, grad_err, noise = check_equal(fast, dense, batch, loss_fn)
     print(f"fast vs dense, float32, D={D}: outputs {out_err:.1e}, gradients {grad_err:.1e} "
@@ -197,7 +204,8 @@ def main():
             train_step(model, optimizer, loss_fn, batch, is_dense)
         sync(device)
         times[name] = (time.perf_counter() - tic) / opts.iters
-    flops = {name: iteration_flops(B, T, D, C, K, int(covered.sum()), pair_count, per_video, name == "dense")
+    flops = {name: iteration_flops(B, T, D, C, K, int(covered.sum()), pair_count, per_video,
+                                   name == "dense")
              for name in times}
     print(f"plain matmul: {matmul_rate:.1f} GFLOP/s")
     for name in ("dense", "fast"):

@@ -1,13 +1,15 @@
-"""Where the time of a THUMOS run goes: (1) one training iteration at full dims, (2) one epoch through
-the real VideoDataset + DataLoader on a synthetic set with real THUMOS video lengths, (3) one
-evaluation pass and one pseudo-proposal pass, (4) the 800-epoch schedule estimated from those.
+"""Where the time of a THUMOS run goes: (1) one training iteration at full dims, (2) one epoch
+through the real VideoDataset + DataLoader on a synthetic set with real THUMOS video lengths,
+(3) one evaluation pass and one pseudo-proposal pass, (4) the 800-epoch schedule estimated from
+those.
 
     .venv/bin/python bench/bench_pipeline.py --quick           # CPU, ~3 minutes on 2 cores
     .venv/bin/python bench/bench_pipeline.py --device cuda --num_workers 4
 The synthetic set (200 train + 210 test videos, D = 2048) is written once under --work_dir.
-Epochs and passes run through engine.train_one_epoch / predict_proposals / score_results
-themselves, timed through the engine's seam (engine.set_timer: the loader wait, forward, loss,
-backward, optimizer and proposals are named parts of the engine; each part syncs the device).
+Epochs and passes run through engine.passes.train_one_epoch / predict_proposals /
+score_results themselves, timed through the engine's seam (engine.timing.set_timer: the loader
+wait, forward + loss, zero_grad + backward, optimizer step and proposals are named parts of the
+engine; each part syncs the device).
 """
 import argparse
 import contextlib
@@ -28,14 +30,15 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 import dataset as ds  # noqa: E402
-import engine  # noqa: E402
-import refinement  # noqa: E402
 from bench_model import random_proposals, sync  # noqa: E402
 from config import build_args  # noqa: E402
+from engine import passes, refinement, steps, timing  # noqa: E402
+from engine.distributed import GlobalBatchSampler  # noqa: E402
+from engine.seeding import make_generator, seed_worker, set_seed  # noqa: E402
 from synthetic_data import generate_synthetic_dataset  # noqa: E402
-from utils import atomic_torch_save, make_generator, seed_worker, set_seed  # noqa: E402
+from utils import atomic_torch_save  # noqa: E402
 
-REAL_GT = REPO.parent / "shared" / "data" / "THUMOS14"     # real gt.json and split lists (video lengths)
+REAL_GT = REPO.parent / "shared" / "data" / "THUMOS14"   # real gt.json and split lists (lengths)
 PHASES = (("train", "random"), ("test", "uniform"), ("full", "uniform"))
 
 
@@ -69,7 +72,7 @@ class Laps:
 
 
 class PartSeconds:
-    """A timer for engine.set_timer: wall seconds per named part of the engine, the device
+    """A timer for engine.timing.set_timer: wall seconds per named part of the engine, the device
     synchronised at both edges of each part."""
 
     def __init__(self, device):
@@ -90,11 +93,11 @@ class PartSeconds:
 def engine_timer(device):
     """PartSeconds installed in the engine for the duration of the block."""
     timer = PartSeconds(device)
-    previous = engine.set_timer(timer)
+    previous = timing.set_timer(timer)
     try:
         yield timer
     finally:
-        engine.set_timer(previous)
+        timing.set_timer(previous)
 
 
 class FirstBatches:
@@ -107,7 +110,7 @@ class FirstBatches:
         return min(self.limit or len(self.loader), len(self.loader))
 
     def __iter__(self):
-        for _, batch in zip(range(len(self)), self.loader):           # no batch loaded past the limit
+        for _, batch in zip(range(len(self)), self.loader):      # no batch loaded past the limit
             self.videos += len(batch["vid_name"])
             yield batch
 
@@ -130,45 +133,55 @@ class TimedItems(Dataset):
 
 # ----------------------------------------------------------------------------- data
 def ensure_data(work_dir, dim, seed=0):
-    """The synthetic THUMOS-shaped set under work_dir (real lengths / annotations of the 200 + 210 split)."""
+    """The synthetic THUMOS-shaped set under work_dir (real lengths / annotations of the
+    200 + 210 split)."""
     root = Path(work_dir) / f"THUMOS14_synth_D{dim}"
-    params = {"num_train": 200, "num_test": 210, "feature_dim": dim, "seed": seed, "real_gt": REAL_GT.is_dir()}
+    params = {"num_train": 200, "num_test": 210, "feature_dim": dim, "seed": seed,
+              "real_gt": REAL_GT.is_dir()}
     marker = root / "BENCH.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root, 0.0
     tic, gt = time.perf_counter(), None
     if params["real_gt"]:
         gt = json.loads((REAL_GT / "gt.json").read_text())
-        keep = {vid for split in ("train", "test") for vid in (REAL_GT / f"split_{split}.txt").read_text().split()}
+        keep = {vid for split in ("train", "test")
+                for vid in (REAL_GT / f"split_{split}.txt").read_text().split()}
         gt["database"] = {vid: entry for vid, entry in gt["database"].items() if vid in keep}
     else:
         print(f"note: {REAL_GT} not found; the generator's own video lengths are used")
-    generate_synthetic_dataset(root, "THUMOS", 200, 210, feature_dim=dim, seed=seed, timeline_gt=gt)
+    generate_synthetic_dataset(root, "THUMOS14", 200, 210, feature_dim=dim, seed=seed,
+                               timeline_gt=gt)
     marker.write_text(json.dumps(params))
     return root, time.perf_counter() - tic
 
 
 def build_sets(args):
-    """Datasets as the refinement driver builds them (timed: start-up), and copies with stand-in proposals."""
+    """Datasets as the training run builds them (timed: start-up), and copies with stand-in
+    proposals."""
     ds.clear_feature_cache()
     tic = time.perf_counter()
     base = {phase: ds.VideoDataset(args, phase, sampling) for phase, sampling in PHASES}
     startup = time.perf_counter() - tic
-    rng = np.random.default_rng(0)                    # pseudo proposals: each GT instance jittered by ~1 s
+    rng = np.random.default_rng(0)          # pseudo proposals: each GT instance jittered by ~1 s
+
+    def jittered(segment):
+        return sorted((np.asarray(segment) + rng.normal(0, 1.0, 2)).clip(0).tolist())
     proposals = {vid: [{"label": a["label"], "score": float(rng.uniform(0.3, 0.9)),
-                        "segment": sorted((np.asarray(a["segment"]) + rng.normal(0, 1.0, 2)).clip(0).tolist())}
+                        "segment": jittered(a["segment"])}
                        for a in base["full"].gt_segments[vid]] for vid in base["full"].video_names}
     weights = base["full"].compute_dynamic_weights(proposals, args)
     full = {phase: ds.VideoDataset(args, phase, sampling) for phase, sampling in PHASES}
     for data in full.values():
         data.set_proposals(proposals, weights)
-    inside = []                                                         # snippets in an attention proposal
+    inside = []                                         # snippets in an attention proposal
     for i in range(0, len(full["train"]), 10):
         item = full["train"][i]
-        t, box = np.arange(len(item["features"]))[:, None], item["proposal_bbox"][:item["proposal_count"]].numpy()
+        t = np.arange(len(item["features"]))[:, None]
+        box = item["proposal_bbox"][:item["proposal_count"]].numpy()
         inside.append(((t >= box[:, 0]) & (t <= box[:, 1])).any(1).mean())
-    print(f"datasets train/test/full with file checks (cache on): {startup:.1f} s; stand-in pseudo proposals "
-          f"(GT jittered by ~1 s) {np.mean([len(p) for p in proposals.values()]):.1f}/video, attention "
+    print(f"datasets train/test/full with file checks (cache on): {startup:.1f} s; stand-in "
+          f"pseudo proposals (GT jittered by ~1 s) "
+          f"{np.mean([len(p) for p in proposals.values()]):.1f}/video, attention "
           f"proposals cover {np.mean(inside):.0%} of the sampled snippets")
     return {"base": base, "full": full}, startup
 
@@ -184,26 +197,24 @@ def set_cache(sets, on):
 
 
 def make_loader(data, args):
-    """The training loader of the refinement driver (one process)."""
-    generator, extra = make_generator(args.seed), {"batch_size": args.batch_size, "shuffle": True}
-    try:
-        from distributed import GlobalBatchSampler
-        extra = {"batch_sampler": GlobalBatchSampler(len(data), args.batch_size, generator, 0, 1)}
-    except ImportError:
-        pass
-    return DataLoader(data, num_workers=args.num_workers, collate_fn=ds.collate_fn, worker_init_fn=seed_worker,
-                      generator=generator, pin_memory=args.device.startswith("cuda"), **extra)
+    """The training loader of a training run (engine/training.py start_step, one process)."""
+    generator = make_generator(args.seed)
+    sampler = GlobalBatchSampler(len(data), args.batch_size, generator, 0, 1)
+    return DataLoader(data, batch_sampler=sampler, num_workers=args.num_workers,
+                      collate_fn=ds.collate_fn, worker_init_fn=seed_worker, generator=generator,
+                      pin_memory=args.device.startswith("cuda"))
 
 
 def new_step(args, step):
     set_seed(args.seed)
-    model = engine.build_model(args, step)
-    return model, engine.build_loss(args, step), engine.build_optimizer(args, model)
+    model = steps.build_model(args, step)
+    return model, steps.build_loss(args, step), steps.build_optimizer(args, model)
 
 
 # ----------------------------------------------------------------------------- the four tables
 def part_iteration(args, device, iters):
-    """(1) forward (+loss) / backward / Adam of one iteration on random data already on the device."""
+    """(1) forward (+loss) / zero_grad + backward / Adam step of one iteration on random data
+    already on the device."""
     B, T, D, C = args.batch_size, args.sample_segments_num, args.feature_dim, args.action_cls_num
     g = torch.Generator().manual_seed(0)
     bbox, count = random_proposals(B, T, args.max_segments_num, 20, max(2, T // 40 * 3 // 2), g)
@@ -212,7 +223,8 @@ def part_iteration(args, device, iters):
     pil = torch.rand(B, T, C + 1, generator=g)
     features = torch.randn(B, T, D, generator=g).relu().to(device)                     # (B, T, D)
     label = (torch.rand(B, C, generator=g) < 0.1).float()                              # (B, C)
-    bbox, count, label, pil = (t.to(device) for t in (bbox, count, label, pil / pil.sum(2, keepdim=True)))
+    pil = pil / pil.sum(2, keepdim=True)
+    bbox, count, label, pil = (t.to(device) for t in (bbox, count, label, pil))
     rows, kept = [], {}
     for step, kind in ((0, "base"), (1, "full")):
         model, loss_fn, optimizer = new_step(args, step)
@@ -221,8 +233,8 @@ def part_iteration(args, device, iters):
         for i in range(iters + 1):                                      # iteration 0 warms up
             laps.acc = {} if i == 1 else laps.acc
             laps.mark()
-            out = model(features) if step == 0 else model(features, bbox, count)
-            loss, _ = loss_fn(label, out, pil if step else None)
+            out = model(features, bbox, count)                  # the base model ignores them
+            loss, _ = loss_fn(label, out, pil)                  # the base loss ignores pil
             laps.lap("fwd")
             optimizer.zero_grad()
             loss.backward()
@@ -232,15 +244,17 @@ def part_iteration(args, device, iters):
         t = [laps.acc[k] / iters for k in ("fwd", "bwd", "opt")]
         rows.append([kind, *t, sum(t)])
         kept[kind] = (model, loss_fn, optimizer)
-    table(f"(1) one training iteration, B={B} T={T} D={D}, random data on {device}; full model: 20 proposals/video "
-          f"covering {covered.float().mean():.0%} of snippets; s, mean of {iters} after 1 warm-up",
-          ["model", "fwd+loss", "bwd", "optimizer", "total"], rows)
+    table(f"(1) one training iteration, B={B} T={T} D={D}, random data on {device}; full model: "
+          f"20 proposals/video covering {covered.float().mean():.0%} of snippets; s, mean of "
+          f"{iters} after 1 warm-up",
+          ["model", "fwd+loss", "zero_grad+bwd", "optimizer", "total"], rows)
     return kept
 
 
 def part_epoch(args, device, max_iters, sets, kept):
-    """(2) engine.train_one_epoch: base model (step 0) and full model (step 1), feature cache on / off.
-    The models of (1) are reused, so no first-iteration allocations (grads, Adam state) are timed."""
+    """(2) engine.passes.train_one_epoch: base model (step 0) and full model (step 1), feature
+    cache on / off. The models of (1) are reused, so no first-iteration allocations (grads, Adam
+    state) are timed."""
     rows, epoch_time = [], {}
     for step, kind in ((0, "base"), (1, "full")):
         data = sets[kind]["train"]
@@ -250,25 +264,29 @@ def part_epoch(args, device, max_iters, sets, kept):
             loader = FirstBatches(make_loader(data, args), max_iters)
             with engine_timer(device) as timer:
                 tic = time.perf_counter()
-                engine.train_one_epoch(model, loss_fn, optimizer, loader, args, step, 0)
+                passes.train_one_epoch(model, loss_fn, optimizer, loader, args, step, 0)
                 elapsed = time.perf_counter() - tic
-            scale = len(data) / loader.videos                           # a prefix -> the whole epoch
+            scale = len(data) / loader.videos                   # a prefix -> the whole epoch
             epoch_time[(kind, cache)] = epoch = elapsed * scale
             s = {key: value * scale for key, value in timer.seconds.items()}
-            t = {"data": s["train data"], "fwd": s["train forward"] + s["train loss"], "bwd": s["train backward"],
-                 "opt": s["train optimizer"]}
-            rows.append([kind, cache, f"{len(loader)}/{len(loader.loader)}", t["data"], t["fwd"], t["bwd"], t["opt"],
-                         epoch - sum(t.values()), epoch, f"{100 * (epoch - t['fwd'] - t['bwd']) / epoch:.1f}%"])
-    table(f"(2) one epoch: {len(data)} videos at real THUMOS lengths, D={args.feature_dim}, B={args.batch_size}, "
-          f"num_workers={args.num_workers}; full = step 1 with stand-in proposals and dynamic sampling; s per epoch "
-          f"(iters < all: only that prefix timed, then scaled by videos)",
-          ["model", "cache", "iters", "data", "fwd+loss", "bwd", "optimizer", "other", "epoch", "outside fwd/bwd"],
+            t = {"data": s["train data"], "fwd": s["train forward"], "bwd": s["train backward"],
+                 "opt": s["train optimizer"]}          # forward = forward + loss (one part)
+            outside = 100 * (epoch - t["fwd"] - t["bwd"]) / epoch
+            rows.append([kind, cache, f"{len(loader)}/{len(loader.loader)}", t["data"], t["fwd"],
+                         t["bwd"], t["opt"], epoch - sum(t.values()), epoch, f"{outside:.1f}%"])
+    table(f"(2) one epoch: {len(data)} videos at real THUMOS lengths, D={args.feature_dim}, "
+          f"B={args.batch_size}, num_workers={args.num_workers}; full = step 1 with stand-in "
+          f"proposals and dynamic sampling; s per epoch (iters < all: only that prefix timed, "
+          f"then scaled by videos)",
+          ["model", "cache", "iters", "data", "fwd+loss", "zero_grad+bwd", "optimizer", "other",
+           "epoch", "outside fwd/bwd"],
           rows)
     return epoch_time
 
 
 def part_loader(args, sets):
-    """(2b) the training loader alone over a whole epoch (no model): the data cost, not extrapolated."""
+    """(2b) the training loader alone over a whole epoch (no model): the data cost, not
+    extrapolated."""
     rows = []
     for cache in ("on", "off"):
         set_cache(sets, cache == "on")
@@ -277,14 +295,17 @@ def part_loader(args, sets):
             tic = time.perf_counter()
             n = sum(len(batch["vid_name"]) for batch in make_loader(items, args))
             total = time.perf_counter() - tic
-            rows.append([kind, cache, str(n), total, items.seconds if args.num_workers == 0 else "-",
-                         total - items.seconds if args.num_workers == 0 else "-"])
-    table(f"(2b) the training loader alone, one whole epoch, num_workers={args.num_workers}; s",
+            exact = args.num_workers == 0
+            rows.append([kind, cache, str(n), total, items.seconds if exact else "-",
+                         total - items.seconds if exact else "-"])
+    table(f"(2b) the training loader alone, one whole epoch, num_workers={args.num_workers}; "
+          f"s",
           ["targets", "cache", "videos", "epoch", "__getitem__", "collate+rest"], rows)
 
 
 def part_eval(args, device, n_videos, sets):
-    """(3) engine.evaluate split into forward / video_proposals / mAP, and the pseudo-proposal pass."""
+    """(3) engine.passes.evaluate split into forward / video_proposals / mAP, and the
+    pseudo-proposal pass."""
     rows, cost = [], {}
     set_cache(sets, True)
     for step, kind in ((0, "base"), (1, "full")):
@@ -296,92 +317,113 @@ def part_eval(args, device, n_videos, sets):
             prefix.video_names = data.video_names[:n]
             with engine_timer(device) as timer:
                 tic = time.perf_counter()
-                results, _ = engine.predict_proposals(model, prefix, args, step, which == "pseudo", which)
+                results, _ = passes.predict_proposals(model, prefix, args, step,
+                                                      which == "pseudo", which)
                 total = (time.perf_counter() - tic) * len(data) / n
-            fwd, prop = (timer.seconds[f"{which} {part}"] * len(data) / n for part in ("forward", "proposals"))
-            results = {vid: results[prefix.video_names[i % n]] for i, vid in enumerate(data.video_names)}
+            fwd, prop = (timer.seconds[f"{which} {part}"] * len(data) / n
+                         for part in ("forward", "proposals"))
+            results = {vid: results[prefix.video_names[i % n]]
+                       for i, vid in enumerate(data.video_names)}
             tic = time.perf_counter()
-            if which == "eval":                                         # the rest of engine.evaluate, full size
-                engine.score_results(results, {}, args, os.path.join(args.save_dir, "bench_result.json"))
-            else:                                                       # the rest of generate_pseudo_proposals
+            if which == "eval":                       # the rest of passes.evaluate, full size
+                passes.score_results(results, {}, args,
+                                     os.path.join(args.save_dir, "bench_result.json"))
+            else:                                     # the rest of generate_pseudo_proposals
                 data.compute_dynamic_weights(results, args)
             last = time.perf_counter() - tic
             cost[(kind, which)] = total + last
-            rows.append([kind, which, f"{n}/{len(data)}", f"{sum(map(len, results.values())) / len(data):.0f}",
+            per_video = sum(map(len, results.values())) / len(data)
+            rows.append([kind, which, f"{n}/{len(data)}", f"{per_video:.0f}",
                          fwd, prop, total - fwd - prop, last, total + last])
-    table("(3) evaluation pass (test set) and pseudo-proposal pass (full set), batch 1, uniform sampling, untrained "
-          "weights; s per pass (videos < all: that prefix timed, then scaled); last = mAP + JSON, or dynamic weights",
-          ["model", "pass", "videos", "props/video", "forward", "proposals", "loader+copy", "last", "pass"], rows)
+    table("(3) evaluation pass (test set) and pseudo-proposal pass (full set), batch 1, uniform "
+          "sampling, untrained weights; s per pass (videos < all: that prefix timed, then "
+          "scaled); last = mAP + JSON, or dynamic weights",
+          ["model", "pass", "videos", "props/video", "forward", "proposals", "loader+copy", "last",
+           "pass"], rows)
     return cost
 
 
-def part_schedule(args, epoch_time, passes, save_time, startup):
-    """(4) the epoch loop of the refinement driver (docs/method.md §10) with the measured costs, cache on."""
-    cost = {"train": [0, 0.0], "eval": [0, 0.0], "pseudo": [0, 0.0], "checkpoint": [0, 0.0], "startup": [1, startup]}
+def part_schedule(args, epoch_time, pass_cost, save_time, startup):
+    """(4) the epoch loop of a training run (docs/method.md §10) with the measured costs, cache
+    on."""
+    cost = {"train": [0, 0.0], "eval": [0, 0.0], "pseudo": [0, 0.0], "checkpoint": [0, 0.0],
+            "startup": [1, startup]}
     step = 0
     for epoch in range(args.epochs):
         if refinement.is_switch_epoch(epoch, args):
-            parts = [("pseudo", passes[("base" if step == 0 else "full", "pseudo")])]
+            parts = [("pseudo", pass_cost[("base" if step == 0 else "full", "pseudo")])]
             step = epoch // args.epochs_per_step
         else:
             parts = []
         kind = "base" if step == 0 else "full"
         parts += [("train", epoch_time[(kind, "on")]), ("checkpoint", save_time[kind])]
         if refinement.is_eval_epoch(epoch, args):
-            parts.append(("eval", passes[(kind, "eval")]))
+            parts.append(("eval", pass_cost[(kind, "eval")]))
         for part, seconds in parts:
             cost[part][0] += 1
             cost[part][1] += seconds
     total = sum(s for _, s in cost.values())
-    table(f"(4) estimated THUMOS schedule: {args.epochs} epochs, a new step every {args.epochs_per_step} up to step "
-          f"{args.num_steps}, eval every {args.eval_freq} + last 9, cache on: {total / 3600:.1f} h",
+    table(f"(4) estimated THUMOS schedule: {args.epochs} epochs, a new step every "
+          f"{args.epochs_per_step} up to step {args.num_steps}, eval every {args.eval_freq} + "
+          f"last 9, cache on: {total / 3600:.1f} h",
           ["part", "count", "hours", "share"],
           [[part, str(n), s / 3600, f"{100 * s / total:.1f}%"] for part, (n, s) in cost.items()])
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--quick", action="store_true", help="1 iteration / 1 batch per epoch / 6 videos per pass")
-    parser.add_argument("--iters", type=int, default=3, help="(1) timed iterations after one warm-up")
-    parser.add_argument("--max_iters", type=int, default=0, help="(2) batches timed per epoch (0 = all)")
-    parser.add_argument("--eval_videos", type=int, default=0, help="(3) videos per pass (0 = all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 iteration / 1 batch per epoch / 6 videos per pass")
+    parser.add_argument("--iters", type=int, default=3,
+                        help="(1) timed iterations after one warm-up")
+    parser.add_argument("--max_iters", type=int, default=0,
+                        help="(2) batches timed per epoch (0 = all)")
+    parser.add_argument("--eval_videos", type=int, default=0,
+                        help="(3) videos per pass (0 = all)")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--dim", type=int, default=2048, help="feature dim (THUMOS 2048; smaller for a smoke test)")
+    parser.add_argument("--dim", type=int, default=2048,
+                        help="feature dim (THUMOS 2048; smaller for a smoke test)")
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "asmloc_bench"),
                         help="the synthetic set and scratch files")
     opts = parser.parse_args()
     if opts.quick:
         opts.iters, opts.max_iters, opts.eval_videos = 1, opts.max_iters or 1, opts.eval_videos or 6
     device = torch.device(opts.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    print(f"device {device} ({name}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+          f"load average {os.getloadavg()[0]:.1f}")
     if device.type == "cuda":                                           # left at their defaults
-        print(f"backends (defaults, unchanged): float32 matmul precision {torch.get_float32_matmul_precision()}, "
-              f"cudnn.allow_tf32 {torch.backends.cudnn.allow_tf32}, cudnn.benchmark {torch.backends.cudnn.benchmark}")
+        print(f"backends (defaults, unchanged): float32 matmul precision "
+              f"{torch.get_float32_matmul_precision()}, cudnn.allow_tf32 "
+              f"{torch.backends.cudnn.allow_tf32}, cudnn.benchmark "
+              f"{torch.backends.cudnn.benchmark}")
     root, seconds = ensure_data(opts.work_dir, opts.dim)
     print(f"synthetic set {root}: {f'generated in {seconds:.1f} s' if seconds else 'reused'}")
-    args = build_args("THUMOS", ["--data_dir", str(root), "--device", opts.device, "--feature_dim", str(opts.dim),
+    args = build_args("THUMOS", ["--data_dir", str(root), "--device", opts.device,
+                                 "--feature_dim", str(opts.dim),
                                  "--num_workers", str(opts.num_workers), "--feature_cache_gb", "4",
                                  "--checkpoint_root", str(Path(opts.work_dir) / "checkpoints")])
     os.makedirs(args.save_dir, exist_ok=True)
     save_time, path = {}, os.path.join(args.save_dir, "bench_latest.pth")
     kept = part_iteration(args, device, opts.iters)
     for kind, (model, _, optimizer) in kept.items():
-        tic = time.perf_counter()                                       # model_latest.pth of every epoch
-        atomic_torch_save({"epoch": 1, "model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict()},
-                          path)
+        tic = time.perf_counter()                           # model_latest.pth of every epoch
+        atomic_torch_save({"epoch": 1, "model_state_dict": model.state_dict(),
+                           "optimizer": optimizer.state_dict()}, path)
         save_time[kind] = time.perf_counter() - tic
-        print(f"checkpoint save, {kind} model ({os.path.getsize(path) / 2**20:.0f} MiB, atomic + fsync): "
-              f"{save_time[kind]:.2f} s")
+        print(f"checkpoint save, {kind} model ({os.path.getsize(path) / 2**20:.0f} MiB, "
+              f"atomic + fsync): {save_time[kind]:.2f} s")
     os.remove(path)
     sets, startup = build_sets(args)
     epoch_time = part_epoch(args, device, opts.max_iters, sets, kept)
     del kept
     part_loader(args, sets)
-    passes = part_eval(args, device, opts.eval_videos, sets)
-    part_schedule(args, epoch_time, passes, save_time, startup)
+    pass_cost = part_eval(args, device, opts.eval_videos, sets)
+    part_schedule(args, epoch_time, pass_cost, save_time, startup)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

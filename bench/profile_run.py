@@ -5,12 +5,13 @@
     .venv/bin/python bench/profile_run.py -- --epochs 10       # more flags for the run itself
     .venv/bin/python bench/profile_run.py --json parts.json -- --device cuda
 
-Runs the entry point's own `runner.run` in this process (fresh temporary checkpoint root,
---no_resume) with a timer installed through the engine's seam (`engine.set_timer`): the engine
-names the parts of a run (`engine.timed`) and nothing in the code under test is replaced.
+Runs the entry point's own `engine.run.run` in this process (fresh temporary checkpoint root,
+--no_resume) with a timer installed through the engine's seam (`engine.timing.set_timer`): the
+engine names the parts of a run (`engine.timing.timed`) and nothing in the code under test is
+replaced.
 Parts, which add up to the run's wall time: start-up (interpreter start to the first epoch:
 imports, datasets, demo data check), training epochs (split into waiting for the loader,
-forward + loss, backward, optimizer step + zero_grad, the rest of the loop), evaluation passes
+forward + loss, zero_grad + backward, optimizer step, the rest of the loop), evaluation passes
 (forward, proposals, loader, mAP, then the per-class reports), pseudo-proposal passes,
 checkpoint saves, and what no part covers (logging, TensorBoard, RNG states, step switches).
 On cuda the timer synchronises the device at the edges of every part, so the split is exact
@@ -36,15 +37,16 @@ sys.path[:0] = [REPO, os.path.join(REPO, "bench")]
 
 import torch  # noqa: E402
 
-import engine  # noqa: E402
-import runner  # noqa: E402
+import config  # noqa: E402
 from bench_model import matmul_gflops  # noqa: E402
+from engine import passes, steps, timing  # noqa: E402
+from engine import run as runner  # noqa: E402
 
 IMPORTED = time.perf_counter()
 
 
 class PartTimer:
-    """engine.set_timer's timer: seconds and calls per part, the first forward of each
+    """engine.timing.set_timer's timer: seconds and calls per part, the first forward of each
     (phase, step) kept for the floors and the forwards counted."""
 
     def __init__(self):
@@ -103,16 +105,21 @@ def floors(timer, rate):
     """Seconds of matmul work per part at `rate` FLOP/s."""
     out = defaultdict(float)
     for (phase, step), forwards in timer.forwards.items():
-        model, batch, args = (timer.samples[(phase, step)][key] for key in ("model", "batch", "args"))
+        sample = timer.samples[(phase, step)]
+        model, batch, args = (sample[key] for key in ("model", "batch", "args"))
         if phase != "train":
             with torch.no_grad():
-                out[f"{phase} forward"] += forwards * flops_of(lambda: engine.forward(model, batch, step, args)) / rate
+                flops = flops_of(lambda: passes.forward(model, batch, args))
+            out[f"{phase} forward"] += forwards * flops / rate
             continue
-        loss_fn = engine.build_loss(args, step)
+        loss_fn = steps.build_loss(args, step)
         label = batch["video_label"].to(args.device)
-        pseudo = batch["pseudo_instance_label"].to(args.device) if step else None
-        fwd = flops_of(lambda: loss_fn(label, engine.forward(model, batch, step, args), pseudo))
-        total = flops_of(lambda: loss_fn(label, engine.forward(model, batch, step, args), pseudo)[0].backward())
+        pseudo = batch["pseudo_instance_label"].to(args.device)    # the base loss ignores it
+
+        def loss():
+            return loss_fn(label, passes.forward(model, batch, args), pseudo)[0]
+        fwd = flops_of(loss)
+        total = flops_of(lambda: loss().backward())
         model.zero_grad(set_to_none=True)
         out["train forward"] += forwards * fwd / rate
         out["train backward"] += forwards * (total - fwd) / rate
@@ -121,20 +128,23 @@ def floors(timer, rate):
 
 # ----------------------------------------------------------------------------- the table
 def part_rows(timer, wall):
-    """[(name, seconds, floor key or None, note, top level)]: the top-level rows add up to `wall`."""
+    """[(name, seconds, floor key or None, note, top level)]: the top-level rows add up to
+    `wall`."""
     S, N = timer.seconds, timer.calls
     iterations = sum(n for (phase, _), n in timer.forwards.items() if phase == "train")
-    videos = {phase: sum(n for (p, _), n in timer.forwards.items() if p == phase) for phase in ("eval", "pseudo")}
-    train_parts = S["train data"] + S["train forward"] + S["train loss"] + S["train backward"] + S["train optimizer"]
+    videos = {phase: sum(n for (p, _), n in timer.forwards.items() if p == phase)
+              for phase in ("eval", "pseudo")}
+    train_parts = (S["train data"] + S["train forward"] + S["train backward"]
+                   + S["train optimizer"])
     rows = [
         ("start-up (imports, datasets)", (timer.first_epoch or START) - START, None,
          f"imports {IMPORTED - START:.1f} s", True),
-        ("training epochs", S["train epoch"], None, f"{N['train epoch']} epochs, {iterations} iterations", True),
+        ("training epochs", S["train epoch"], None,
+         f"{N['train epoch']} epochs, {iterations} iterations", True),
         ("  data (waiting for the loader)", S["train data"], None, "", False),
-        ("  forward + loss", S["train forward"] + S["train loss"], "train forward", f"loss {S['train loss']:.2f}",
-         False),
-        ("  backward", S["train backward"], "train backward", "", False),
-        ("  optimizer (step + zero_grad)", S["train optimizer"], None, "", False),
+        ("  forward + loss", S["train forward"], "train forward", "", False),
+        ("  backward (zero_grad + backward)", S["train backward"], "train backward", "", False),
+        ("  optimizer step", S["train optimizer"], None, "", False),
         ("  rest of the loop", S["train epoch"] - train_parts, None, "", False),
         ("evaluation passes", S["eval pass"] + S["eval reports"], "eval forward",
          f"{N['eval pass']} passes, {videos['eval']} videos", True),
@@ -145,40 +155,46 @@ def part_rows(timer, wall):
         ("  reports (tables, CSV, JSON)", S["eval reports"], None, "", False),
         ("pseudo-proposal passes", S["pseudo pass"], "pseudo forward",
          f"{N['pseudo pass']} passes, {videos['pseudo']} videos", True),
-        ("checkpoint saves", S["checkpoint save"], None, f"{N['checkpoint save']} files (atomic + fsync)", True),
+        ("checkpoint saves", S["checkpoint save"], None,
+         f"{N['checkpoint save']} files (atomic + fsync)", True),
     ]
     timed_total = sum(row[1] for row in rows if row[4])
-    rows.append(("untimed (logging, TensorBoard, RNG, step switches)", wall - timed_total, None, "", True))
+    rows.append(("untimed (logging, TensorBoard, RNG, step switches)", wall - timed_total, None,
+                 "", True))
     return rows
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="THUMOS", choices=["THUMOS", "ActivityNet"])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=config.DEFAULT_PRESET, choices=sorted(config.PRESETS))
     parser.add_argument("--no_demo", action="store_true", help="run the preset instead of --demo")
-    parser.add_argument("--json", default=None, help="also write the parts, floors and wall time to this file")
+    parser.add_argument("--json", default=None,
+                        help="also write the parts, floors and wall time to this file")
     parser.add_argument("run_args", nargs="*", help="flags for the run (after --)")
     args = parser.parse_args(argv)
     timer = PartTimer()
-    previous = engine.set_timer(timer)
+    previous = timing.set_timer(timer)
     try:
         with tempfile.TemporaryDirectory(prefix="asmloc_profile_") as root:
-            run_argv = ([] if args.no_demo else ["--demo"]) + ["--no_resume", "--checkpoint_root", root] + args.run_args
+            run_argv = (([] if args.no_demo else ["--demo"])
+                        + ["--no_resume", "--checkpoint_root", root] + args.run_args)
             with contextlib.redirect_stdout(open(os.devnull, "w")):
                 tic = time.perf_counter()
                 runner.run(args.dataset, run_argv)
                 wall = time.perf_counter() - START
                 run_seconds = time.perf_counter() - tic
     finally:
-        engine.set_timer(previous)                      # the FLOP counting below runs untimed
+        timing.set_timer(previous)                      # the FLOP counting below runs untimed
     device = timer.samples[("train", 0)]["args"].device
     rate = matmul_gflops(torch.device(device), 1024) * 1e9
     floor = floors(timer, rate)
     rows = part_rows(timer, wall)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"matmul rate {rate / 1e9:.0f} GFLOP/s (bench_model.matmul_gflops, 4096x1024 @ 1024x1024 float32)")
-    print(f"{args.dataset}{'' if args.no_demo else ' --demo'} {' '.join(args.run_args)}: wall {wall:.1f} s "
-          f"(run {run_seconds:.1f} s after imports)")
+          f"matmul rate {rate / 1e9:.0f} GFLOP/s "
+          f"(bench_model.matmul_gflops, 4096x1024 @ 1024x1024 float32)")
+    print(f"{args.dataset}{'' if args.no_demo else ' --demo'} {' '.join(args.run_args)}: "
+          f"wall {wall:.1f} s (run {run_seconds:.1f} s after imports)")
     print(f"{'part':52s} {'s':>7s} {'share':>6s} {'floor s':>8s}  notes")
     for name, seconds, floor_key, note, _ in rows:
         floor_text = f"{floor[floor_key]:8.2f}" if floor_key else f"{'-':>8s}"

@@ -25,32 +25,36 @@ OFF = dict(use_intra_attention=False, use_inter_attention=False, use_dynamic_sam
 # "num_steps" cells follow EPOCH_BUDGET unless "epochs" is given; the base row trains as many epochs
 # as the full model ("full").
 COMPONENT_GRID = [
-    ("base", dict(num_steps=0, epochs="full")),                                 # base model only
-    ("+intra", {**OFF, "use_intra_attention": True}),                           # + intra-segment attention
-    ("+inter", {**OFF, "use_intra_attention": True, "use_inter_attention": True}),  # + inter-segment attention
+    ("base", dict(num_steps=0, epochs="full")),                     # base model only
+    ("+intra", {**OFF, "use_intra_attention": True}),               # + intra-segment attention
+    ("+inter", {**OFF, "use_intra_attention": True,
+                "use_inter_attention": True}),                      # + inter-segment attention
     ("+dynamic", {**OFF, "use_intra_attention": True, "use_inter_attention": True,
-                  "use_dynamic_sampling": True}),                               # + dynamic segment sampling
+                  "use_dynamic_sampling": True}),                   # + dynamic segment sampling
     ("+pseudo_loss", {**OFF, "use_intra_attention": True, "use_inter_attention": True,
-                      "use_dynamic_sampling": True, "use_pseudo_instance_loss": True}),  # + pseudo instance loss
-    ("full", {}),                                                               # + uncertainty = the full model
+                      "use_dynamic_sampling": True,
+                      "use_pseudo_instance_loss": True}),           # + pseudo instance loss
+    ("full", {}),                                                   # + uncertainty = the full model
 ]
 STEPS_GRID = [(f"steps{n}", dict(num_steps=n)) for n in (1, 2, 3)]
 REFERENCE = "full"                  # paired differences are taken to this variant (else the first)
 # A row that sets num_steps keeps the full model's step lengths: each step before the last trains
-# epochs_per_step epochs and the last step as many as the full model's last step. What a row reports is
-# the best evaluation of its last step, whose model is trained from scratch within that step: equal
-# last-step lengths give every row's model the same training and the same number of evaluations to
-# take the best of. Equal total epochs would lengthen the last step of rows with fewer steps (THUMOS:
-# 700 epochs for num_steps 1 against the full model's 500), and leave none when num_steps * epochs_per_step
-# reaches the total (num_steps 3 on the demo).
-EPOCH_BUDGET = ("rows that set num_steps keep the full model's step lengths: each step before the last trains "
-                "epochs_per_step = {eps} epochs and the last step {last} epochs, as the full model's last step "
-                "(epochs - num_steps * epochs_per_step = {epochs} - {steps} * {eps}); such a row trains "
-                "{eps} * num_steps + {last} epochs in all. The base row trains the full model's {epochs} epochs.")
+# epochs_per_step epochs and the last step as many as the full model's last step. What a row reports
+# is the best evaluation of its last step, whose model is trained from scratch within that step:
+# equal last-step lengths give every row's model the same training and the same number of
+# evaluations to take the best of. Equal total epochs would lengthen the last step of rows with
+# fewer steps (THUMOS: 700 epochs for num_steps 1 against the full model's 500), and leave none when
+# num_steps * epochs_per_step reaches the total (num_steps 3 on the demo).
+EPOCH_BUDGET = ("rows that set num_steps keep the full model's step lengths: each step before the "
+                "last trains epochs_per_step = {eps} epochs and the last step {last} epochs, as "
+                "the full model's last step (epochs - num_steps * epochs_per_step = {epochs} - "
+                "{steps} * {eps}); such a row trains {eps} * num_steps + {last} epochs in all. The "
+                "base row trains the full model's {epochs} epochs.")
 
 # log.txt of a run folder without metrics.jsonl (written before the runs kept a record):
 # an evaluation line (losses may come between the epoch and the mAP part)
-EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| best ([-\d.]+)( \*)?$")
+EVAL_LINE = re.compile(r"^step (\d+) epoch (\d+) \|.*?mAP@tIoU (.*?) \| avg ([-\d.]+) \| "
+                       r"best ([-\d.]+)( \*)?$")
 FINAL_LINE = "best average mAP per step:"
 
 
@@ -62,11 +66,13 @@ def parse_grid_axes(axes):
         if not sep or not key or not values:
             raise UserError(f"--grid {axis!r}: expected KEY=V1,V2,...")
         parsed.append([(key, value) for value in values.split(",")])
-    return [("_".join(f"{k}={v}" for k, v in combo), dict(combo)) for combo in itertools.product(*parsed)]
+    return [("_".join(f"{k}={v}" for k, v in combo), dict(combo))
+            for combo in itertools.product(*parsed)]
 
 
 def default_grid(preset_steps):
-    """Component rows, then the num_steps rows that differ from the full model (same cell otherwise)."""
+    """Component rows, then the num_steps rows that differ from the full model (same cell
+    otherwise)."""
     return COMPONENT_GRID + [(name, o) for name, o in STEPS_GRID if o["num_steps"] != preset_steps]
 
 
@@ -74,27 +80,30 @@ def last_step_epochs(base_args):
     """Epochs of the full model's last refinement step (EPOCH_BUDGET)."""
     last = base_args.epochs - base_args.epochs_per_step * base_args.num_steps
     if last < 1:
-        raise UserError(f"the full model's last step has no epochs (epochs {base_args.epochs} <= num_steps "
-                        f"{base_args.num_steps} * epochs_per_step {base_args.epochs_per_step})")
+        raise UserError(f"the full model's last step has no epochs (epochs {base_args.epochs} <= "
+                        f"num_steps {base_args.num_steps} * epochs_per_step "
+                        f"{base_args.epochs_per_step})")
     return last
 
 
 def budget_note(base_args):
-    return "epoch budget: " + EPOCH_BUDGET.format(eps=base_args.epochs_per_step, last=last_step_epochs(base_args),
-                                                  epochs=base_args.epochs, steps=base_args.num_steps)
+    return "epoch budget: " + EPOCH_BUDGET.format(eps=base_args.epochs_per_step,
+                                                  last=last_step_epochs(base_args),
+                                                  epochs=base_args.epochs,
+                                                  steps=base_args.num_steps)
 
 
 def cell_flags(overrides, base_args):
-    """Command-line flags of one variant; num_steps sets the epochs to epochs_per_step * num_steps + the
-    full model's last-step epochs (EPOCH_BUDGET)."""
+    """Command-line flags of one variant; num_steps sets the epochs to epochs_per_step * num_steps
+    + the full model's last-step epochs (EPOCH_BUDGET)."""
     overrides = dict(overrides)
     if overrides.get("epochs") == "full":
         overrides["epochs"] = base_args.epochs
     if "num_steps" in overrides and "epochs" not in overrides:
         eps = int(overrides.get("epochs_per_step", base_args.epochs_per_step))
         overrides["epochs"] = eps * int(overrides["num_steps"]) + last_step_epochs(base_args)
-    return [item for key, value in overrides.items() for item in (f"--{key}", str(value).lower()
-                                                                     if isinstance(value, bool) else str(value))]
+    return [item for key, value in overrides.items()
+            for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
 
 
 def folder_safe(name):
@@ -102,7 +111,8 @@ def folder_safe(name):
 
 
 def parse_log(path):
-    """{'best': {step: avg %}, 'tiou': {step: {tiou: mAP %}} at each step's best evaluation, 'finished'}."""
+    """{'best': {step: avg %}, 'tiou': {step: {tiou: mAP %}} at each step's best evaluation,
+    'finished'}."""
     best, tiou, finished = {}, {}, False
     with open(path) as handle:
         for line in handle:
@@ -110,20 +120,21 @@ def parse_log(path):
             if line.startswith(FINAL_LINE):
                 finished = True
             match = EVAL_LINE.match(line)
-            if match and match.group(6):                     # ' *': a new best of its step
+            if match and match.group(6):               # ' *': a new best of its step
                 step = int(match.group(1))
                 best[step] = float(match.group(5))
-                tiou[step] = {float(k): float(v) for k, v in (p.split(":") for p in match.group(3).split())}
+                tiou[step] = {float(k): float(v)
+                              for k, v in (p.split(":") for p in match.group(3).split())}
             elif match:
-                finished = False                             # an evaluation after the final line: resumed
+                finished = False                       # an evaluation after the final line: resumed
     return {"best": best, "tiou": tiou, "finished": finished}
 
 
 def parse_results(results):
     """A finished run's results.json -> {'best', 'tiou' (as parse_log), 'last': {step: avg %},
     'val': {step: test avg % of the validation-selected epoch} (with --val_videos), 'finished'},
-    every value rounded to 2 decimals as the run's log prints it (the table's statistics are those of
-    the numbers it lists)."""
+    every value rounded to 2 decimals as the run's log prints it (the table's statistics are those
+    of the numbers it lists)."""
     def printed(value):
         return float(f"{value:.2f}")
     out = {"best": {}, "tiou": {}, "last": {}, "val": {}, "finished": True}
@@ -139,7 +150,8 @@ def parse_results(results):
 
 class Cell:
     def __init__(self, variant, seed, argv, save_dir, num_steps):
-        self.variant, self.seed, self.argv, self.save_dir, self.num_steps = variant, seed, argv, save_dir, num_steps
+        self.variant, self.seed, self.argv, self.save_dir, self.num_steps = \
+            variant, seed, argv, save_dir, num_steps
         self.log_path = os.path.join(save_dir, "log.txt")
 
     def result(self):
@@ -147,7 +159,8 @@ class Cell:
         results = read_results(self.save_dir)
         if results is not None:
             parsed = parse_results(results)
-        elif os.path.isfile(self.log_path) and not os.path.isfile(os.path.join(self.save_dir, METRICS_FILE)):
+        elif os.path.isfile(self.log_path) \
+                and not os.path.isfile(os.path.join(self.save_dir, METRICS_FILE)):
             parsed = parse_log(self.log_path)
         else:
             return None
@@ -162,37 +175,43 @@ def plan_cells(dataset, passthrough, variants, seeds, outdir):
     for name, overrides in variants:
         for seed in seeds:
             suffix = "_".join(filter(None, [user_suffix, folder_safe(name), f"seed{seed}"]))
-            argv = passthrough + cell_flags(overrides, base_args) + ["--seed", str(seed), "--outdir", outdir,
+            argv = passthrough + cell_flags(overrides, base_args) + ["--seed", str(seed),
+                                                                     "--outdir", outdir,
                                                                      "--suffix", suffix]
-            args = build_args(dataset, argv + ["--device", "cpu"])        # the run folder the entry script uses
+            # the run folder the entry script uses
+            args = build_args(dataset, argv + ["--device", "cpu"])
             try:
-                check_run_folder(args)          # a folder of another config is neither reported nor resumed
+                check_run_folder(args)  # a folder of another config is neither reported nor resumed
             except RunConfigChanged as err:
-                raise UserError(f"cell {name} seed {seed}: {err}; for this grid choose another --outdir "
-                                f"(or delete that folder)") from None
+                raise UserError(f"cell {name} seed {seed}: {err}; for this grid choose another "
+                                f"--outdir (or delete that folder)") from None
             cells.append(Cell(name, seed, argv, args.save_dir, args.num_steps))
     return base_args, cells
 
 
 def visible_gpus(passthrough):
-    """GPU ids the cells are pinned to: CUDA_VISIBLE_DEVICES's entries (else 0..n-1); none on CPU."""
+    """GPU ids the cells are pinned to: CUDA_VISIBLE_DEVICES's entries (else 0..n-1); none on
+    CPU."""
     if "--gpu" in passthrough:
-        raise UserError("ablate.py pins each cell to one GPU itself; drop --gpu and choose the GPUs with "
-                        "CUDA_VISIBLE_DEVICES=0,1 python ablate.py ...")
-    device = passthrough[passthrough.index("--device") + 1] if "--device" in passthrough[:-1] else ""
+        raise UserError("ablate.py pins each cell to one GPU itself; drop --gpu and choose the "
+                        "GPUs with CUDA_VISIBLE_DEVICES=0,1 python ablate.py ...")
+    device = passthrough[passthrough.index("--device") + 1] \
+        if "--device" in passthrough[:-1] else ""
     if device and device != "cuda":
         if device.startswith("cuda"):
-            raise UserError(f"--device {device}: ablate.py pins each cell to one GPU; pass --device cuda or nothing")
+            raise UserError(f"--device {device}: ablate.py pins each cell to one GPU; pass "
+                            f"--device cuda or nothing")
         return []
     import torch
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    return (listed if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(count)])[:count]
+    return (listed if "CUDA_VISIBLE_DEVICES" in os.environ
+            else [str(i) for i in range(count)])[:count]
 
 
 def run_cells(cells, jobs, gpus, run_one):
-    """run_one(cell, gpu) for every cell, `jobs` at a time, each on a GPU no other running cell has while
-    jobs <= len(gpus) (gpu None without GPUs); yields the results in the cells' order."""
+    """run_one(cell, gpu) for every cell, `jobs` at a time, each on a GPU no other running cell has
+    while jobs <= len(gpus) (gpu None without GPUs); yields the results in the cells' order."""
     slots = queue.Queue()
     for index in range(jobs):
         slots.put(gpus[index % len(gpus)] if gpus else None)
@@ -211,7 +230,8 @@ def run_cell(cell, dataset, threads, out_dir, gpu=None):
     """Run one cell as a subprocess of the entry script (on GPU `gpu` alone when given); returns
     (cell, return code, wall s, CPU s).
 
-    The CPU time (user + system of the cell's process) says what a cell costs even on a busy machine.
+    The CPU time (user + system of the cell's process) says what a cell costs even on a busy
+    machine.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if gpu is not None:
@@ -220,7 +240,8 @@ def run_cell(cell, dataset, threads, out_dir, gpu=None):
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
     with open(os.path.join(out_dir, f"{os.path.basename(cell.save_dir)}.out"), "w") as handle:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     return cell, process.returncode, time.time() - start, usage.ru_utime + usage.ru_stime

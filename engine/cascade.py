@@ -1,11 +1,13 @@
-"""The trained cascade as a function (docs/method.md §10 test mode, §11, §9), shared by test mode and predict.py.
+"""The trained cascade as a function (docs/method.md §10 test mode, §11, §9), shared by test mode
+and predict.py.
 
-Step k runs model k (model_step{k}_last_epoch.pth for k < num_steps, model_step{num_steps}_best_epoch.pth
-last) once per video: uniform sampling at step 0, uniform(dynamic(x)) with the previous step's pseudo
-proposals after that. One forward pass gives the step's detections (evaluation thresholds) and, for
-k < num_steps, its pseudo proposals and dynamic weights for step k+1. A test video's inputs at every
-step depend only on its own proposals (its label set is the labels in them, docs/method.md §8, §9), so the
-cascade of one video, or of a folder of new videos, is replayed alone and exactly as test mode does.
+Step k runs model k (model_step{k}_last_epoch.pth for k < num_steps,
+model_step{num_steps}_best_epoch.pth last) once per video: uniform sampling at step 0,
+uniform(dynamic(x)) with the previous step's pseudo proposals after that. One forward pass gives the
+step's detections (evaluation thresholds) and, for k < num_steps, its pseudo proposals and dynamic
+weights for step k+1. A test video's inputs at every step depend only on its own proposals (its
+label set is the labels in them, docs/method.md §8, §9), so the cascade of one video, or of a folder
+of new videos, is replayed alone and exactly as test mode does.
 
 Used by test mode (engine/run.py), predict.py and users (`localize`).
 """
@@ -25,7 +27,8 @@ from utils import UserError
 
 
 class InputError(UserError):
-    """Feature files or arrays handed to predict.py / localize() are unusable; one line naming the input."""
+    """Feature files or arrays handed to predict.py / localize() are unusable; one line naming the
+    input."""
 
 
 # ----------------------------------------------------------------------------- the cascade
@@ -36,12 +39,13 @@ def load_cascade(checkpoint_dir, args, needed_by="--test", mmap=True):
 
 
 def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
-    """Replay the cascade on every video of `dataset` (test videos: label sets from their own proposals).
+    """Replay the cascade on every video of `dataset` (test videos: label sets from their own
+    proposals).
 
     models: per step an nn.Module or a checkpoint path (loaded at its step and freed after it).
-    on_step(step, detections, outputs) is called after each step's pass, while `dataset` still holds that
-    step's dynamic weights; without it only the final step's detections are computed (the earlier steps
-    only hand on pseudo proposals). Returns the final step's (detections, outputs).
+    on_step(step, detections, outputs) is called after each step's pass, while `dataset` still holds
+    that step's dynamic weights; without it only the final step's detections are computed (the
+    earlier steps only hand on pseudo proposals). Returns the final step's (detections, outputs).
     """
     results = weights = None
     detections, outputs = {}, {}
@@ -56,7 +60,8 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
         if on_step is not None:
             on_step(step, detections, outputs)
         if not last:
-            weights = dataset.compute_dynamic_weights(results, args) if args.use_dynamic_sampling else None
+            weights = (dataset.compute_dynamic_weights(results, args) if args.use_dynamic_sampling
+                       else None)
     return detections, outputs
 
 
@@ -72,7 +77,8 @@ def test_cascade(args):
         path = os.path.join(args.save_dir, f"test_result_step{step}.json")
         detector = passes.score_results(detections, outputs, args, path)
         if args.is_main:
-            log(reports.format_map_line(detector, f"test step {step} ({os.path.basename(paths[step])})"))
+            log(reports.format_map_line(detector,
+                                        f"test step {step} ({os.path.basename(paths[step])})"))
             reports.report_evaluation(detector, args, step, test_set, "test_", log)
         detectors.append(detector)
 
@@ -86,36 +92,42 @@ def list_feature_files(path):
     path = Path(path)
     if path.is_file():
         if path.suffix != ".npy":
-            raise InputError(f"features {path} is not a .npy file; expected a (T, D) float32 .npy or a folder of them")
+            raise InputError(f"features {path} is not a .npy file; expected a (T, D) float32 .npy "
+                             f"or a folder of them")
         return {path.stem: path}
     if not path.is_dir():
         raise InputError(f"features {path} not found; pass a (T, D) .npy file or a folder of them")
     files = sorted(p for p in path.iterdir() if p.suffix == ".npy" and p.is_file())
     if not files:
-        raise InputError(f"feature folder {path} holds no .npy files; expected one (T, D) float32 file per video")
+        raise InputError(f"feature folder {path} holds no .npy files; expected one (T, D) float32 "
+                         f"file per video")
     return {p.stem: p for p in files}
 
 
 def check_features(array, feature_dim, source):
     """The checks a video's features must pass (rank, dtype, dimension, finite, non-empty)."""
     if not isinstance(array, np.ndarray):
-        raise InputError(f"features {source} are a {type(array).__name__}; expected a numpy array (T, {feature_dim})")
+        raise InputError(f"features {source} are a {type(array).__name__}; expected a numpy array "
+                         f"(T, {feature_dim})")
     if array.ndim != 2:
-        raise InputError(f"features {source} have shape {array.shape}; expected a 2-D (T, {feature_dim}) array "
-                         f"(one row per snippet)")
+        raise InputError(f"features {source} have shape {array.shape}; expected a 2-D "
+                         f"(T, {feature_dim}) array (one row per snippet)")
     if not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"features {source} have dtype {array.dtype}; expected floating point (float32; "
-                         f"float16 and float64 are read as float32)")
+        raise InputError(f"features {source} have dtype {array.dtype}; expected floating point "
+                         f"(float32; float16 and float64 are read as float32)")
     if array.shape[1] != feature_dim:
-        raise InputError(f"features {source} have dimension {array.shape[1]}, but the checkpoint expects "
-                         f"{feature_dim} (I3D RGB || flow); extract features the way the model was trained")
+        raise InputError(f"features {source} have dimension {array.shape[1]}, but the checkpoint "
+                         f"expects {feature_dim} (I3D RGB || flow); extract features the way the "
+                         f"model was trained")
     if array.shape[0] == 0:
         raise InputError(f"features {source} have no snippets (shape {array.shape})")
     if array.dtype != np.float32:
-        with np.errstate(over="ignore"):         # float64 beyond float32's range becomes inf: refused below
+        # float64 beyond float32's range becomes inf: refused below
+        with np.errstate(over="ignore"):
             array = np.asarray(array, dtype=np.float32)
     if not np.isfinite(array.sum(dtype=np.float64)):
-        raise InputError(f"features {source} contain NaN or inf values (as float32); re-extract them")
+        raise InputError(f"features {source} contain NaN or inf values (as float32); "
+                         f"re-extract them")
     return array
 
 
@@ -128,14 +140,17 @@ def read_feature_file(path, feature_dim):
 
 
 def new_video_dataset(videos, args):
-    """VideoDataset of new videos {VID: .npy path or (T, D) array}, every input checked (one-line errors)."""
+    """VideoDataset of new videos {VID: .npy path or (T, D) array}, every input checked (one-line
+    errors)."""
     videos = dict(videos)
     for vid, source in videos.items():
         if isinstance(source, (str, os.PathLike)):
-            read_feature_file(source, args.feature_dim)       # the dataset casts files itself when it reads them
+            # the dataset casts files itself when it reads them
+            read_feature_file(source, args.feature_dim)
         else:
             videos[vid] = check_features(source, args.feature_dim, f"of video {vid}")    # float32
-    checked = argparse.Namespace(**{**vars(args), "skip_data_checks": True})      # checked above, with these messages
+    # checked above, with these messages
+    checked = argparse.Namespace(**{**vars(args), "skip_data_checks": True})
     return VideoDataset(checked, "predict", "uniform", videos=videos)
 
 
@@ -147,14 +162,17 @@ def localize_videos(videos, checkpoint, args):
     """
     if isinstance(videos, (str, os.PathLike)):
         videos = list_feature_files(videos)
-    models = checkpoint if isinstance(checkpoint, (list, tuple)) else load_cascade(checkpoint, args, "predict")
+    models = (checkpoint if isinstance(checkpoint, (list, tuple))
+              else load_cascade(checkpoint, args, "predict"))
     if len(models) != args.num_steps + 1:
-        raise UserError(f"{len(models)} models given, but the cascade has num_steps + 1 = {args.num_steps + 1}")
+        raise UserError(f"{len(models)} models given, but the cascade has num_steps + 1 = "
+                        f"{args.num_steps + 1}")
     return run_cascade(models, new_video_dataset(videos, args), args)[0]
 
 
 def localize(features, checkpoint, args):
     """Detections of the cascade for one video's features (T, D) float32 (array or .npy path)."""
     if isinstance(features, (str, os.PathLike)):
-        return next(iter(localize_videos({Path(features).stem: features}, checkpoint, args).values()))
+        return next(iter(
+            localize_videos({Path(features).stem: features}, checkpoint, args).values()))
     return localize_videos({"video": features}, checkpoint, args)["video"]

@@ -118,8 +118,10 @@ def numpy_safe_globals():
     np.dtype and the dtype's class (numpy >= 1.25, e.g. np.dtypes.Float64DType) for BUILD.
     """
     scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    items = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
-    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"):
+    items = [np.dtype, (scalar, "numpy.core.multiarray.scalar"),
+             (scalar, "numpy._core.multiarray.scalar")]
+    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+                 "bool_"):
         items.append(type(np.dtype(getattr(np, name))))
     return items
 
@@ -129,8 +131,8 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
     with torch.load(weights_only=True); only numpy scalars are allow-listed (docs/method.md §14).
 
-    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the file
-    instead of reading it whole (inference: a training checkpoint's optimizer state, twice the
+    A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the
+    file instead of reading it whole (inference: a training checkpoint's optimizer state, twice the
     weights, is then never read); files torch cannot map (the legacy format) are read normally.
     """
     path = os.fspath(path)
@@ -146,12 +148,14 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
                 state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt zip, truncated file, disallowed pickled objects, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(err).__name__}: {reason}); "
-                              f"the file is corrupt, truncated or not a torch checkpoint") from err
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(err).__name__}: "
+                              f"{reason}); the file is corrupt, truncated or not a torch "
+                              f"checkpoint") from err
     if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
         state = {"model_state_dict": state}
     if not isinstance(state, dict) or not isinstance(state.get("model_state_dict"), dict):
-        raise CheckpointError(f"checkpoint {path} has no model_state_dict; it is not an ASM-Loc checkpoint")
+        raise CheckpointError(f"checkpoint {path} has no model_state_dict; it is not an ASM-Loc "
+                              f"checkpoint")
     return state
 
 
@@ -190,9 +194,9 @@ def load_step_model(path, step, args, mmap=True):
     state = load_checkpoint(path, map_location=args.device, mmap=mmap)
     stored = state.get("dataset")
     if stored is not None and stored != args.dataset:
-        raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; use "
-                              f"the {stored} preset (predict.py --dataset {stored}, main_{stored}.py "
-                              f"--test)")
+        raise CheckpointError(f"checkpoint {path} was trained on {stored}, not {args.dataset}; "
+                              f"use the {stored} preset (predict.py --dataset {stored}, "
+                              f"main_{stored}.py --test)")
     model = build_model_for_loading(args, step)
     load_model_state(model, state, path, args)      # strict: every parameter and buffer is set
     return model.eval()
@@ -225,8 +229,8 @@ def describe_mismatch(expected, given, args):
         dropout_first = "feature_embedding.1.weight" in given
         style = preset_with(lambda preset: bool(preset["embed_dropout"]) == dropout_first)
         return (f"looks like {style} checkpoint (embedding conv at feature_embedding."
-                f"{1 if 'feature_embedding.1.weight' in given else 0}); the {args.dataset} model has "
-                f"embed_dropout={args.embed_dropout}")
+                f"{1 if 'feature_embedding.1.weight' in given else 0}); the {args.dataset} model "
+                f"has embed_dropout={args.embed_dropout}")
     full_given = any(k.startswith("MHSA_") for k in given)
     full_expected = any(k.startswith("MHSA_") for k in expected)
     if full_given != full_expected:
@@ -235,15 +239,17 @@ def describe_mismatch(expected, given, args):
                 f"{kinds[0] if full_expected else kinds[1]} is being loaded")
     emb = given.get("att_branch.weight")
     if emb is not None and emb[1] != expected["att_branch.weight"][1]:
-        return f"feature_dim differs: checkpoint {emb[1]}, config {expected['att_branch.weight'][1]}"
+        return (f"feature_dim differs: checkpoint {emb[1]}, config "
+                f"{expected['att_branch.weight'][1]}")
     prefixes = {k.split(".")[0] for k in missing + unexpected}
     if prefixes and prefixes <= {"MHSA_Intra", "MHSA_Inter", "uncertainty_branch"}:
         return (f"modules {sorted(prefixes)} are {'missing from' if missing else 'extra in'} the "
                 f"checkpoint; check use_intra_attention / use_inter_attention / use_uncertainty")
-    shapes = [f"{k} {tuple(given[k])} vs {tuple(expected[k])}" for k in sorted(set(given) & set(expected))
-              if given[k] != expected[k]]
-    parts = [f"missing keys {missing[:4]}" if missing else "", f"unexpected keys {unexpected[:4]}" if unexpected
-             else "", f"shape differs: {shapes[:3]}" if shapes else ""]
+    shapes = [f"{k} {tuple(given[k])} vs {tuple(expected[k])}"
+              for k in sorted(set(given) & set(expected)) if given[k] != expected[k]]
+    parts = [f"missing keys {missing[:4]}" if missing else "",
+             f"unexpected keys {unexpected[:4]}" if unexpected else "",
+             f"shape differs: {shapes[:3]}" if shapes else ""]
     return "; ".join(p for p in parts if p)
 
 

@@ -16,14 +16,16 @@ from utils import UserError
 
 
 def init_distributed(args):
-    """Set args.rank, args.world_size, args.is_main (and the CUDA device) from torchrun's environment."""
+    """Set args.rank, args.world_size, args.is_main (and the CUDA device) from torchrun's
+    environment."""
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args.rank = int(os.environ.get("RANK", "0"))
     args.is_main = args.rank == 0
     if args.world_size == 1:
         return args
     if args.batch_size < args.world_size:
-        raise UserError(f"--batch_size {args.batch_size} is smaller than the {args.world_size} processes")
+        raise UserError(f"--batch_size {args.batch_size} is smaller than the {args.world_size} "
+                        f"processes")
     if args.device.startswith("cuda"):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
@@ -62,7 +64,8 @@ class GlobalBatchSampler:
         return (self.num_items + self.batch_size - 1) // self.batch_size
 
     def global_sizes(self):
-        return [min(self.batch_size, self.num_items - start) for start in range(0, self.num_items, self.batch_size)]
+        return [min(self.batch_size, self.num_items - start)
+                for start in range(0, self.num_items, self.batch_size)]
 
     def loss_weight(self, batch_index):
         """Weight of this process's mean loss so that the DDP average is the global-batch mean."""
@@ -73,7 +76,8 @@ class GlobalBatchSampler:
         order = torch.randperm(self.num_items, generator=self.generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.num_items,), generator=self.generator).tolist()
         for start in range(0, self.num_items, self.batch_size):
-            keys = list(zip(order[start:start + self.batch_size], seeds[start:start + self.batch_size]))
+            keys = list(zip(order[start:start + self.batch_size],
+                            seeds[start:start + self.batch_size]))
             sizes = split_sizes(len(keys), self.world_size)
             offset = sum(sizes[:self.rank])
             mine = keys[offset:offset + sizes[self.rank]]

@@ -4,10 +4,10 @@
 line). A count or fraction is drawn stratified by class and seeded by --seed: each training video
 belongs to the stratum of its rarest label (the label fewest training videos carry; ties by class
 list order), so a multi-label video counts once and rare classes keep their share; each stratum
-gives its share of the total (largest remainder), and keeps at least one training video. The held-out
-videos are never trained on; they are scored like test videos (predicted label sets, pseudo proposals
-from the full set, uniform sampling) against their own temporal GT in gt.json (THUMOS subset
-"validation", ActivityNet "train").
+gives its share of the total (largest remainder), and keeps at least one training video. The
+held-out videos are never trained on; they are scored like test videos (predicted label sets, pseudo
+proposals from the full set, uniform sampling) against their own temporal GT in gt.json (THUMOS
+subset "validation", ActivityNet "train").
 """
 import os
 from pathlib import Path
@@ -33,8 +33,8 @@ def parse_amount(spec, num_train):
     try:
         value = float(text)
     except ValueError:
-        raise UserError(f"--val_videos {text!r}: expected a count (20), a fraction (0.2) or an existing file "
-                        f"of video ids") from None
+        raise UserError(f"--val_videos {text!r}: expected a count (20), a fraction (0.2) or an "
+                        f"existing file of video ids") from None
     if value.is_integer() and "." not in text:
         count = int(value)
     elif 0 < value < 1:
@@ -62,12 +62,13 @@ def strata(video_labels, class_names):
 
 
 def stratum_quotas(sizes, total):
-    """Videos to hold out per stratum: the largest-remainder share of `total`, at most size - 1 each."""
+    """Videos to hold out per stratum: the largest-remainder share of `total`, at most size - 1
+    each."""
     sizes = np.asarray(sizes, dtype=np.int64)
     capacity = np.maximum(sizes - 1, 0)
     if total > capacity.sum():
-        raise UserError(f"--val_videos: cannot hold out {total} videos and keep one training video per class "
-                        f"stratum (at most {int(capacity.sum())})")
+        raise UserError(f"--val_videos: cannot hold out {total} videos and keep one training video "
+                        f"per class stratum (at most {int(capacity.sum())})")
     exact = total * sizes / sizes.sum()
     quotas = np.minimum(np.floor(exact).astype(np.int64), capacity)
     while quotas.sum() < total:
@@ -96,7 +97,8 @@ def read_id_file(path, train_videos):
         raise UserError(f"--val_videos file {path}: {unknown[0]} is not a video of split_train.txt "
                         f"({len(unknown)} such ids); list training videos only")
     if not names or len(set(names)) == len(train_videos):
-        raise UserError(f"--val_videos file {path} must list between 1 and {len(train_videos) - 1} training videos")
+        raise UserError(f"--val_videos file {path} must list between 1 and "
+                        f"{len(train_videos) - 1} training videos")
     return [vid for vid in train_videos if vid in set(names)]
 
 
@@ -121,8 +123,9 @@ def write_held_out(save_dir, names, database, resuming):
     if resuming and os.path.isfile(path):
         with open(path) as handle:
             if handle.read() != text:
-                raise UserError(f"run folder {save_dir} was trained with other held-out videos ({path}); "
-                                f"use another --suffix, or --no_resume to start this folder over")
+                raise UserError(f"run folder {save_dir} was trained with other held-out videos "
+                                f"({path}); use another --suffix, or --no_resume to start this "
+                                f"folder over")
     atomic_write_text(path, text)
     entries = {vid: {**database[vid], "subset": GT_SUBSET} for vid in names}
     atomic_write_json(os.path.join(save_dir, GT_FILE), {"database": entries})

@@ -101,12 +101,14 @@ def plot_video(path, vid_name, vid_len, class_names, fg_cas, temp_att, proposals
         kept.extend(mine[:max_per_class])
 
     n_rows = max(len(rows), 1)
-    ratios = [0.5 + 0.3 * n_rows, 0.5 + 0.3 * n_rows, 3.0, 1.6] + ([1.3] if weights is not None else [])
+    ratios = ([0.5 + 0.3 * n_rows, 0.5 + 0.3 * n_rows, 3.0, 1.6]
+              + ([1.3] if weights is not None else []))
     fig, axes = plt.subplots(len(ratios), 1, sharex=True, figsize=FIGSIZE,
                              gridspec_kw=dict(height_ratios=ratios), layout="constrained")
     ax_gt, ax_pr, ax_cas, ax_att = axes[:4]
 
-    _bar_panel(ax_gt, rows, [g for g in gt_segments if g["label"] in colors], colors, duration=duration)
+    _bar_panel(ax_gt, rows, [g for g in gt_segments if g["label"] in colors], colors,
+               duration=duration)
     ax_gt.set_ylabel("ground\ntruth", fontsize=9)
     if not gt_segments:
         ax_gt.text(0.5, 0.5, "no ground-truth instances", transform=ax_gt.transAxes,
@@ -126,7 +128,8 @@ def plot_video(path, vid_name, vid_len, class_names, fg_cas, temp_att, proposals
         if name in index:
             style = "-" if name in gt_cls else "--"
             tag = "" if name in gt_cls else " (pred. only)"
-            ax_cas.plot(t, fg_cas[:, index[name]], style, color=colors[name], lw=1.6, label=name + tag)
+            ax_cas.plot(t, fg_cas[:, index[name]], style, color=colors[name], lw=1.6,
+                        label=name + tag)
     ax_cas.set_ylabel("CAS", fontsize=9)
     if fg_cas.size and fg_cas.min() >= 0 and fg_cas.max() <= 1:
         ax_cas.set_ylim(0, 1.02)

@@ -29,8 +29,8 @@ def map_entry(detector, args):
 def run_protocol(args, test_set):
     """The evaluation protocol of a run on `test_set` (its gt.json, split list and the config)."""
     database = read_gt(test_set.root / "gt.json")
-    return describe(database, args.eval_subset, "split_test.txt", test_set.video_names, args.tiou_thresholds,
-                    args.num_tiou_for_average, args.extra_average_ranges)
+    return describe(database, args.eval_subset, "split_test.txt", test_set.video_names,
+                    args.tiou_thresholds, args.num_tiou_for_average, args.extra_average_ranges)
 
 
 class MetricsRecord:
@@ -74,16 +74,19 @@ def evaluation_of(entry):
 
 def summarize(entries):
     """Per step {"best": the first evaluation with the highest test average, "last": the last one,
-    "val_selected": the first with the highest validation average (its test mAP), when validated}."""
+    "val_selected": the first with the highest validation average (its test mAP), when
+    validated}."""
     steps = {}
     for entry in entries:
         step = steps.setdefault(str(entry["step"]), {})
         if "best" not in step or entry["average_mAP"] > step["best"]["average_mAP"]:
             step["best"] = evaluation_of(entry)
         step["last"] = evaluation_of(entry)
-        if "val" in entry and ("val_selected" not in step
-                               or entry["val"]["average_mAP"] > step["val_selected"]["val_average_mAP"]):
-            step["val_selected"] = {**evaluation_of(entry), "val_average_mAP": entry["val"]["average_mAP"],
+        if "val" in entry and (
+                "val_selected" not in step
+                or entry["val"]["average_mAP"] > step["val_selected"]["val_average_mAP"]):
+            step["val_selected"] = {**evaluation_of(entry),
+                                    "val_average_mAP": entry["val"]["average_mAP"],
                                     "val_mAP": entry["val"]["mAP"]}
     return steps
 
@@ -96,7 +99,8 @@ def config_sha256(config_text):
 def git_commit():
     """(commit, dirty) of the checkout, or (None, None) without git."""
     def git(*argv):
-        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode:
@@ -121,9 +125,10 @@ def environment(args):
 
 def write_results(save_dir, entries, config_text, args, protocol, validation, wall_s):
     """results.json of a finished run (atomic); returns it."""
-    results = {"dataset": args.dataset, "run_folder": save_dir, "epochs": args.epochs, "num_steps": args.num_steps,
-               "config_sha256": config_sha256(config_text), **environment(args), "wall_s": wall_s,
-               "protocol": protocol, "validation": validation, "steps": summarize(entries)}
+    results = {"dataset": args.dataset, "run_folder": save_dir, "epochs": args.epochs,
+               "num_steps": args.num_steps, "config_sha256": config_sha256(config_text),
+               **environment(args), "wall_s": wall_s, "protocol": protocol,
+               "validation": validation, "steps": summarize(entries)}
     atomic_write_json(os.path.join(save_dir, RESULTS_FILE), results, indent=2)
     return results
 

@@ -79,7 +79,8 @@ def results_lines(results, num_steps, protocol, held_out):
     if held_out:
         lines.append("validation-selected per step: " + ", ".join(
             f"step {k} epoch {v['val_selected']['epoch']} (val "
-            f"{v['val_selected']['val_average_mAP']:.2f}) test {v['val_selected']['average_mAP']:.2f}"
+            f"{v['val_selected']['val_average_mAP']:.2f}) test "
+            f"{v['val_selected']['average_mAP']:.2f}"
             for k, v in steps.items()))
     final = steps.get(str(num_steps))
     if final and final["best"]["averages"]:          # the extra ranges other papers report

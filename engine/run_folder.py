@@ -5,8 +5,8 @@ change a result (all but config.NON_RESULT_KEYS).
 
 - Training resumes a run folder only under the config that started it: check_run_folder compares the
   folder's config.json before anything is written, and stops naming every changed key.
-- Test mode and predict.py take those keys from the config.json beside the checkpoints, flags given on
-  the command line winning (adopt_trained_config); test mode writes into a folder of its own
+- Test mode and predict.py take those keys from the config.json beside the checkpoints, flags given
+  on the command line winning (adopt_trained_config); test mode writes into a folder of its own
   (test_output_folder), never into the training run's files, and writes over earlier test results
   there only under their config (check_run_folder again).
 """
@@ -17,7 +17,8 @@ from config import NON_RESULT_KEYS, RETIRED_FLAGS, config_to_dict, explicit_keys
 from utils import UserError
 
 CONFIG_NAME = "config.json"
-LAUNCH_KEYS = ("world_size",)        # set by the launcher (torchrun) for this command, never taken from a run
+# set by the launcher (torchrun) for this command, never taken from a run
+LAUNCH_KEYS = ("world_size",)
 
 
 class RunConfigChanged(UserError):
@@ -41,8 +42,9 @@ def read_config(path):
         with open(path) as handle:
             config = json.load(handle)
     except (OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable config ({err}); the run's config cannot be checked: restore "
-                        f"the file, or start over with --no_resume or in another folder with --suffix NAME") from None
+        raise UserError(f"{path} is not a readable config ({err}); the run's config cannot be "
+                        f"checked: restore the file, or start over with --no_resume or in another "
+                        f"folder with --suffix NAME") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a config (a JSON object of key: value)")
     return config
@@ -59,7 +61,8 @@ def result_keys(config):
 
 
 def as_stored(args):
-    """The config as config.json stores it (lists, JSON numbers), for comparisons with a stored one."""
+    """The config as config.json stores it (lists, JSON numbers), for comparisons with a stored
+    one."""
     return json.loads(json.dumps(config_to_dict(args)))
 
 
@@ -68,10 +71,11 @@ def show(value):
 
 
 def differences(saved, current):
-    """([(key, saved value, current value)] of the result-affecting keys that differ, [keys only one of the
-    two records]) for two configs as config.json stores them."""
+    """([(key, saved value, current value)] of the result-affecting keys that differ, [keys only
+    one of the two records]) for two configs as config.json stores them."""
     mine, theirs = result_keys(current), result_keys(saved)
-    changed = [(key, saved[key], current[key]) for key in sorted(mine & theirs) if saved[key] != current[key]]
+    changed = [(key, saved[key], current[key]) for key in sorted(mine & theirs)
+               if saved[key] != current[key]]
     return changed, sorted(mine ^ theirs)
 
 
@@ -80,41 +84,47 @@ def format_changes(changed):
 
 
 def check_run_folder(args):
-    """Before anything is written to args.save_dir: a training run there may be resumed, and test results
-    there written over, only under the config that made them. Raises RunConfigChanged listing each changed
-    key; returns the notes to print."""
+    """Before anything is written to args.save_dir: a training run there may be resumed, and test
+    results there written over, only under the config that made them. Raises RunConfigChanged
+    listing each changed key; returns the notes to print."""
     folder = args.save_dir
     path = os.path.join(folder, CONFIG_NAME)
-    if args.no_resume or not os.path.isfile(os.path.join(folder, CONFIG_NAME if args.test else "model_latest.pth")):
+    if args.no_resume or not os.path.isfile(
+            os.path.join(folder, CONFIG_NAME if args.test else "model_latest.pth")):
         return []
     if not os.path.isfile(path):
-        return [f"note: run folder {folder} has no {CONFIG_NAME} (a released-code run folder?): resuming it, "
-                f"its config could not be checked"]
+        return [f"note: run folder {folder} has no {CONFIG_NAME} (a released-code run folder?): "
+                f"resuming it, its config could not be checked"]
     changed, one_sided = differences(read_config(path), as_stored(args))
     if changed:
-        what = ("test folder", "test results", "a test folder", "write over them") if args.test else \
-            ("run folder", "a run", "a run folder", "start this folder over")
+        what = ("test folder", "test results", "a test folder", "write over them") \
+            if args.test else ("run folder", "a run", "a run folder", "start this folder over")
         raise RunConfigChanged(f"{what[0]} {folder} holds {what[1]} made with another config "
-                               f"({format_changes(changed)}) and was left untouched; add --suffix NAME for "
-                               f"{what[2]} of its own, or --no_resume to {what[3]}")
+                               f"({format_changes(changed)}) and was left untouched; add --suffix "
+                               f"NAME for {what[2]} of its own, or --no_resume to {what[3]}")
     if one_sided:
-        return [f"note: {path} and this code record different keys; not compared: {', '.join(one_sided)}"]
+        return [f"note: {path} and this code record different keys; not compared: "
+                f"{', '.join(one_sided)}"]
     return []
 
 
 def adopt_trained_config(args, argv):
-    """Test mode / predict.py: every result-affecting key from args.checkpoint/config.json, except the keys
-    given in `argv` (the command line), which win. Changes `args`; returns the lines to print."""
+    """Test mode / predict.py: every result-affecting key from args.checkpoint/config.json, except
+    the keys given in `argv` (the command line), which win. Changes `args`; returns the lines to
+    print."""
     folder = os.fspath(args.checkpoint)
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
-        return [f"note: {folder} has no {CONFIG_NAME} (released checkpoints?): using config.py and the command line"]
+        return [f"note: {folder} has no {CONFIG_NAME} (released checkpoints?): using config.py "
+                f"and the command line"]
     trained = read_config(path)
     if trained.get("dataset", args.dataset) != args.dataset:
-        raise UserError(f"{path}: the checkpoints were trained on {trained['dataset']}, not {args.dataset}; "
-                        f"use main_{trained['dataset']}.py (predict.py --dataset {trained['dataset']})")
+        raise UserError(f"{path}: the checkpoints were trained on {trained['dataset']}, not "
+                        f"{args.dataset}; use main_{trained['dataset']}.py (predict.py --dataset "
+                        f"{trained['dataset']})")
     explicit, current = explicit_keys(args.dataset, argv), as_stored(args)
-    lines, overridden, from_run = [f"config of the run: {path} (flags given now win: key: trained → now)"], [], []
+    lines, overridden, from_run = (
+        [f"config of the run: {path} (flags given now win: key: trained → now)"], [], [])
     for key in sorted(result_keys(trained) & result_keys(current)):
         if key in LAUNCH_KEYS or trained[key] == current[key]:
             continue
@@ -139,6 +149,8 @@ def test_output_folder(args):
     folder = os.path.abspath(os.fspath(args.checkpoint))
     suffix = f"_{args.suffix}" if args.suffix else ""
     own = os.path.join(folder, "test" + suffix)
-    if os.access(folder, os.W_OK | os.X_OK) and (not os.path.exists(own) or os.access(own, os.W_OK | os.X_OK)):
+    if os.access(folder, os.W_OK | os.X_OK) and (not os.path.exists(own)
+                                                 or os.access(own, os.W_OK | os.X_OK)):
         return own
-    return os.path.join(args.checkpoint_root, args.dataset, "test", os.path.basename(folder) + suffix)
+    return os.path.join(args.checkpoint_root, args.dataset, "test",
+                        os.path.basename(folder) + suffix)

@@ -270,7 +270,7 @@ def save_checkpoints(run, parts, epoch, improved):
     state = checkpoints.training_state(parts.model, parts.optimizer, args, step, epoch,
                                        run.best_mAP, rng_states, run.wall_s())
     names = ([checkpoints.step_file(step, "best")] if improved else []) + \
-        ([checkpoints.step_file(step, "last")] if refinement.is_last_epoch_of_step(epoch, step, args)
-         else []) + [checkpoints.LATEST]
+        ([checkpoints.step_file(step, "last")]
+         if refinement.is_last_epoch_of_step(epoch, step, args) else []) + [checkpoints.LATEST]
     for name in names:
         checkpoints.save(state, os.path.join(args.save_dir, name))

@@ -48,7 +48,8 @@ def load_ground_truth(gt_file, subset):
     if not video_names:
         raise EvaluationInputError(f"ground-truth file {gt_file} has no video in subset {subset!r}")
     if not class_index:
-        raise EvaluationInputError(f"ground-truth file {gt_file} has no annotation in subset {subset!r}")
+        raise EvaluationInputError(f"ground-truth file {gt_file} has no annotation in subset "
+                                   f"{subset!r}")
     gt_seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)   # (G, 2)
     return (video_names, list(class_index), np.asarray(videos, dtype=np.int64),
             np.asarray(labels, dtype=np.int64), gt_seg)
@@ -81,7 +82,8 @@ def load_predictions(prediction, class_index, video_index):
     try:
         labels = np.asarray([class_index.get(e["label"], -1) for e in entries], dtype=np.int64)
         score = np.asarray([e["score"] for e in entries], dtype=np.float64)            # (P,)
-        seg = np.asarray([e["segment"][:2] for e in entries], dtype=np.float64).reshape(len(entries), 2)
+        seg = np.asarray([e["segment"][:2] for e in entries],
+                         dtype=np.float64).reshape(len(entries), 2)
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise EvaluationInputError(
             f"{source}: every prediction needs 'label', 'score' and 'segment': [start, end] "
@@ -101,8 +103,8 @@ def pair_tiou(pred_seg, gt_seg):
     Same operations in the same order as the official segment_iou, so equal inputs give
     bitwise equal tIoU (ties then break identically).
     """
-    inter = np.clip(np.minimum(pred_seg[:, 1], gt_seg[:, 1]) - np.maximum(pred_seg[:, 0], gt_seg[:, 0]),
-                    0, None)
+    inter = np.clip(np.minimum(pred_seg[:, 1], gt_seg[:, 1])
+                    - np.maximum(pred_seg[:, 0], gt_seg[:, 0]), 0, None)
     union = (gt_seg[:, 1] - gt_seg[:, 0]) + (pred_seg[:, 1] - pred_seg[:, 0]) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return inter / union
@@ -203,9 +205,10 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
         slack = 8 * np.spacing(len(keys) * width)
         sel = np.flatnonzero(has_gt & (p_len > 0))
         base = grp[sel] * width
-        lo[sel] = np.maximum(lo[sel], np.searchsorted(gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]])
-                                                      - slack, "left"))
-        hi[sel] = np.minimum(hi[sel], np.searchsorted(gt_pos, base + p_seg[sel, 1] + slack, "right"))
+        lo[sel] = np.maximum(lo[sel], np.searchsorted(
+            gt_pos, base + (p_seg[sel, 0] - longest[grp[sel]]) - slack, "left"))
+        hi[sel] = np.minimum(hi[sel], np.searchsorted(
+            gt_pos, base + p_seg[sel, 1] + slack, "right"))
     n_cand = np.where(has_gt, np.maximum(hi - lo, 0), 0)                # (P,)
     pair_pred = np.repeat(np.arange(len(p_key)), n_cand)                # (N,)
     pair_slot = np.repeat(lo, n_cand) + group_positions(n_cand)     # position in GT sort order
@@ -217,7 +220,8 @@ def candidate_pairs(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, min_tio
 
 def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_seg, thresholds,
                       order=None, return_gt=False):
-    """Greedy matching of docs/method.md §12 for every class and threshold at once -> tp (P, H) bool.
+    """Greedy matching of docs/method.md §12 for every class and threshold at once -> tp (P, H)
+    bool.
 
     With return_gt, the matched GT index (P, H) instead, -1 where a prediction is a false positive
     (the diagnosis needs to know which GT was taken).
@@ -280,16 +284,16 @@ def match_predictions(p_video, p_label, p_seg, p_score, gt_video, gt_label, gt_s
         arr[dest] = arr.copy()
     pair_pred = act[np.repeat(np.arange(len(act)), n_pairs[act])]
     act_bounds = np.searchsorted(step, np.arange(step[-1] + 2))
-    matched = np.zeros((len(gt_video), n_thr), dtype=bool)                              # (G, H)
-    ge_thr = ~below(pair_iou[:, None], thresholds[None, :])                             # (N, H)
-    index = np.arange(len(pair_gt))[:, None]                                            # (N, 1)
+    matched = np.zeros((len(gt_video), n_thr), dtype=bool)                             # (G, H)
+    ge_thr = ~below(pair_iou[:, None], thresholds[None, :])                            # (N, H)
+    index = np.arange(len(pair_gt))[:, None]                                           # (N, 1)
     big = np.iinfo(np.int64).max
     for j in range(len(act_bounds) - 1):
         a0, a1 = act_bounds[j], act_bounds[j + 1]
         p0, p1 = pair_start[a0], pair_start[a1]
         ok = ge_thr[p0:p1] & ~matched[pair_gt[p0:p1]]                                  # (n, H)
         first = np.minimum.reduceat(np.where(ok, index[p0:p1], big), pair_start[a0:a1] - p0, axis=0)
-        row, col = np.nonzero(first != big)                                             # (m, H) hits
+        row, col = np.nonzero(first != big)                                            # (m, H) hits
         matched[pair_gt[first[row, col]], col] = True
         matched_gt[act[a0 + row], col] = pair_gt[first[row, col]]
     return matched_gt if return_gt else matched_gt >= 0
@@ -326,10 +330,14 @@ def preset_average_count(dataset, num_thresholds):
 
 
 class ANETDetection:
-    """Detection mAP of a prediction file (path or dict) against one subset of gt.json."""
+    """Detection mAP of a prediction file (path or dict) against one subset of gt.json.
 
-    def __init__(self, ground_truth_file, prediction_file, tiou_thresholds=np.arange(0.5, 1.0, 0.05),
-                 subset="validation", dataset="ActivityNet", verbose=False, num_tiou_for_average=None):
+    dataset: the released keyword, a preset name of config.py whose num_tiou_for_average (and
+    diagnosis bins) apply; None or an unknown name averages over every threshold."""
+
+    def __init__(self, ground_truth_file, prediction_file,
+                 tiou_thresholds=np.arange(0.5, 1.0, 0.05), subset="validation",
+                 dataset=None, verbose=False, num_tiou_for_average=None):
         self.tiou_thresholds = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)
         if len(self.tiou_thresholds) == 0:
             raise EvaluationInputError("need at least one tIoU threshold")
@@ -346,7 +354,8 @@ class ANETDetection:
         if self.n_unknown:
             where = "" if isinstance(prediction_file, dict) else f" in {os.fspath(prediction_file)}"
             warnings.warn(f"{self.n_unknown} predictions{where} have a label that is not a "
-                          f"ground-truth class of subset {subset!r}; they are ignored", stacklevel=2)
+                          f"ground-truth class of subset {subset!r}; they are ignored",
+                          stacklevel=2)
         self.ap = self.mAP = self.average_mAP = None
 
     def evaluate(self):

@@ -4,8 +4,8 @@ After Alwassel et al., "Diagnosing Error in Temporal Action Detectors" (DETAD, E
 the definitions of its paper and reference code:
 
 - Matching: the detection mAP's greedy matching (docs/method.md §12) against *all* GT of the
-  subset, at every tIoU threshold. Predictions are ranked per class by
-  ``np.argsort(scores)[::-1]`` on the class's predictions in file order (`eval.detection.class_order`).
+  subset, at every tIoU threshold. Predictions are ranked per class by ``np.argsort(scores)[::-1]``
+  on the class's predictions in file order (`eval.detection.class_order`).
 - By characteristic: every GT instance falls in one bin of its length (s), its coverage
   (length / video duration) and the number of instances in its video (all classes). For a bin,
   AP is computed on the bin's GT only: a prediction matched to a GT of the bin is a true
@@ -32,10 +32,10 @@ every GT falls in a bin.
 Where we differ from DETAD's released code (on purpose): the ignore rule of a bin is applied per
 tIoU threshold, as the paper defines it (its code removes, for every threshold, the predictions
 ignored at *any* threshold; it only uses one threshold on THUMOS, where both agree;
-`ignore_any_tiou=True`, `--ignore_any_tiou` on the command line, follows its code); GT of zero length and
-coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported. Matching is the
-evaluator's own (eval.detection.match_predictions), so tied scores and tied tIoU are visited
-exactly as the official evaluator visits them.
+`ignore_any_tiou=True`, `--ignore_any_tiou` on the command line, follows its code); GT of zero
+length and coverage > 1 are kept (the evaluator keeps them); AP and AP_N are both reported.
+Matching is the evaluator's own (eval.detection.match_predictions), so tied scores and tied tIoU
+are visited exactly as the official evaluator visits them.
 
 Vectorised: loops run over thresholds, bins, classes (ranking) and the rank inside a component
 of the prediction-GT candidate graph (matching), never over single predictions.
@@ -51,12 +51,13 @@ from utils import group_positions
 
 INF = float("inf")
 # Bin edges, by the name a preset gives in its diagnosis_bins key: characteristic -> (edges, bin
-# names). "DETAD": the DETAD paper's (ActivityNet). "THUMOS14-test": chosen from the real THUMOS14 test subset of gt.json (212 videos,
-# 3358 instances): length (s) quantiles 20/40/60/80 % = 1.5/2.5/4.2/6.9, median 3.2, max 86.6;
-# coverage quantiles = .0062/.0094/.0154/.0260, max .91; instances per video quantiles
-# (per instance) = 12/22/36/62, min 1, max 218. Round edges near those quantiles give bins of
-# comparable size: GT per bin, length 730/659/572/759/638, coverage 637/798/541/678/704,
-# instances 539/651/1028/727/413 (pinned by tests/test_eval_diagnosis.py).
+# names). "DETAD": the DETAD paper's (ActivityNet). "THUMOS14-test": chosen from the real
+# THUMOS14 test subset of gt.json (212 videos, 3358 instances): length (s) quantiles
+# 20/40/60/80 % = 1.5/2.5/4.2/6.9, median 3.2, max 86.6; coverage quantiles =
+# .0062/.0094/.0154/.0260, max .91; instances per video quantiles (per instance) = 12/22/36/62,
+# min 1, max 218. Round edges near those quantiles give bins of comparable size: GT per bin,
+# length 730/659/572/759/638, coverage 637/798/541/678/704, instances 539/651/1028/727/413
+# (pinned by tests/test_eval_diagnosis.py).
 BIN_TABLE = {
     "DETAD": {
         "length": ((0, 30, 60, 120, 180, INF), ("XS", "S", "M", "L", "XL")),
@@ -128,17 +129,19 @@ def match_to_gt(p_video, p_label, p_seg, gt_video, gt_label, gt_seg, thresholds,
                              order=order, return_gt=True)
 
 
-# ----------------------------------------------------------------------------- AP with ignored rows
-def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None, fp_dropped=None):
-    """VOC AP (docs/method.md §12) of M columns -> (M, C); NaN where a class has no GT in the column.
+# ---------------------------------------------------------------------------- AP with ignored rows
+def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None,
+           fp_dropped=None):
+    """VOC AP (docs/method.md §12) of M columns -> (M, C); NaN where a class has no GT in the
+    column.
 
     Rows are the ranked predictions (class ascending, rank). A column lists its hits as
     (hit_col, hit_row) pairs sorted by column, then row; its false positives are those of its
     threshold col_thr[m]: fp_cum (H, R) running count of unmatched predictions. Every other row
     is ignored (matched to a GT outside the column's bin). n_pos (M, C) GT per column and class.
     fp_dropped (Q,): per hit, the unmatched rows of its class up to it that the column ignores
-    (not false positives there). With `normalizer` N, precision is DETAD's R*N / (R*N + FP). AP = sum over hits of
-    (1/n) * max precision over this and later hits of the class, as
+    (not false positives there). With `normalizer` N, precision is DETAD's R*N / (R*N + FP).
+    AP = sum over hits of (1/n) * max precision over this and later hits of the class, as
     eval.detection.average_precision computes it.
     """
     n_cols, n_cls = n_pos.shape
@@ -168,7 +171,8 @@ def voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos, normalizer=None,
 
 # ----------------------------------------------------------------------------- the two analyses
 def bin_masks(characteristics, bin_table, n_gt):
-    """[(characteristic, bin name, range text, GT mask (G,))], "all" first, then the table's bins."""
+    """[(characteristic, bin name, range text, GT mask (G,))], "all" first, then the table's
+    bins."""
     masks = [("all", "all", "all", np.ones(n_gt, dtype=bool))]
     for name, (edges, labels) in bin_table.items():
         index = assign_bins(characteristics[name], edges)
@@ -201,47 +205,52 @@ def dropped_false_positives(matched, ignored, hit_col, hit_row, row_class, n_thr
     return dropped
 
 
-def characteristic_rows(gt_label, masks, matched, matched_a, row_class, n_cls, thresholds, n_avg, normalizer,
-                        ignore_any_tiou=False):
-    """One dict per bin of `masks`: GT count, mAP per tIoU, averages, recall and miss rate at tIoU a.
+def characteristic_rows(gt_label, masks, matched, matched_a, row_class, n_cls, thresholds, n_avg,
+                        normalizer, ignore_any_tiou=False):
+    """One dict per bin of `masks`: GT count, mAP per tIoU, averages, recall and miss rate at
+    tIoU a.
 
-    matched (P, H): matched GT of the ranked predictions at each threshold; matched_a (P,): at tIoU a.
-    A column is (bin b, threshold h), index b*H + h. A row matched to a GT outside the bin is
-    ignored at that threshold, or with `ignore_any_tiou` at every threshold once it is at one.
+    matched (P, H): matched GT of the ranked predictions at each threshold; matched_a (P,): at
+    tIoU a. A column is (bin b, threshold h), index b*H + h. A row matched to a GT outside the
+    bin is ignored at that threshold, or with `ignore_any_tiou` at every threshold once it is at
+    one.
     """
-    in_bin = np.stack([mask for *_, mask in masks], axis=1)                       # (G, B)
+    in_bin = np.stack([mask for *_, mask in masks], axis=1)                   # (G, B)
     n_bins, n_thr = in_bin.shape[1], len(thresholds)
-    thr_of_hit, row_of_hit = np.nonzero(matched.T >= 0)                          # (Q,) by threshold, row
-    gt_bins = in_bin[matched[row_of_hit, thr_of_hit]]                             # (Q, B) bins of its GT
-    ignored = ignored_any_tiou(matched, in_bin) if ignore_any_tiou else None      # (P, B)
+    # (Q,) by threshold, row
+    thr_of_hit, row_of_hit = np.nonzero(matched.T >= 0)
+    # (Q, B) bins of its GT
+    gt_bins = in_bin[matched[row_of_hit, thr_of_hit]]
+    ignored = ignored_any_tiou(matched, in_bin) if ignore_any_tiou else None  # (P, B)
     if ignored is not None:
         gt_bins &= ~ignored[row_of_hit]
     q, b = np.nonzero(gt_bins)
     hit_col = b * n_thr + thr_of_hit[q]
-    sort = np.argsort(hit_col, kind="stable")                                     # rows stay ascending
+    sort = np.argsort(hit_col, kind="stable")                                 # rows stay ascending
     hit_col, hit_row = hit_col[sort], row_of_hit[q][sort]
-    fp_cum = np.cumsum(matched.T < 0, axis=1)                                     # (H, P)
+    fp_cum = np.cumsum(matched.T < 0, axis=1)                                 # (H, P)
     fp_dropped = (None if ignored is None else
                   dropped_false_positives(matched, ignored, hit_col, hit_row, row_class, n_thr))
-    col_thr = np.tile(np.arange(n_thr), n_bins)                                   # (B*H,)
-    n_pos = np.stack([np.bincount(gt_label[in_bin[:, b]], minlength=n_cls) for b in range(n_bins)])  # (B, C)
-    n_pos_cols = np.repeat(n_pos, n_thr, axis=0)                                  # (B*H, C)
+    col_thr = np.tile(np.arange(n_thr), n_bins)                               # (B*H,)
+    n_pos = np.stack([np.bincount(gt_label[in_bin[:, b]], minlength=n_cls)
+                      for b in range(n_bins)])                                # (B, C)
+    n_pos_cols = np.repeat(n_pos, n_thr, axis=0)                              # (B*H, C)
     ap = voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos_cols,
                 fp_dropped=fp_dropped).reshape(n_bins, n_thr, n_cls)
     ap_n = voc_ap(hit_col, hit_row, fp_cum, col_thr, row_class, n_pos_cols,
                   normalizer, fp_dropped).reshape(n_bins, n_thr, n_cls)
-    valid = n_pos > 0                                                             # (B, C)
-    found = np.unique(matched_a[matched_a >= 0])                                  # GT found at tIoU a
+    valid = n_pos > 0                                                         # (B, C)
+    found = np.unique(matched_a[matched_a >= 0])                              # GT found at tIoU a
     rows = []
     for b, (name, label, span, mask) in enumerate(masks):
         n_gt = int(mask.sum())
         row = {"characteristic": name, "bin": label, "range": span, "gt_count": n_gt,
                "classes": int(valid[b].sum())}
-        if n_gt == 0:                                                             # empty bin: no values
+        if n_gt == 0:                                                         # empty bin: no values
             row.update({key: None for key in _value_keys(thresholds)})
             rows.append(row)
             continue
-        m_ap = np.where(valid[b], ap[b], 0).sum(axis=1) / valid[b].sum()         # (H,)
+        m_ap = np.where(valid[b], ap[b], 0).sum(axis=1) / valid[b].sum()      # (H,)
         m_ap_n = np.where(valid[b], ap_n[b], 0).sum(axis=1) / valid[b].sum()
         for t, value in zip(thresholds, m_ap):
             row[f"mAP@{t:.2f}"] = float(value)
@@ -261,11 +270,13 @@ def error_types(matched_a, p_video, p_label, p_seg, gt_video, gt_label, gt_seg, 
     """DETAD error type (index into ERROR_TYPES) of each prediction at tIoU fp_tiou -> (P,) int."""
     types = np.full(len(p_label), ERROR_TYPES.index("background"), dtype=np.int64)
     if len(p_label) and len(gt_video):
-        zeros_p, zeros_g = np.zeros_like(p_label), np.zeros_like(gt_label)      # any label: video only
-        pair_pred, pair_gt, pair_iou, _ = candidate_pairs(p_video, zeros_p, p_seg, gt_video, zeros_g, gt_seg,
-                                                          MIN_TIOU)
-        best = np.lexsort((pair_gt, -pair_iou, pair_pred))                      # best GT first per prediction
-        first = best[np.concatenate([[True], pair_pred[best][1:] != pair_pred[best][:-1]])] if len(best) else best
+        zeros_p, zeros_g = np.zeros_like(p_label), np.zeros_like(gt_label)  # any label: video only
+        pair_pred, pair_gt, pair_iou, _ = candidate_pairs(p_video, zeros_p, p_seg, gt_video,
+                                                          zeros_g, gt_seg, MIN_TIOU)
+        # best GT first per prediction
+        best = np.lexsort((pair_gt, -pair_iou, pair_pred))
+        first = (best[np.concatenate([[True], pair_pred[best][1:] != pair_pred[best][:-1]])]
+                 if len(best) else best)
         pred, gt, iou = pair_pred[first], pair_gt[first], pair_iou[first]
         same = gt_label[gt] == p_label[pred]
         types[pred] = np.where(iou >= fp_tiou, np.where(same, 1, 2), np.where(same, 3, 4))
@@ -276,8 +287,8 @@ def error_types(matched_a, p_video, p_label, p_seg, gt_video, gt_label, gt_seg, 
 def fp_profile(types_ranked, row_class, n_gt_per_class, max_k=10, cumulative=False):
     """Counts (max_k, 6) of each error type among the predictions of slice k = 1..max_k."""
     bounds = np.searchsorted(row_class, np.arange(len(n_gt_per_class) + 1))
-    rank = np.arange(len(row_class)) - bounds[row_class]                          # rank inside its class
-    k = rank // n_gt_per_class[row_class]                                         # 0-based slice
+    rank = np.arange(len(row_class)) - bounds[row_class]                     # rank inside its class
+    k = rank // n_gt_per_class[row_class]                                    # 0-based slice
     keep = k < max_k
     counts = np.bincount(k[keep] * len(ERROR_TYPES) + types_ranked[keep],
                          minlength=max_k * len(ERROR_TYPES)).reshape(max_k, len(ERROR_TYPES))
@@ -293,12 +304,13 @@ def preset_bin_table(dataset):
     return BIN_TABLE[name]
 
 
-def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumulative=False, bin_table=None,
-                      ignore_any_tiou=False):
+def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumulative=False,
+                      bin_table=None, ignore_any_tiou=False):
     """Diagnosis of a loaded ANETDetection (its GT, predictions, thresholds and averaging).
 
     ignore_any_tiou: a prediction matched to a GT outside a bin is ignored in that bin at every
-    threshold once it is at one of them (DETAD's released code), instead of at that threshold only."""
+    threshold once it is at one of them (DETAD's released code), instead of at that threshold
+    only."""
     import pandas as pd
     if bin_table is None:
         bin_table = preset_bin_table(detector.dataset)
@@ -307,18 +319,19 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
     durations = load_durations(ground_truth_file, detector.video_names)
     thresholds = detector.tiou_thresholds
     n_cls = len(detector.class_names)
-    match_thr = np.append(thresholds, fp_tiou)                                    # last column: tIoU a
+    match_thr = np.append(thresholds, fp_tiou)                                # last column: tIoU a
     order = class_order(detector.p_label, detector.p_score)
     args = (detector.p_video, detector.p_label, detector.p_seg)
     gt = (detector.gt_video, detector.gt_label, detector.gt_seg)
-    matched = match_to_gt(*args, *gt, match_thr, order)                           # (P, H+1)
+    matched = match_to_gt(*args, *gt, match_thr, order)                       # (P, H+1)
     row_class = detector.p_label[order]
     n_gt_per_class = np.bincount(detector.gt_label, minlength=n_cls)
     normalizer = len(detector.gt_label) / n_cls
     masks = bin_masks(gt_characteristics(detector.gt_video, detector.gt_seg, durations), bin_table,
                       len(detector.gt_label))
-    rows = characteristic_rows(detector.gt_label, masks, matched[order][:, :-1], matched[:, -1], row_class, n_cls,
-                               thresholds, detector.num_tiou_for_average, normalizer, ignore_any_tiou)
+    rows = characteristic_rows(detector.gt_label, masks, matched[order][:, :-1], matched[:, -1],
+                               row_class, n_cls, thresholds, detector.num_tiou_for_average,
+                               normalizer, ignore_any_tiou)
     types = error_types(matched[:, -1], *args, *gt, fp_tiou)[order]
     counts = fp_profile(types, row_class, n_gt_per_class, max_k, cumulative)
     totals = counts.sum(axis=1)
@@ -328,12 +341,14 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
         for name, count in zip(ERROR_TYPES, counts[k]):
             row[name] = float(count / totals[k]) if totals[k] else None
         fp_rows.append(row)
-    return Diagnosis(pd.DataFrame(rows), pd.DataFrame(fp_rows), thresholds, detector.num_tiou_for_average,
-                     float(fp_tiou), float(detector.average_mAP), float(normalizer), bool(ignore_any_tiou))
+    return Diagnosis(pd.DataFrame(rows), pd.DataFrame(fp_rows), thresholds,
+                     detector.num_tiou_for_average, float(fp_tiou), float(detector.average_mAP),
+                     float(normalizer), bool(ignore_any_tiou))
 
 
-def diagnose(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset, num_tiou_for_average=None,
-             fp_tiou=0.5, max_k=10, cumulative=False, ignore_any_tiou=False):
+def diagnose(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
+             num_tiou_for_average=None, fp_tiou=0.5, max_k=10, cumulative=False,
+             ignore_any_tiou=False):
     """Diagnosis of a prediction file (path or dict) against one subset of gt.json.
 
     Same inputs, subset rules and errors as ANETDetection (it loads them)."""
@@ -345,11 +360,12 @@ def diagnose(ground_truth_file, prediction_file, tiou_thresholds, subset, datase
 
 def short_action_mAP(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
                      num_tiou_for_average=None, bin_name="XS"):
-    """Average mAP on the GT of the shortest length bin (BIN_TABLE) -> float, None if that bin is empty.
+    """Average mAP on the GT of the shortest length bin (BIN_TABLE) -> float, None if that bin
+    is empty.
 
-    For ablation tables: e.g. short_action_mAP("data/THUMOS14/gt.json", "result.json",
-    np.arange(0.1, 1.0, 0.1), "test", "THUMOS"). From an evaluated ANETDetection (what
-    engine.evaluate returns): short_action_mAP_of(detector, gt_file)."""
+    For ablation tables: e.g. short_action_mAP(gt_file, "result.json", args.tiou_thresholds,
+    args.eval_subset, args.dataset). From an evaluated ANETDetection (what
+    engine.passes.evaluate returns): short_action_mAP_of(detector, gt_file)."""
     detector = ANETDetection(ground_truth_file, prediction_file, tiou_thresholds, subset, dataset,
                              num_tiou_for_average=num_tiou_for_average)
     return short_action_mAP_of(detector, ground_truth_file, bin_name)
@@ -358,5 +374,6 @@ def short_action_mAP(ground_truth_file, prediction_file, tiou_thresholds, subset
 def short_action_mAP_of(detector, ground_truth_file, bin_name="XS"):
     """short_action_mAP of a loaded ANETDetection."""
     table = diagnose_detector(detector, ground_truth_file).by_characteristic
-    value = table[(table["characteristic"] == "length") & (table["bin"] == bin_name)]["avg_mAP"].iloc[0]
+    value = table[(table["characteristic"] == "length")
+                  & (table["bin"] == bin_name)]["avg_mAP"].iloc[0]
     return None if np.isnan(value) else float(value)

@@ -33,7 +33,8 @@ def read_gt(path):
         with open(path) as handle:
             gt = json.load(handle)
     except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"annotation file {path} is not valid JSON ({err}); re-download it") from None
+        raise DataError(f"annotation file {path} is not valid JSON ({err}); "
+                        f"re-download it") from None
     if not isinstance(gt, dict) or not isinstance(gt.get("database"), dict):
         raise DataError(f"annotation file {path} has no \"database\" object; expected the "
                         f"ActivityNet gt.json layout {{\"database\": {{VID: {{\"annotations\": "

@@ -1,5 +1,5 @@
-"""The evaluation protocol of a run, stated (docs/method.md §12): which videos and GT are scored, how
-the average is taken. Pure functions of gt.json, the split file and the config.
+"""The evaluation protocol of a run, stated (docs/method.md §12): which videos and GT are scored,
+how the average is taken. Pure functions of gt.json, the split file and the config.
 
 The GT is every annotation of the videos of the gt.json subset, whether or not the split file lists
 the video (THUMOS-14: gt.json subset "test" has two videos that split_test.txt omits; they have no
@@ -45,7 +45,8 @@ def describe(database, subset, split_name, split_videos, tiou_thresholds, num_ti
         "split_file": split_name, "split_videos": len(split_videos),
         "gt_subset": subset, "gt_videos": len(in_subset),
         "evaluated_videos": len([vid for vid in split_videos if vid in subset_set]),
-        "gt_not_in_split": [{"video": vid, "gt_instances": len(database[vid].get("annotations", []))}
+        "gt_not_in_split": [{"video": vid,
+                             "gt_instances": len(database[vid].get("annotations", []))}
                             for vid in in_subset if vid not in listed],
         "split_not_in_gt_subset": [{"video": vid, "gt_subset": database.get(vid, {}).get("subset")}
                                    for vid in split_videos if vid not in subset_set],
@@ -57,25 +58,28 @@ def describe(database, subset, split_name, split_videos, tiou_thresholds, num_ti
 
 
 def protocol_line(protocol):
-    """One log line: videos listed / evaluated / skipped (and why), GT size, tIoU list and averages."""
+    """One log line: videos listed / evaluated / skipped (and why), GT size, tIoU list and
+    averages."""
     p = protocol
     t = p["tiou_thresholds"]
     steps = np.diff(t)
-    tious = (f"{t[0]:g}:{steps[0]:g}:{t[-1]:g}" if len(t) > 2 and np.allclose(steps, steps[0], atol=1e-6)
+    tious = (f"{t[0]:g}:{steps[0]:g}:{t[-1]:g}"
+             if len(t) > 2 and np.allclose(steps, steps[0], atol=1e-6)
              else " ".join(f"{x:g}" for x in t))
-    parts = [f"evaluation protocol: {p['split_file']} lists {p['split_videos']} videos, {p['evaluated_videos']} "
-             f"evaluated against gt.json subset {p['gt_subset']!r} ({p['gt_videos']} videos, {p['gt_instances']} GT "
-             f"instances of {p['classes']} classes)"]
+    parts = [f"evaluation protocol: {p['split_file']} lists {p['split_videos']} videos, "
+             f"{p['evaluated_videos']} evaluated against gt.json subset {p['gt_subset']!r} "
+             f"({p['gt_videos']} videos, {p['gt_instances']} GT instances of {p['classes']} "
+             f"classes)"]
     if p["gt_not_in_split"]:
         names = ", ".join(f"{x['video']} ({x['gt_instances']} GT)" for x in p["gt_not_in_split"])
-        parts.append(f"{len(p['gt_not_in_split'])} gt.json videos not in {p['split_file']} are not predicted "
-                     f"(no features), their GT counts as missed: {names}")
+        parts.append(f"{len(p['gt_not_in_split'])} gt.json videos not in {p['split_file']} are "
+                     f"not predicted (no features), their GT counts as missed: {names}")
     if p["split_not_in_gt_subset"]:
         where = [("no gt.json entry" if x["gt_subset"] is None else f"subset {x['gt_subset']!r}")
                  for x in p["split_not_in_gt_subset"]]
         names = ", ".join(f"{x['video']} ({w})" for x, w in zip(p["split_not_in_gt_subset"], where))
-        parts.append(f"{len(p['split_not_in_gt_subset'])} listed videos are outside the GT subset, their "
-                     f"detections count as false positives: {names}")
+        parts.append(f"{len(p['split_not_in_gt_subset'])} listed videos are outside the GT "
+                     f"subset, their detections count as false positives: {names}")
     extra = f", also {' and '.join(p['extra_averages'])}" if p["extra_averages"] else ""
     parts.append(f"tIoU {tious}, average over {p['average_over'][0]:g}:{p['average_over'][1]:g} "
                  f"({p['average_count']} of {len(t)} thresholds){extra}")

@@ -1,14 +1,16 @@
 """Two-stream I3D features of videos, in the convention of the public THUMOS-14 / ActivityNet-1.3
 features (the library behind extract_features.py and predict.py --videos).
 
-Per video: frames resampled to --fps by presentation time; non-overlapping snippets of --snippet_frames
-frames (T = floor(frames / snippet_frames), the frames after the last whole snippet dropped); per snippet
-the RGB stream's and the flow stream's Mixed_5c output, average-pooled, concatenated: OUT/VID.npy,
-(T, 2048) float32, RGB || flow. n frames have n - 1 flows (frame k -> k + 1); a snippet ending on the
-video's last frame has no flow after it, and that one missing flow repeats the flow before it.
-Settings and weight checksums go to OUT/extract_config.json; a folder extracted with other settings is
-refused. A video whose VID.npy exists is skipped, so an interrupted run resumes. Weights are never
-downloaded: pass the PyTorch port's models/rgb_imagenet.pt and models/flow_imagenet.pt.
+Per video: frames resampled to --fps by presentation time; non-overlapping snippets of
+--snippet_frames frames (T = floor(frames / snippet_frames), the frames after the last whole
+snippet dropped); per snippet the RGB stream's and the flow stream's Mixed_5c output,
+average-pooled, concatenated: OUT/VID.npy, (T, 2048) float32, RGB || flow. n frames have n - 1
+flows (frame k -> k + 1); a snippet ending on the video's last frame has no flow after it, and
+that one missing flow repeats the flow before it.
+Settings and weight checksums go to OUT/extract_config.json; a folder extracted with other
+settings is refused. A video whose VID.npy exists is skipped, so an interrupted run resumes.
+Weights are never downloaded: pass the PyTorch port's models/rgb_imagenet.pt and
+models/flow_imagenet.pt.
 Needs OpenCV's contrib build (pip install -r requirements-extract.txt).
 """
 import argparse
@@ -30,8 +32,8 @@ from utils import RunFolderLock, UserError, atomic_write_bytes, atomic_write_jso
 CROP = 224
 SHORT_SIDE = 256            # crop + a 32-pixel margin: the Kinetics / I3D test-time convention
 # settings that change the numbers: a folder only ever holds features of one value of each
-IDENTITY_KEYS = ("fps", "snippet_frames", "short_side", "crop", "resampling", "rgb", "flow", "tvl1", "feature",
-                 "rgb_weights_sha256", "flow_weights_sha256", "opencv")
+IDENTITY_KEYS = ("fps", "snippet_frames", "short_side", "crop", "resampling", "rgb", "flow", "tvl1",
+                 "feature", "rgb_weights_sha256", "flow_weights_sha256", "opencv")
 STREAMS = (("rgb", 3), ("flow", 2))     # (name, input channels), in the order of the 2048-d feature
 FEATURE_DIM = len(STREAMS) * STREAM_DIM
 
@@ -50,42 +52,50 @@ def sha256(path):
 
 
 def load_i3d(path, stream, device="cpu"):
-    """InceptionI3d of `stream` ("rgb" / "flow") with the weights of `path` (strict), in eval mode."""
+    """InceptionI3d of `stream` ("rgb" / "flow") with the weights of `path` (strict), in eval
+    mode."""
     in_channels = dict(STREAMS)[stream]
     flag, published = f"--{stream}_weights", f"{stream}_imagenet.pt"
     if not path:
-        raise ExtractError(f"{flag} is required: the PyTorch I3D port's models/{published} (never downloaded here)")
+        raise ExtractError(f"{flag} is required: the PyTorch I3D port's models/{published} "
+                           f"(never downloaded here)")
     if not os.path.isfile(path):
-        raise ExtractError(f"{flag} {path} not found; pass the PyTorch I3D port's models/{published}")
+        raise ExtractError(f"{flag} {path} not found; pass the PyTorch I3D port's "
+                           f"models/{published}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:                  # zip / pickle / EOF errors of a truncated or foreign file
-        raise ExtractError(f"{flag} {path} is not a readable PyTorch weight file (truncated or another format: "
-                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    except Exception as err:        # zip / pickle / EOF errors of a truncated or foreign file
+        raise ExtractError(
+            f"{flag} {path} is not a readable PyTorch weight file (truncated or another format: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExtractError(f"{flag} {path} is not a state dict of tensors; expected the port's {published}")
+        raise ExtractError(f"{flag} {path} is not a state dict of tensors; expected the port's "
+                           f"{published}")
     first = state.get("Conv3d_1a_7x7.conv3d.weight")
     if first is not None and first.ndim == 5 and first.shape[1] != in_channels:
         other = {3: "RGB", 2: "flow"}.get(first.shape[1], f"{first.shape[1]}-channel")
-        raise ExtractError(f"{flag} {path} holds {other} weights ({first.shape[1]} input channels); the {stream} "
-                           f"stream needs {published} ({in_channels} channels): are the two files swapped?")
+        raise ExtractError(f"{flag} {path} holds {other} weights ({first.shape[1]} input "
+                           f"channels); the {stream} stream needs {published} ({in_channels} "
+                           f"channels): are the two files swapped?")
     model = InceptionI3d(in_channels)
     expected = model.state_dict()
     state = dict(state)
-    for name in expected:       # files saved before BatchNorm counted batches lack these (unused in eval)
+    # files saved before BatchNorm counted batches lack these (unused in eval)
+    for name in expected:
         if name.endswith("num_batches_tracked") and name not in state:
             state[name] = expected[name]
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ExtractError(f"{flag} {path} does not match the I3D layout: {len(missing)} keys missing (e.g. "
-                           f"{missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}); expected the "
-                           f"port's {published}")
+        raise ExtractError(f"{flag} {path} does not match the I3D layout: {len(missing)} keys "
+                           f"missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. "
+                           f"{unexpected[:1]}); expected the port's {published}")
     for name, tensor in expected.items():
         if state[name].shape != tensor.shape:
-            raise ExtractError(f"{flag} {path}: {name} has shape {tuple(state[name].shape)}, expected "
-                               f"{tuple(tensor.shape)}; expected the port's {published} (Kinetics-400 logits)")
+            raise ExtractError(f"{flag} {path}: {name} has shape {tuple(state[name].shape)}, "
+                               f"expected {tuple(tensor.shape)}; expected the port's {published} "
+                               f"(Kinetics-400 logits)")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
@@ -98,17 +108,21 @@ def extraction_settings(args, rgb_sha, flow_sha, tvl1_params=None):
     return {
         "fps": float(args.fps), "snippet_frames": int(args.snippet_frames),
         "short_side": SHORT_SIDE, "crop": CROP,
-        "resampling": "each output time j / fps takes the source frame on screen then (presentation times)",
+        "resampling": "each output time j / fps takes the source frame on screen then "
+                      "(presentation times)",
         "rgb": "shorter side scaled (bilinear), centre crop, RGB, x / 127.5 - 1 in [-1, 1]",
-        "flow": "TV-L1 on consecutive grayscale frames at the scaled size, centre crop, (dx, dy) clipped to "
-                f"[-{video_frames.FLOW_CLIP:g}, {video_frames.FLOW_CLIP:g}] px / {video_frames.FLOW_CLIP:g}; "
+        "flow": "TV-L1 on consecutive grayscale frames at the scaled size, centre crop, (dx, dy) "
+                f"clipped to [-{video_frames.FLOW_CLIP:g}, {video_frames.FLOW_CLIP:g}] px / "
+                f"{video_frames.FLOW_CLIP:g}; "
                 "a snippet ending on the last frame repeats the flow before it",
         "tvl1": dict(tvl1_params or video_frames.TVL1_DEFAULTS),
         "feature": "Mixed_5c average-pooled, 1024 RGB || 1024 flow",
         "rgb_weights_sha256": rgb_sha, "flow_weights_sha256": flow_sha,
         "opencv": cv2.__version__,
-        "rgb_weights": os.path.abspath(args.rgb_weights), "flow_weights": os.path.abspath(args.flow_weights),
-        "device": str(args.device), "batch": int(args.batch), "workers": int(args.workers), "torch": torch.__version__,
+        "rgb_weights": os.path.abspath(args.rgb_weights),
+        "flow_weights": os.path.abspath(args.flow_weights),
+        "device": str(args.device), "batch": int(args.batch), "workers": int(args.workers),
+        "torch": torch.__version__,
     }
 
 
@@ -120,43 +134,51 @@ def claim_folder(out, settings):
             with open(path) as handle:
                 stored = json.load(handle)
         except ValueError as err:
-            raise ExtractError(f"{path} is not valid JSON ({err}); remove the folder or choose another --out") from None
+            raise ExtractError(f"{path} is not valid JSON ({err}); remove the folder or choose "
+                               f"another --out") from None
         differ = [k for k in IDENTITY_KEYS if stored.get(k) != settings[k]]
         if differ:
             key = differ[0]
-            raise ExtractError(f"{out} holds features extracted with other settings ({', '.join(differ)}: "
-                               f"{stored.get(key)!r} there, {settings[key]!r} now); choose another --out")
+            raise ExtractError(f"{out} holds features extracted with other settings "
+                               f"({', '.join(differ)}: {stored.get(key)!r} there, "
+                               f"{settings[key]!r} now); choose another --out")
         return
     if any(name.endswith(".npy") for name in os.listdir(out)):
-        raise ExtractError(f"{out} holds .npy files but no {CONFIG_NAME}: their settings are unknown; "
-                           f"choose another --out")
+        raise ExtractError(f"{out} holds .npy files but no {CONFIG_NAME}: their settings are "
+                           f"unknown; choose another --out")
     atomic_write_json(path, settings, indent=2)
 
 
 # ----------------------------------------------------------------------------- one video
 def run_streams(nets, rgb, flow, snippet_frames, device):
-    """rgb (L, 3, S, S), flow (L, 2, S, S) frames of L / snippet_frames snippets -> (L / snippet_frames, 2048)."""
+    """rgb (L, 3, S, S), flow (L, 2, S, S) frames of L / snippet_frames snippets ->
+    (L / snippet_frames, 2048)."""
     out = []
     for net, frames in zip(nets, (rgb, flow)):
         x = torch.from_numpy(frames).to(device)
-        x = x.reshape(-1, snippet_frames, *x.shape[1:]).transpose(1, 2)         # (B, C, snippet_frames, S, S)
+        # (B, C, snippet_frames, S, S)
+        x = x.reshape(-1, snippet_frames, *x.shape[1:]).transpose(1, 2)
         out.append(net.snippet_features(x).float().cpu())                      # (B, 1024)
     return torch.cat(out, dim=1).numpy()                                        # (B, 2048)
 
 
 def chunk_features(frames, following, nets, settings, pool):
-    """Features of whole snippets `frames` (scaled BGR); `following` is the next frame or None (video end)."""
+    """Features of whole snippets `frames` (scaled BGR); `following` is the next frame or None
+    (video end)."""
     from features import frames as video_frames
     crop, sf = settings["crop"], settings["snippet_frames"]
-    grays = [video_frames.to_gray(f) for f in frames + ([following] if following is not None else [])]
+    grays = [video_frames.to_gray(f)
+             for f in frames + ([following] if following is not None else [])]
     pieces = max(1, min(settings["workers"] if pool is not None else 1, len(grays) - 1))
     bounds = np.linspace(0, len(grays) - 1, pieces + 1).round().astype(int)
-    jobs = [(grays[a:b + 1], crop, settings["tvl1"]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    jobs = [(grays[a:b + 1], crop, settings["tvl1"])
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     pending = pool.starmap_async(video_frames.flow_inputs, jobs) if pool is not None else None
-    rgb = video_frames.rgb_inputs(frames, crop)                                 # (L, 3, crop, crop)
-    parts = pending.get() if pending is not None else [video_frames.flow_inputs(*job) for job in jobs]
-    flow = np.concatenate(parts)                                                # (L or L - 1, 2, crop, crop)
-    if len(flow) < len(frames):                 # the video's last frame has no successor: repeat its flow
+    rgb = video_frames.rgb_inputs(frames, crop)                     # (L, 3, crop, crop)
+    parts = (pending.get() if pending is not None
+             else [video_frames.flow_inputs(*job) for job in jobs])
+    flow = np.concatenate(parts)                                    # (L or L - 1, 2, crop, crop)
+    if len(flow) < len(frames):         # the video's last frame has no successor: repeat its flow
         flow = np.concatenate([flow, flow[-1:]])
     return run_streams(nets, rgb, flow, sf, settings["device"])
 
@@ -175,8 +197,9 @@ def extract_video(path, vid, nets, settings, pool=None, log=print):
             for frame in video_frames.resampled_frames(path, fps):
                 buffer.append(video_frames.resize_short_side(frame, settings["short_side"]))
                 count += 1
-                if len(buffer) == chunk + 1:                  # a batch of snippets and the frame after it
-                    features.append(chunk_features(buffer[:chunk], buffer[chunk], nets, settings, pool))
+                if len(buffer) == chunk + 1:      # a batch of snippets and the frame after it
+                    features.append(chunk_features(buffer[:chunk], buffer[chunk], nets,
+                                                   settings, pool))
                     bar.update(settings["batch"])
                     buffer = buffer[chunk:]
             whole = len(buffer) // sf * sf
@@ -189,12 +212,12 @@ def extract_video(path, vid, nets, settings, pool=None, log=print):
     finally:
         bar.close()
     if not features:
-        raise ExtractError(f"video {path} is too short: {count} frames at {fps:g} fps, one snippet needs {sf} "
-                           f"({sf / fps:.2f} s)")
+        raise ExtractError(f"video {path} is too short: {count} frames at {fps:g} fps, one snippet "
+                           f"needs {sf} ({sf / fps:.2f} s)")
     if estimate and count < 0.95 * estimate - 2:     # decoding stopped early: a damaged stream?
-        log(f"warning: {path}: decoded {count / fps:.1f} s of the {estimate / fps:.1f} s its container "
-            f"announces (damaged or truncated?); features cover the decoded part")
-    return np.concatenate(features).astype(np.float32)                          # (T, 2048)
+        log(f"warning: {path}: decoded {count / fps:.1f} s of the {estimate / fps:.1f} s its "
+            f"container announces (damaged or truncated?); features cover the decoded part")
+    return np.concatenate(features).astype(np.float32)                  # (T, 2048)
 
 
 def save_npy(path, array):
@@ -204,60 +227,71 @@ def save_npy(path, array):
 
 
 # ----------------------------------------------------------------------------- many videos
-def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_frames=16, device="cpu", batch=8,
-                   workers=None, tvl1_params=None, log=print):
-    """Features of {VID: video path} (or a file / folder path) into OUT/VID.npy; returns {VID: .npy path}.
+def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_frames=16,
+                   device="cpu", batch=8, workers=None, tvl1_params=None, log=print):
+    """Features of {VID: video path} (or a file / folder path) into OUT/VID.npy; returns
+    {VID: .npy path}.
 
     tvl1_params: TV-L1 settings other than OpenCV's defaults (recorded in extract_config.json).
-    With workers > 1 the flow runs in a "spawn" process pool, which imports the calling script again: call
-    this from under `if __name__ == "__main__":` (or pass workers=1)."""
+    With workers > 1 the flow runs in a "spawn" process pool, which imports the calling script
+    again: call this from under `if __name__ == "__main__":` (or pass workers=1)."""
     try:
         from features import frames as video_frames
     except ImportError:
         raise ExtractError("feature extraction needs OpenCV's contrib build: pip install -r "
                            "requirements-extract.txt") from None
     try:
-        videos = video_frames.list_videos(videos) if isinstance(videos, (str, os.PathLike)) else dict(videos)
+        videos = (video_frames.list_videos(videos) if isinstance(videos, (str, os.PathLike))
+                  else dict(videos))
     except video_frames.VideoError as err:
         raise ExtractError(str(err)) from None
     if fps <= 0 or snippet_frames < 1 or batch < 1:
-        raise ExtractError(f"--fps ({fps}), --snippet_frames ({snippet_frames}) and --batch ({batch}) must be positive")
-    for path in videos.values():                          # fail before hours of work, not in the middle
+        raise ExtractError(f"--fps ({fps}), --snippet_frames ({snippet_frames}) and --batch "
+                           f"({batch}) must be positive")
+    for path in videos.values():            # fail before hours of work, not in the middle
         try:
             video_frames.open_video(path).release()
         except video_frames.VideoError as err:
             raise ExtractError(str(err)) from None
         estimate = video_frames.estimated_frames(path, fps)
-        if estimate is not None and estimate + 1 < snippet_frames:      # container metadata: a frame of slack
-            raise ExtractError(f"video {path} is too short: about {estimate} frames at {fps:g} fps, one snippet "
-                               f"needs {snippet_frames} ({snippet_frames / fps:.2f} s)")
+        # container metadata: a frame of slack
+        if estimate is not None and estimate + 1 < snippet_frames:
+            raise ExtractError(f"video {path} is too short: about {estimate} frames at {fps:g} "
+                               f"fps, one snippet needs {snippet_frames} "
+                               f"({snippet_frames / fps:.2f} s)")
     workers = workers or os.cpu_count() or 1
     nets = [load_i3d(rgb_weights, "rgb", device), load_i3d(flow_weights, "flow", device)]
     args = argparse.Namespace(fps=fps, snippet_frames=snippet_frames, rgb_weights=rgb_weights,
-                              flow_weights=flow_weights, device=device, batch=batch, workers=workers)
+                              flow_weights=flow_weights, device=device, batch=batch,
+                              workers=workers)
     settings = extraction_settings(args, sha256(rgb_weights), sha256(flow_weights), tvl1_params)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ExtractError(f"--out {out} is a file; pass a folder")
     os.makedirs(out, exist_ok=True)
     written = {}
     tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False          # float32 convolutions on GPUs too, as the weights were made
+    # float32 convolutions on GPUs too, as the weights were made
+    torch.backends.cudnn.allow_tf32 = False
     pool = None
     try:
         with RunFolderLock(out):
             claim_folder(out, settings)
-            todo = {vid: p for vid, p in videos.items() if not os.path.isfile(os.path.join(out, f"{vid}.npy"))}
+            todo = {vid: p for vid, p in videos.items()
+                    if not os.path.isfile(os.path.join(out, f"{vid}.npy"))}
             for vid in videos:
                 if vid not in todo:
                     log(f"skip {vid}: {os.path.join(out, vid + '.npy')} exists")
-            # spawn: workers start clean (no copy of torch's threads); they only need numpy and OpenCV
+            # spawn: workers start clean (no copy of torch's threads), needing only numpy and OpenCV
             if workers > 1 and todo:
-                pool = multiprocessing.get_context("spawn").Pool(workers, video_frames.init_flow_worker)
-            for vid, path in tqdm(todo.items(), desc="videos", unit="video", disable=None if len(todo) > 1 else True):
+                pool = multiprocessing.get_context("spawn").Pool(workers,
+                                                                 video_frames.init_flow_worker)
+            for vid, path in tqdm(todo.items(), desc="videos", unit="video",
+                                  disable=None if len(todo) > 1 else True):
                 features = extract_video(path, vid, nets, settings, pool, log)
                 save_npy(os.path.join(out, f"{vid}.npy"), features)
                 count = features.shape[0]
-                log(f"{vid}: {count} snippet{'s' if count != 1 else ''} -> {os.path.join(out, vid + '.npy')}")
+                log(f"{vid}: {count} snippet{'s' if count != 1 else ''} -> "
+                    f"{os.path.join(out, vid + '.npy')}")
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         if pool is not None:

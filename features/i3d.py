@@ -1,13 +1,14 @@
-"""Inception-I3D (Carreira and Zisserman, 2017): Inception-v1 inflated to 3D, the feature network of the
-public THUMOS-14 / ActivityNet-1.3 I3D features.
+"""Inception-I3D (Carreira and Zisserman, 2017): Inception-v1 inflated to 3D, the feature network
+of the public THUMOS-14 / ActivityNet-1.3 I3D features.
 
-Module and parameter names and shapes follow the widely used PyTorch port (`InceptionI3d`, weight files
-rgb_imagenet.pt / flow_imagenet.pt), so its published state dicts load with strict=True: a unit is
-`NAME.conv3d` (no bias) + `NAME.bn` (eps 1e-3, momentum 0.01) + ReLU; an Inception block has branches
-b0 (1x1x1), b1a -> b1b (1x1x1 -> 3x3x3), b2a -> b2b (1x1x1 -> 3x3x3), b3a (3x3x3 max pool) -> b3b (1x1x1);
-the classifier `logits.conv3d` is a 1x1x1 convolution with bias and no batch norm.
-Padding is TensorFlow's 'same' (the weights come from the TensorFlow release): computed from the input
-size, the odd pixel at the end.
+Module and parameter names and shapes follow the widely used PyTorch port (`InceptionI3d`, weight
+files rgb_imagenet.pt / flow_imagenet.pt), so its published state dicts load with strict=True: a
+unit is `NAME.conv3d` (no bias) + `NAME.bn` (eps 1e-3, momentum 0.01) + ReLU; an Inception block
+has branches b0 (1x1x1), b1a -> b1b (1x1x1 -> 3x3x3), b2a -> b2b (1x1x1 -> 3x3x3), b3a (3x3x3 max
+pool) -> b3b (1x1x1); the classifier `logits.conv3d` is a 1x1x1 convolution with bias and no batch
+norm.
+Padding is TensorFlow's 'same' (the weights come from the TensorFlow release): computed from the
+input size, the odd pixel at the end.
 
 Shapes: N snippets, C input channels (3 RGB, 2 flow: x then y), T frames, H x W pixels.
 """
@@ -29,7 +30,8 @@ INCEPTION_BLOCKS = [
     ("Mixed_5b", (256, 160, 320, 32, 128, 128)),
     ("Mixed_5c", (384, 192, 384, 48, 128, 128)),
 ]
-# max pools between the stages: (name, kernel (t, h, w), stride (t, h, w)), placed before the block named
+# max pools between the stages: (name, kernel (t, h, w), stride (t, h, w)), placed before the
+# block named
 POOLS_BEFORE = {
     "Conv3d_2b_1x1": ("MaxPool3d_2a_3x3", (1, 3, 3), (1, 2, 2)),
     "Mixed_3b": ("MaxPool3d_3a_3x3", (1, 3, 3), (1, 2, 2)),
@@ -65,10 +67,12 @@ class MaxPoolSame(nn.Module):
 class Unit3D(nn.Module):
     """'same'-padded Conv3d, then (unless it is the classifier) BatchNorm3d and ReLU."""
 
-    def __init__(self, in_channels, out_channels, kernel=(1, 1, 1), stride=(1, 1, 1), classifier=False):
+    def __init__(self, in_channels, out_channels, kernel=(1, 1, 1), stride=(1, 1, 1),
+                 classifier=False):
         super().__init__()
         self.kernel, self.stride, self.classifier = tuple(kernel), tuple(stride), classifier
-        self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, bias=classifier)
+        self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride,
+                                bias=classifier)
         if not classifier:
             self.bn = nn.BatchNorm3d(out_channels, eps=0.001, momentum=0.01)
 
@@ -78,7 +82,8 @@ class Unit3D(nn.Module):
 
 
 class InceptionBlock(nn.Module):
-    """Four branches concatenated on channels: 1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 | pool -> 1x1x1."""
+    """Four branches concatenated on channels: 1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 |
+    pool -> 1x1x1."""
 
     def __init__(self, in_channels, widths):
         super().__init__()
@@ -98,12 +103,13 @@ class InceptionBlock(nn.Module):
 
 
 class InceptionI3d(nn.Module):
-    """The two-stream I3D's one stream: in_channels 3 (RGB in [-1, 1]) or 2 (TV-L1 flow x, y in [-1, 1])."""
+    """The two-stream I3D's one stream: in_channels 3 (RGB in [-1, 1]) or 2 (TV-L1 flow x, y in
+    [-1, 1])."""
 
     def __init__(self, in_channels, num_classes=400):
         super().__init__()
         self.in_channels = in_channels
-        self.stages = []                                    # names in forward order, each a child module
+        self.stages = []                        # names in forward order, each a child module
         self._add("Conv3d_1a_7x7", Unit3D(in_channels, 64, (7, 7, 7), (2, 2, 2)))
         self._add("Conv3d_2b_1x1", Unit3D(64, 64))
         self._add("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3)))
@@ -130,8 +136,8 @@ class InceptionI3d(nn.Module):
         return x
 
     def snippet_features(self, x):
-        """x (N, C, 16, 224, 224) -> (N, 1024): the last Inception block averaged over time and space
-        (the port's 2x7x7 average pool at this input size)."""
+        """x (N, C, 16, 224, 224) -> (N, 1024): the last Inception block averaged over time and
+        space (the port's 2x7x7 average pool at this input size)."""
         return self.block_output(x).mean(dim=(2, 3, 4))                # (N, 1024)
 
     def forward(self, x):

@@ -8,7 +8,8 @@ CONFIG_NAME = "extract_config.json"
 
 
 def extraction_mismatch(folder, fps, snippet_frames):
-    """A warning line when folder/extract_config.json says other fps / snippet frames than a run's, else None."""
+    """A warning line when folder/extract_config.json says other fps / snippet frames than a
+    run's, else None."""
     path = os.path.join(folder, CONFIG_NAME)
     try:
         with open(path) as handle:
@@ -18,9 +19,12 @@ def extraction_mismatch(folder, fps, snippet_frames):
         return None
     if made == (float(fps), int(snippet_frames)):
         return None
-    return (f"features in {folder} were extracted at {made[0]:g} fps with {made[1]}-frame snippets ({CONFIG_NAME}), "
-            f"but this run uses frames_per_sec {float(fps):g} and segment_frames_num {int(snippet_frames)}: "
-            f"detection times will be wrong (pass --fps {made[0]:g} --snippet_frames {made[1]} to predict.py, or "
+    return (f"features in {folder} were extracted at {made[0]:g} fps with {made[1]}-frame "
+            f"snippets ({CONFIG_NAME}), "
+            f"but this run uses frames_per_sec {float(fps):g} and segment_frames_num "
+            f"{int(snippet_frames)}: "
+            f"detection times will be wrong (pass --fps {made[0]:g} --snippet_frames {made[1]} "
+            f"to predict.py, or "
             f"--frames_per_sec / --segment_frames_num to training)")
 
 

@@ -1,4 +1,5 @@
-"""Every kind of bad input ends in exit code 2 and one clear line naming the file or key (no traceback)."""
+"""Every kind of bad input ends in exit code 2 and one clear line naming the file or key (no
+traceback)."""
 import errno
 import json
 import os
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import runner
 from config import build_args
+from engine import passes
+from engine import run as runner
 from eval.__main__ import main as eval_main
 from model import ASMLoc, ASMLocBase
 from synthetic_data import generate_synthetic_dataset
@@ -20,15 +21,16 @@ D = 32
 @pytest.fixture
 def data_dir(tmp_path):
     root = tmp_path / "THUMOS14"
-    generate_synthetic_dataset(root, kind="THUMOS", num_train=4, num_test=3, feature_dim=D, seed=1,
-                               durations=(10.0, 30.0))
+    generate_synthetic_dataset(root, profile="THUMOS14", num_train=4, num_test=3, feature_dim=D,
+                               seed=1, durations=(10.0, 30.0))
     return root
 
 
 def argv_for(data_dir, tmp_path, *extra):
-    return ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"), "--feature_dim", str(D),
-            "--epochs", "2", "--epochs_per_step", "1", "--num_steps", "1", "--eval_freq", "1",
-            "--sample_segments_num", "32", "--batch_size", "2", "--device", "cpu", *extra]
+    return ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"),
+            "--feature_dim", str(D), "--epochs", "2", "--epochs_per_step", "1", "--num_steps", "1",
+            "--eval_freq", "1", "--sample_segments_num", "32", "--batch_size", "2",
+            "--device", "cpu", *extra]
 
 
 def run_main(argv, capsys, dataset="THUMOS"):
@@ -61,23 +63,34 @@ def edit_gt(data_dir, change):
 
 
 CASES = {
-    "missing data folder": (lambda d: d.rename(d.with_name("elsewhere")), ["not found", "download", "train/VID.npy"]),
-    "video without features": (lambda d: (d / "train" / f"{first_video(d)}.npy").unlink(), ["is missing"]),
+    "missing data folder": (lambda d: d.rename(d.with_name("elsewhere")),
+                            ["not found", "download", "train/VID.npy"]),
+    "video without features": (lambda d: (d / "train" / f"{first_video(d)}.npy").unlink(),
+                               ["is missing"]),
     "video without gt entry": (lambda d: edit_gt(d, lambda gt: gt["database"].pop(first_video(d))),
                                ["has no entry in"]),
-    "truncated npy": (lambda d: corrupt_feature(d, raw=(d / "test" / f"{first_video(d, 'test')}.npy")
-                                                .read_bytes()[:200]), ["not a readable .npy"]),
-    "not an npy": (lambda d: corrupt_feature(d, raw=b"hello, these are not features"), ["not a readable .npy"]),
+    "truncated npy": (lambda d: corrupt_feature(
+        d, raw=(d / "test" / f"{first_video(d, 'test')}.npy").read_bytes()[:200]),
+        ["not a readable .npy"]),
+    "not an npy": (lambda d: corrupt_feature(d, raw=b"hello, these are not features"),
+                   ["not a readable .npy"]),
     "wrong rank": (lambda d: corrupt_feature(d, np.zeros(10, np.float32)), ["expected a 2-D"]),
     "wrong dimension": (lambda d: corrupt_feature(d, np.zeros((10, 16), np.float32)),
                         ["dimension 16", "--feature_dim"]),
-    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.int32)), ["dtype int32", "floating point"]),
-    "nan features": (lambda d: corrupt_feature(d, np.full((10, D), np.nan, np.float32)), ["NaN or inf"]),
-    "gt not json": (lambda d: (d / "gt.json").write_text("{not json"), ["gt.json", "not valid JSON"]),
-    "gt without database": (lambda d: (d / "gt.json").write_text('{"version": 1}'), ["gt.json", "database"]),
-    "unknown label": (lambda d: edit_gt(d, lambda gt: gt["database"][first_video(d)]["annotations"].append(
-        {"segment": [1.0, 2.0], "label": "Juggling"})), ["'Juggling'", "class list"]),
-    "empty split": (lambda d: (d / "split_test.txt").write_text("\n"), ["split_test.txt", "is empty"]),
+    "wrong dtype": (lambda d: corrupt_feature(d, np.zeros((10, D), np.int32)),
+                    ["dtype int32", "floating point"]),
+    "nan features": (lambda d: corrupt_feature(d, np.full((10, D), np.nan, np.float32)),
+                     ["NaN or inf"]),
+    "gt not json": (lambda d: (d / "gt.json").write_text("{not json"),
+                    ["gt.json", "not valid JSON"]),
+    "gt without database": (lambda d: (d / "gt.json").write_text('{"version": 1}'),
+                            ["gt.json", "database"]),
+    "unknown label": (lambda d: edit_gt(d, lambda gt: gt["database"][first_video(d)]
+                                        ["annotations"].append({"segment": [1.0, 2.0],
+                                                                "label": "Juggling"})),
+                      ["'Juggling'", "class list"]),
+    "empty split": (lambda d: (d / "split_test.txt").write_text("\n"),
+                    ["split_test.txt", "is empty"]),
 }
 
 
@@ -89,7 +102,8 @@ def test_bad_data(case, data_dir, tmp_path, capsys):
     assert code == 2
     for fragment in fragments:
         assert fragment in err, err
-    assert len(err.splitlines()) == 1 or case == "missing data folder"   # that one prints the expected tree
+    # "missing data folder" prints the expected tree
+    assert len(err.splitlines()) == 1 or case == "missing data folder"
 
 
 @pytest.mark.parametrize("extra, fragment", [(["--no_such_key", "3"], "--no_such_key"),
@@ -110,8 +124,10 @@ def save_fake_checkpoints(folder, model_by_step):
 
 def test_checkpoint_folder_missing_step_file(data_dir, tmp_path, capsys):
     args = build_args("THUMOS", argv_for(data_dir, tmp_path))
-    save_fake_checkpoints(tmp_path / "ckpt", {"model_step0_last_epoch.pth": ASMLocBase(args)})
-    code, err = run_main(argv_for(data_dir, tmp_path, "--test", "--checkpoint", str(tmp_path / "ckpt")), capsys)
+    save_fake_checkpoints(tmp_path / "ckpt",
+                          {"model_step0_last_epoch.pth": ASMLocBase.from_config(args)})
+    code, err = run_main(argv_for(data_dir, tmp_path, "--test", "--checkpoint",
+                                  str(tmp_path / "ckpt")), capsys)
     assert code == 2 and "model_step1_best_epoch.pth" in err and "missing" in err
 
 
@@ -119,17 +135,21 @@ def test_checkpoint_folder_missing_step_file(data_dir, tmp_path, capsys):
 def test_checkpoint_of_other_dataset_or_model(kind, data_dir, tmp_path, capsys):
     thumos = build_args("THUMOS", argv_for(data_dir, tmp_path))
     anet = build_args("ActivityNet", ["--feature_dim", str(D), "--device", "cpu"])
-    step0 = ASMLocBase(anet) if kind == "other dataset" else ASMLoc(thumos)
-    save_fake_checkpoints(tmp_path / "ckpt", {"model_step0_last_epoch.pth": step0,
-                                              "model_step1_best_epoch.pth": ASMLoc(thumos)})
-    code, err = run_main(argv_for(data_dir, tmp_path, "--test", "--checkpoint", str(tmp_path / "ckpt")), capsys)
+    step0 = ASMLocBase.from_config(anet) if kind == "other dataset" else ASMLoc.from_config(thumos)
+    save_fake_checkpoints(tmp_path / "ckpt",
+                          {"model_step0_last_epoch.pth": step0,
+                           "model_step1_best_epoch.pth": ASMLoc.from_config(thumos)})
+    code, err = run_main(argv_for(data_dir, tmp_path, "--test", "--checkpoint",
+                                  str(tmp_path / "ckpt")), capsys)
     assert code == 2 and "model_step0_last_epoch.pth" in err
-    assert ("ActivityNet" in err) if kind == "other dataset" else ("full" in err or "MHSA" in err), err
+    assert (("ActivityNet" in err) if kind == "other dataset"
+            else ("full" in err or "MHSA" in err)), err
 
 
 def test_prediction_file_without_results(tmp_path, capsys):
-    gt = {"version": "x", "database": {"v1": {"subset": "test", "duration": 10.0,
-                                              "annotations": [{"segment": [1.0, 2.0], "label": "Diving"}]}}}
+    gt = {"version": "x", "database": {"v1": {
+        "subset": "test", "duration": 10.0,
+        "annotations": [{"segment": [1.0, 2.0], "label": "Diving"}]}}}
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps({"version": "x", "external_data": {}}))
     code = eval_main(["--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")])
@@ -161,22 +181,24 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data_dir, tmp_path, ca
     assert not [name for name in os.listdir(os.path.dirname(latest)) if name.startswith(".tmp_")]
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path, capsys, monkeypatch):
+def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path, capsys,
+                                                              monkeypatch):
     argv = argv_for(data_dir, tmp_path)
-    original, calls = engine.train_one_epoch, []
+    original, calls = passes.train_one_epoch, []
 
-    def stop_in_second_epoch(*args, **kwargs):          # the run is interrupted after its first epoch
+    def stop_in_second_epoch(*args, **kwargs):        # the run is interrupted after its first epoch
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_second_epoch)
+    monkeypatch.setattr(passes, "train_one_epoch", stop_in_second_epoch)
     with pytest.raises(SystemExit):
         runner.main("THUMOS", argv)
-    monkeypatch.setattr(engine, "train_one_epoch", original)
+    monkeypatch.setattr(passes, "train_one_epoch", original)
     save_dir = build_args("THUMOS", argv).save_dir
     open(os.path.join(save_dir, "model_latest.pth"), "wb").write(b"garbage")
     runner.main("THUMOS", argv)
     out = capsys.readouterr().out
     assert "model_latest.pth could not be read" in out and "falling back to" in out
-    assert torch.load(os.path.join(save_dir, "model_latest.pth"), weights_only=False)["epoch"] == 2
+    assert torch.load(os.path.join(save_dir, "model_latest.pth"),
+                      weights_only=False)["epoch"] == 2

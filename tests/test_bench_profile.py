@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_profile_run_parts_cover_the_run(tmp_path):
-    cmd = [sys.executable, str(REPO / "bench" / "profile_run.py"), "--json", str(tmp_path / "parts.json"), "--",
+    cmd = [sys.executable, str(REPO / "bench" / "profile_run.py"),
+           "--json", str(tmp_path / "parts.json"), "--",
            "--epochs", "2", "--epochs_per_step", "1", "--num_steps", "1", "--eval_freq", "1",
            "--data_dir", str(tmp_path / "synthetic_THUMOS14")]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -28,7 +29,10 @@ def test_profile_run_parts_cover_the_run(tmp_path):
     assert abs(sum(parts.values()) - wall) < 1e-6 * wall
     # every training iteration, evaluation and pseudo-proposal video ran through a timed forward
     calls = report["calls"]
-    assert calls["train epoch"] == 2 and calls["eval pass"] == 2 and calls["pseudo pass"] == 1, calls
-    assert calls["train forward"] == calls["train backward"] > 0 and calls["eval forward"] > 0, calls
-    assert all(report["floors"][key] > 0 for key in ("train forward", "train backward", "eval forward",
-                                                     "pseudo forward")), report["floors"]
+    assert (calls["train epoch"] == 2 and calls["eval pass"] == 2
+            and calls["pseudo pass"] == 1), calls
+    assert (calls["train forward"] == calls["train backward"] > 0
+            and calls["eval forward"] > 0), calls
+    assert all(report["floors"][key] > 0
+               for key in ("train forward", "train backward", "eval forward",
+                           "pseudo forward")), report["floors"]

@@ -28,10 +28,12 @@ def test_presets_match_spec_table():
 
 
 def test_overrides_released_flags_and_any_key():
-    args = build_args("THUMOS", ["-b", "4", "-j", "2", "--lr", "0.001", "--epochs", "20", "--feature_dim", "256",
-                                 "--use_inter_attention", "false", "--tiou_thresholds", "0.3", "0.5",
-                                 "--suffix", "abl", "--test", "--checkpoint", "some/dir"])
-    assert (args.batch_size, args.num_workers, args.lr, args.epochs, args.feature_dim) == (4, 2, 1e-3, 20, 256)
+    args = build_args("THUMOS", ["-b", "4", "-j", "2", "--lr", "0.001", "--epochs", "20",
+                                 "--feature_dim", "256", "--use_inter_attention", "false",
+                                 "--tiou_thresholds", "0.3", "0.5", "--suffix", "abl", "--test",
+                                 "--checkpoint", "some/dir"])
+    assert (args.batch_size, args.num_workers, args.lr, args.epochs, args.feature_dim) == (
+        4, 2, 1e-3, 20, 256)
     assert args.use_inter_attention is False and args.test and args.checkpoint == "some/dir"
     np.testing.assert_array_equal(args.tiou_thresholds, [0.3, 0.5])
     assert args.save_dir.endswith("_abl")
@@ -41,12 +43,13 @@ def test_demo_preset_then_cli_wins():
     args = build_args("THUMOS", ["--demo", "--epochs", "3"])
     assert args.data_dir == os.path.join("data", "synthetic_THUMOS14")
     assert args.feature_dim == config.DEMO["feature_dim"]
-    assert build_args("ActivityNet", ["--demo"]).data_dir == os.path.join("data", "synthetic_ActivityNet13")
+    assert build_args("ActivityNet", ["--demo"]).data_dir == os.path.join(
+        "data", "synthetic_ActivityNet13")
     assert args.epochs == 3
 
 
-@pytest.mark.parametrize("argv", [["--no_such_key", "1"], ["--epochs", "ten"], ["--use_uncertainty", "maybe"],
-                                  ["--epoch", "3"]])
+@pytest.mark.parametrize("argv", [["--no_such_key", "1"], ["--epochs", "ten"],
+                                  ["--use_uncertainty", "maybe"], ["--epoch", "3"]])
 def test_unknown_key_or_wrong_type_is_an_error(argv):
     with pytest.raises(ConfigError, match=argv[0]):
         build_args("THUMOS", argv)

@@ -8,17 +8,19 @@
 """
 import ast
 import re
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from config import REPO_ROOT as REPO
+
 METHOD = REPO / "docs" / "method.md"
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SKIP_DIRS = {"data", "checkpoints", "saved_model", "node_modules", "__pycache__"}
 
-CODE_REF = re.compile(r"(?<![\w/.])((?:[A-Za-z_][\w-]*/)*[A-Za-z_]\w*\.py):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
-METHOD_REF = re.compile(r"docs/method\.md\s*((?:§\s*\d+(?:\s*[-–]\s*§?\d+)?(?:\s*(?:,|/|and)\s*(?=§))?)+)")
+CODE_REF = re.compile(r"(?<![\w/.])((?:[A-Za-z_][\w-]*/)*[A-Za-z_]\w*\.py)"
+                      r":([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+METHOD_REF = re.compile(r"docs/method\.md\s*"
+                        r"((?:§\s*\d+(?:\s*[-–]\s*§?\d+)?(?:\s*(?:,|/|and)\s*(?=§))?)+)")
 SECTION_REF = re.compile(r"§\s*(\d+)(?:\s*[-–]\s*§?(\d+))?")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -75,7 +77,7 @@ def code_references():
 
 def test_docs_name_code_that_exists():
     refs = code_references()
-    assert len(refs) > 50, "the method page should point into the code"        # the regex still matches
+    assert len(refs) > 50, "the method page should point into the code"    # the regex still matches
     missing = [f"{where}: {file}:{name}" for where, file, name in refs
                if not (REPO / file).is_file() or not resolves(REPO / file, name)]
     assert not missing, "documented functions that do not exist:\n" + "\n".join(missing)
@@ -83,10 +85,12 @@ def test_docs_name_code_that_exists():
 
 def test_resolver_rejects_wrong_names(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("X = 1\nclass A:\n    y = 2\n    def f(self):\n        pass\ndef g():\n    pass\n")
+    module.write_text("X = 1\nclass A:\n    y = 2\n    def f(self):\n        pass\n"
+                      "def g():\n    pass\n")
     assert all(resolves(module, name) for name in ("X", "A", "A.f", "A.y", "g"))
     assert not any(resolves(module, name) for name in ("A.g", "f", "g.x", "B"))
-    found = CODE_REF.findall("see `eval/proposals.py:video_proposals` and model.py:ASMLoc.forward, not a.pyc:x")
+    found = CODE_REF.findall("see `eval/proposals.py:video_proposals` and "
+                             "model.py:ASMLoc.forward, not a.pyc:x")
     assert found == [("eval/proposals.py", "video_proposals"), ("model.py", "ASMLoc.forward")]
 
 

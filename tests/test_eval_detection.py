@@ -1,17 +1,17 @@
-"""eval.detection: array evaluator vs the loop oracle of docs/method.md §12, hand-computed AP, edge cases, CLI."""
+"""eval/detection.py: array evaluator vs the loop oracle of docs/method.md §12
+(tests/oracles/detection_loop.py), hand-computed AP, edge cases, CLI."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from config import REPO_ROOT as REPO
 from eval import ANETDetection, EvaluationInputError
-from eval.reference import loop_evaluate
+from oracles.detection_loop import loop_evaluate
 from utils import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"
 SHARED_GT = SHARED_DATA / "THUMOS14" / "gt.json"
 SHARED_ANET_GT = SHARED_DATA / "ActivityNet13" / "gt.json"
@@ -24,7 +24,8 @@ def make_gt(tmp_path, videos, extra_subset=()):
                 "annotations": [{"label": lab, "segment": [s, e]} for lab, s, e in anns]}
           for vid, anns in videos.items()}
     for vid in extra_subset:
-        db[vid] = {"subset": "train", "duration": 100.0, "annotations": [{"label": "A", "segment": [0, 5]}]}
+        db[vid] = {"subset": "train", "duration": 100.0,
+                   "annotations": [{"label": "A", "segment": [0, 5]}]}
     path = tmp_path / "gt.json"
     path.write_text(json.dumps({"version": "x", "database": db}))
     return path
@@ -32,7 +33,8 @@ def make_gt(tmp_path, videos, extra_subset=()):
 
 def make_pred(results):
     """results: {vid: [(label, score, start, end), ...]}."""
-    return {"results": {vid: [{"label": lab, "score": sc, "segment": [s, e]} for lab, sc, s, e in plist]
+    return {"results": {vid: [{"label": lab, "score": sc, "segment": [s, e]}
+                              for lab, sc, s, e in plist]
                         for vid, plist in results.items()}, **PRED_FIELDS}
 
 
@@ -42,7 +44,8 @@ def test_hand_case_duplicate_detection(tmp_path):
     # precision [1, .5], recall [1, 1]; padded prec [0,1,.5,0] -> right max [1,1,.5,0];
     # recall steps only at 0 -> 1 (x 1) -> AP = 1.
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
-    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.8, 0, 5)]}), [0.5], "test", "X")
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.8, 0, 5)]}), [0.5],
+                        "test", "X")
     assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
 
 
@@ -64,13 +67,14 @@ def test_hand_case_classes_videos_and_next_gt(tmp_path):
     # B: GT v2 [5,15]. p [5,15] .95 in v1 (no B GT there) -> FP; p [6,15] .5 in v2, tIoU .9 -> TP
     #    at both. hits 0,1: prec [0,.5] rec [0,1] -> padded prec right-max .5 -> AP .5.
     # C: GT v3, no predictions -> AP 0. Outside-subset video and unknown label: ignored / FP-free.
-    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 0, 8)], "v2": [("B", 5, 15)], "v3": [("C", 1, 2)]},
-                 extra_subset=["w"])
+    gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 0, 8)], "v2": [("B", 5, 15)],
+                            "v3": [("C", 1, 2)]}, extra_subset=["w"])
     pred = make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.8, 0, 10), ("B", 0.95, 5, 15)],
                       "v2": [("B", 0.5, 6, 15), ("Z", 0.99, 6, 15)]})
     with pytest.warns(UserWarning, match="1 predictions"):
         det = ANETDetection(gt, pred, [0.5, 0.9], "test", "X")
-    assert det.evaluate() == pytest.approx(np.mean([(1 + 0.5 + 0) / 3, (0.5 + 0.5 + 0) / 3]), abs=1e-15)
+    assert det.evaluate() == pytest.approx(np.mean([(1 + 0.5 + 0) / 3, (0.5 + 0.5 + 0) / 3]),
+                                           abs=1e-15)
     assert list(det.activity_index) == ["A", "B", "C"]
     np.testing.assert_allclose(det.ap, [[1, 0.5, 0], [0.5, 0.5, 0]], atol=1e-15)
     text = det.report()
@@ -84,7 +88,8 @@ def test_hand_case_equal_tiou_visits_gt_in_official_order(tmp_path):
     # (visiting g0 first, in file order, would leave p2 an FP and give AP .5).
     assert list(np.argsort(np.array([1 / 3, 1 / 3]))[::-1]) == [1, 0]
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 10, 20)]})
-    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 15), ("A", 0.8, 0, 10)]}), [0.3], "test", "X")
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 15), ("A", 0.8, 0, 10)]}), [0.3],
+                        "test", "X")
     assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
 
 
@@ -93,7 +98,8 @@ def test_hand_case_tied_scores_in_official_order(tmp_path):
     # second in the file, [0,10], comes first and is a TP; [0,4] (tIoU .4) is an FP at .5:
     # hits 1,0 -> prec [1,.5] rec [1,1] -> AP 1 (file order would give hits 0,1 and AP .5).
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10)]})
-    det = ANETDetection(gt, make_pred({"v1": [("A", 0.7, 0, 4), ("A", 0.7, 0, 10)]}), [0.5], "test", "X")
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.7, 0, 4), ("A", 0.7, 0, 10)]}), [0.5],
+                        "test", "X")
     assert det.evaluate() == pytest.approx(1.0, abs=1e-15)
 
 
@@ -106,7 +112,8 @@ def test_hand_case_tied_score_groups(tmp_path):
     # (file order p0, p2, p1, p3 would give AP 1 at both thresholds.)
     assert list(np.argsort(np.array([0.9, 0.5, 0.9, 0.5]))[::-1]) == [2, 0, 3, 1]
     gt = make_gt(tmp_path, {"v1": [("A", 0, 10), ("A", 20, 30)]})
-    pred = make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.5, 20, 30), ("A", 0.9, 0, 9), ("A", 0.5, 21, 30)]})
+    pred = make_pred({"v1": [("A", 0.9, 0, 10), ("A", 0.5, 20, 30), ("A", 0.9, 0, 9),
+                             ("A", 0.5, 21, 30)]})
     det = ANETDetection(gt, pred, [0.5, 0.95], "test", "X")
     det.evaluate()
     np.testing.assert_allclose(det.ap[:, 0], [5 / 6, 0.5], atol=1e-15)
@@ -189,7 +196,8 @@ def tied_case(rng, n_levels):
         vid = str(rng.choice(list(videos) + ["unseen"]))
         s = float(rng.integers(0, 12) * 2.5)
         e = s + float(rng.choice([0.0, 2.5, 5.0, 10.0]))
-        results.setdefault(vid, []).append((str(rng.choice(["A", "B"])), float(rng.choice(levels)), s, e))
+        results.setdefault(vid, []).append((str(rng.choice(["A", "B"])),
+                                            float(rng.choice(levels)), s, e))
     return videos, results
 
 
@@ -219,17 +227,17 @@ def test_official_sample_file_gives_official_map(shared_data):
     """
     folder = shared_data / "ActivityNet13"
     thresholds = np.linspace(0.5, 0.95, 10)
-    det = ANETDetection(folder / "gt.json", folder / "sample_detection_prediction_v.json", thresholds, "val",
-                        "ActivityNet")
+    sample = folder / "sample_detection_prediction_v.json"
+    det = ANETDetection(folder / "gt.json", sample, thresholds, "val", "ActivityNet")
     average = det.evaluate()
     _, ap = loop_evaluate(json.loads((folder / "gt.json").read_text()),
-                          json.loads((folder / "sample_detection_prediction_v.json").read_text()), thresholds, "val")
+                          json.loads(sample.read_text()), thresholds, "val")
     np.testing.assert_allclose(det.ap, np.array(ap), rtol=0, atol=1e-12)
     if not all(np.array_equal(np.argsort(np.ones(n)), np.arange(n)) for n in range(1, 200)):
-        pytest.skip("this numpy/CPU orders equal float64 keys differently; the official number differs too")
-    run = [sys.executable, "-m", "eval", "--gt", str(folder / "gt.json"), "--pred",
-           str(folder / "sample_detection_prediction_v.json"), "--dataset", "ActivityNet", "--subset", "val",
-           "--no_per_class"]
+        pytest.skip("this numpy/CPU orders equal float64 keys differently; the official number "
+                    "differs too")
+    run = [sys.executable, "-m", "eval", "--gt", str(folder / "gt.json"), "--pred", str(sample),
+           "--dataset", "ActivityNet", "--subset", "val", "--no_per_class"]
     out = subprocess.run(run, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1].split()[-1] == "93.15"
@@ -255,7 +263,8 @@ def random_real_predictions(gt, subset, n, rng):
     return make_pred(results)
 
 
-@pytest.mark.skipif(not SHARED_ANET_GT.is_file(), reason="shared ActivityNet annotations not available")
+@pytest.mark.skipif(not SHARED_ANET_GT.is_file(),
+                    reason="shared ActivityNet annotations not available")
 def test_fast_equals_loop_oracle_real_activitynet_gt():
     gt = json.loads(SHARED_ANET_GT.read_text())
     pred = random_real_predictions(gt, "val", 3000, np.random.default_rng(11))
@@ -317,8 +326,8 @@ def test_malformed_prediction_and_missing_files(tmp_path):
         ANETDetection(gt, make_pred({"v1": [("A", float("nan"), 0, 1)]}), [0.5], "test", "X")
     with pytest.raises(EvaluationInputError, match="segment"):
         ANETDetection(gt, make_pred({"v1": [("A", 0.5, 0, 1)]}) | {"results": {"v1": [
-            {"label": "A", "score": 0.5, "segment": [1.0]}, {"label": "A", "score": 0.5, "segment": [2.0]}]}},
-            [0.5], "test", "X")
+            {"label": "A", "score": 0.5, "segment": [1.0]},
+            {"label": "A", "score": 0.5, "segment": [2.0]}]}}, [0.5], "test", "X")
     with pytest.raises(EvaluationInputError, match="not found"):
         ANETDetection(gt, tmp_path / "nope.json", [0.5], "test", "X")
     with pytest.raises(EvaluationInputError, match="subset 'val'"):
@@ -338,7 +347,8 @@ def test_zero_length_segments_match_as_in_official_evaluator(tmp_path):
     # any threshold and argsort puts NaN last, so after [::-1] that GT is visited first -> TP.
     # p1 [5,5] .9: tIoU NaN with g0 [5,5] -> TP; p2 [0,10] .8: tIoU 1 with g1 -> TP. AP 1.
     gt = make_gt(tmp_path, {"v1": [("A", 5, 5), ("A", 0, 10)]})
-    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5), ("A", 0.8, 0, 10)]}), [0.1, 0.9], "test", "X")
+    det = ANETDetection(gt, make_pred({"v1": [("A", 0.9, 5, 5), ("A", 0.8, 0, 10)]}), [0.1, 0.9],
+                        "test", "X")
     det.evaluate()
     np.testing.assert_allclose(det.ap[:, 0], [1.0, 1.0], atol=1e-15)
     # a zero-length prediction and a zero-length GT at different times: also 0/0 -> TP, and the
@@ -360,4 +370,5 @@ def test_cli_prints_table_and_fails_cleanly(tmp_path):
     assert "mAP" in ok.stdout and "100.00" in ok.stdout
     bad = subprocess.run(run[:6] + [str(tmp_path / "missing.json"), "--subset", "test"], cwd=REPO,
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "missing.json" in bad.stderr
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
+    assert "missing.json" in bad.stderr

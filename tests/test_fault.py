@@ -1,4 +1,5 @@
-"""Fault test: SIGKILL the tiny pipeline at random moments, rerun the same command, get the same result.
+"""Fault test: SIGKILL the tiny pipeline at random moments, rerun the same command, get the same
+result.
 
 Saves are slowed down (a sleep before each atomic rename) so that some kills land while a
 checkpoint or result file is being written.
@@ -13,9 +14,7 @@ import time
 import pytest
 import torch
 
-from config import build_args
-from conftest import REPO_ROOT
-from synthetic_data import generate_synthetic_dataset
+from config import REPO_ROOT, build_args
 
 # Runs the real entry point with os.replace slowed down (kills then often land mid-save).
 LAUNCHER = """
@@ -26,8 +25,8 @@ def slow_replace(src, dst):
     time.sleep(0.05)
     real_replace(src, dst)
 os.replace = slow_replace
-import runner
-runner.main("THUMOS", sys.argv[1:])
+from engine.run import main
+main("THUMOS", sys.argv[1:])
 """
 
 
@@ -41,20 +40,17 @@ def checkpoint_states(save_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_gives_identical_result(tmp_path):
-    data_dir = tmp_path / "THUMOS14"
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=10, num_test=6, feature_dim=32, seed=3,
-                               durations=(20.0, 50.0))
+def test_sigkill_at_random_moments_then_resume_gives_identical_result(make_tiny_data, tiny_argv,
+                                                                      tmp_path):
+    data_dir = make_tiny_data(num_train=10, num_test=6, seed=3, durations=(20.0, 50.0))
 
     def argv(run):
-        return ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / run), "--feature_dim", "32",
-                "--epochs", "10", "--epochs_per_step", "3", "--num_steps", "2", "--eval_freq", "2",
-                "--sample_segments_num", "48", "--max_segments_num", "16", "--batch_size", "4",
-                "--lr", "0.001", "--device", "cpu"]
+        return tiny_argv(data_dir, tmp_path / run, epochs=10, epochs_per_step=3)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     started = time.time()
-    done = subprocess.run(command(argv("straight")), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command(argv("straight")), env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     straight_seconds = time.time() - started
 
@@ -63,8 +59,8 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_result(tmp_path):
     for _ in range(40):                                      # at most 40 attempts
         if kills >= 6:
             break
-        process = subprocess.Popen(command(argv("faulty")), env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command(argv("faulty")), env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(0.3, 0.6 * straight_seconds))
         if process.poll() is None:
             process.kill()
@@ -74,7 +70,8 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_result(tmp_path):
             break
     assert kills >= 5, f"only {kills} kills landed"
 
-    final = subprocess.run(command(argv("faulty")), env=env, capture_output=True, text=True, timeout=600)
+    final = subprocess.run(command(argv("faulty")), env=env, capture_output=True, text=True,
+                           timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
 
     save_dirs = {run: build_args("THUMOS", argv(run)).save_dir for run in ("straight", "faulty")}
@@ -89,7 +86,8 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_result(tmp_path):
     records = {}
     for run, save_dir in save_dirs.items():
         with open(os.path.join(save_dir, "metrics.jsonl")) as handle:
-            records[run] = [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in handle]
+            records[run] = [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+                            for line in handle]
     epochs = [entry["epoch"] for entry in records["faulty"]]
     assert epochs == sorted(set(epochs)) and epochs[-1] == 9
     assert records["faulty"] == records["straight"]

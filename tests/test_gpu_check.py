@@ -1,4 +1,5 @@
-"""bench/gpu_check.sh stops at once, with one line, where it cannot run: no tensorboardX, no cuda."""
+"""bench/gpu_check.sh stops at once, with one line, where it cannot run: no tensorboardX, no
+cuda."""
 import os
 import shutil
 import subprocess
@@ -27,13 +28,15 @@ def test_stops_within_seconds_without_cuda(tmp_path):
     out, seconds = run_check(tmp_path, sys.executable)
     lines = (out.stdout + out.stderr).strip().splitlines()
     assert out.returncode != 0 and seconds < 10, (out.returncode, seconds)
-    assert len(lines) == 1 and lines[0].startswith("gpu_check: error: ") and "cuda" in lines[0], lines
-    assert not (tmp_path / "out").exists()                       # nothing written before the checks pass
+    assert (len(lines) == 1 and lines[0].startswith("gpu_check: error: ")
+            and "cuda" in lines[0]), lines
+    assert not (tmp_path / "out").exists()              # nothing written before the checks pass
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_stops_without_tensorboardx(tmp_path):
-    python = tmp_path / "python_without_site_packages"           # -S: no site-packages, so no tensorboardX
+    # -S: no site-packages, so no tensorboardX
+    python = tmp_path / "python_without_site_packages"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     python.chmod(0o755)
     out, seconds = run_check(tmp_path, python)

@@ -1,19 +1,22 @@
-"""i3d.py: the parameter names and shapes of the PyTorch I3D port (so its published files load strictly),
-TensorFlow 'same' padding, output sizes; extract_features.load_i3d's checks of weight files."""
+"""features/i3d.py: the parameter names and shapes of the PyTorch I3D port (so its published files
+load strictly), TensorFlow 'same' padding, output sizes; features/extract.py load_i3d's checks of
+weight files."""
 import hashlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import extract_features
-from i3d import InceptionI3d, MaxPoolSame, Unit3D, same_padding
+from features import extract
+from features.i3d import InceptionI3d, MaxPoolSame, Unit3D, same_padding
 
-# Written from the architecture (Carreira and Zisserman 2017: Inception-v1 of Szegedy et al. 2015, Table 1,
-# inflated to 3D; the port's names): stem units (name, input channels, output channels, cubic kernel) ...
-STEM = [("Conv3d_1a_7x7", "in", 64, 7), ("Conv3d_2b_1x1", 64, 64, 1), ("Conv3d_2c_3x3", 64, 192, 3)]
-# ... and Inception blocks (name, input channels, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj);
-# the "5x5" branch of Inception-v1 is a 3x3x3 convolution in I3D
+# Written from the architecture (Carreira and Zisserman 2017: Inception-v1 of Szegedy et al. 2015,
+# Table 1, inflated to 3D; the port's names): stem units (name, input channels, output channels,
+# cubic kernel) ...
+STEM = [("Conv3d_1a_7x7", "in", 64, 7), ("Conv3d_2b_1x1", 64, 64, 1),
+        ("Conv3d_2c_3x3", 64, 192, 3)]
+# ... and Inception blocks (name, input channels, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5,
+# pool proj); the "5x5" branch of Inception-v1 is a 3x3x3 convolution in I3D
 BLOCKS = [
     ("Mixed_3b", 192, 64, 96, 128, 16, 32, 32),
     ("Mixed_3c", 256, 128, 128, 192, 32, 96, 64),
@@ -28,12 +31,14 @@ BLOCKS = [
 
 
 def published_layout(in_channels, counters=True):
-    """[(name, shape)] of the port's state dict, in order; counters: BatchNorm's num_batches_tracked."""
+    """[(name, shape)] of the port's state dict, in order; counters: BatchNorm's
+    num_batches_tracked."""
     rows = []
 
     def unit(name, cin, cout, k):
         rows.append((f"{name}.conv3d.weight", (cout, cin, k, k, k)))
-        rows.extend((f"{name}.bn.{p}", (cout,)) for p in ("weight", "bias", "running_mean", "running_var"))
+        rows.extend((f"{name}.bn.{p}", (cout,))
+                    for p in ("weight", "bias", "running_mean", "running_var"))
         if counters:
             rows.append((f"{name}.bn.num_batches_tracked", ()))
 
@@ -55,10 +60,12 @@ def test_state_dict_names_and_shapes_are_the_ports(in_channels):
     got = [(name, tuple(t.shape)) for name, t in InceptionI3d(in_channels).state_dict().items()]
     assert got == published_layout(in_channels)
     layout = dict(got)
-    assert layout["Conv3d_1a_7x7.conv3d.weight"] == (64, in_channels, 7, 7, 7)      # hand-written spot checks
+    # hand-written spot checks
+    assert layout["Conv3d_1a_7x7.conv3d.weight"] == (64, in_channels, 7, 7, 7)
     assert layout["Mixed_4b.b1b.conv3d.weight"] == (208, 96, 3, 3, 3)
     assert layout["Mixed_5c.b3b.bn.running_var"] == (128,)
-    assert len(got) == (3 + 9 * 6) * 6 + 2       # units x (conv weight, 4 BatchNorm tensors, counter) + logits
+    # units x (conv weight, 4 BatchNorm tensors, counter) + logits
+    assert len(got) == (3 + 9 * 6) * 6 + 2
 
 
 def test_batch_norm_settings():
@@ -68,7 +75,8 @@ def test_batch_norm_settings():
 
 
 def save_layout_file(path, in_channels, seed, counters=False):
-    """A weight file with the published key layout and random values (old files lack the counters)."""
+    """A weight file with the published key layout and random values (old files lack the
+    counters)."""
     gen = torch.Generator().manual_seed(seed)
     state = {name: (torch.zeros(shape, dtype=torch.long) if name.endswith("tracked") else
                     torch.rand(shape, generator=gen) + (0.5 if "running_var" in name else 0.0))
@@ -80,7 +88,7 @@ def save_layout_file(path, in_channels, seed, counters=False):
 @pytest.mark.parametrize("counters", [False, True])
 def test_published_layout_file_loads_strictly(tmp_path, counters):
     state = save_layout_file(tmp_path / "rgb_imagenet.pt", 3, seed=1, counters=counters)
-    model = extract_features.load_i3d(str(tmp_path / "rgb_imagenet.pt"), "rgb")
+    model = extract.load_i3d(str(tmp_path / "rgb_imagenet.pt"), "rgb")
     assert not model.training
     loaded = model.state_dict()
     for name, tensor in state.items():
@@ -107,14 +115,17 @@ def test_weight_file_errors(tmp_path):
     cases["wrong keys"] = (str(other), "rgb", "does not match the I3D layout")
     charades = tmp_path / "charades.pt"
     state = torch.load(rgb)
-    state["logits.conv3d.weight"], state["logits.conv3d.bias"] = torch.zeros(157, 1024, 1, 1, 1), torch.zeros(157)
+    state["logits.conv3d.weight"] = torch.zeros(157, 1024, 1, 1, 1)
+    state["logits.conv3d.bias"] = torch.zeros(157)
     torch.save(state, charades)
-    cases["other classes"] = (str(charades), "rgb", "logits.conv3d.weight has shape (157, 1024, 1, 1, 1)")
+    cases["other classes"] = (str(charades), "rgb",
+                              "logits.conv3d.weight has shape (157, 1024, 1, 1, 1)")
     for case, (path, stream, message) in cases.items():
-        with pytest.raises(extract_features.ExtractError) as err:
-            extract_features.load_i3d(path, stream)
-        assert message in str(err.value) and path in str(err.value) and "\n" not in str(err.value), case
-    assert hashlib.sha256(rgb.read_bytes()).hexdigest() == extract_features.sha256(rgb)
+        with pytest.raises(extract.ExtractError) as err:
+            extract.load_i3d(path, stream)
+        assert message in str(err.value) and path in str(err.value), case
+        assert "\n" not in str(err.value), case
+    assert hashlib.sha256(rgb.read_bytes()).hexdigest() == extract.sha256(rgb)
 
 
 # ----------------------------------------------------------------------------- padding and sizes
@@ -135,15 +146,17 @@ def test_unit_equals_explicit_padding_conv():
     unit.bn.running_mean.uniform_(-1, 1)
     unit.bn.running_var.uniform_(0.5, 2)
     x = torch.randn(2, 3, 5, 9, 10)
-    # t: stride 1, k 3 -> (1, 1); h: 9 % 2 = 1 -> total 6 -> (3, 3); w: 10 % 2 = 0 -> total 5 -> (2, 3)
+    # t: stride 1, k 3 -> (1, 1); h: 9 % 2 = 1 -> total 6 -> (3, 3);
+    # w: 10 % 2 = 0 -> total 5 -> (2, 3)
     padded = F.pad(x, (2, 3, 3, 3, 1, 1))
     conv = F.conv3d(padded, unit.conv3d.weight, stride=(1, 2, 2))
     bn = unit.bn
     shape = (1, -1, 1, 1, 1)
-    expected = torch.relu((conv - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + 0.001)
+    expected = torch.relu((conv - bn.running_mean.view(shape))
+                          / torch.sqrt(bn.running_var.view(shape) + 0.001)
                           * bn.weight.view(shape) + bn.bias.view(shape))
     got = unit(x)
-    assert got.shape == (2, 5, 5, 5, 5)                                         # ceil(size / stride)
+    assert got.shape == (2, 5, 5, 5, 5)                                        # ceil(size / stride)
     assert torch.allclose(got, expected, atol=1e-5 * 3 * 3 * 7 * 7 ** 0.5)
 
 
@@ -151,7 +164,8 @@ def test_max_pool_zero_padding_equals_tensorflow_on_relu_outputs():
     torch.manual_seed(0)
     x = torch.relu(torch.randn(1, 4, 5, 7, 8))
     pool = MaxPoolSame((3, 3, 3), (2, 2, 2))
-    minus_inf = F.pad(x, (0, 1, 1, 1, 1, 1), value=float("-inf"))             # t 5 -> (1,1), h 7 -> (1,1), w 8 -> (0,1)
+    # t 5 -> (1,1), h 7 -> (1,1), w 8 -> (0,1)
+    minus_inf = F.pad(x, (0, 1, 1, 1, 1, 1), value=float("-inf"))
     assert torch.equal(pool(x), F.max_pool3d(minus_inf, 3, 2))
 
 
@@ -166,4 +180,5 @@ def test_output_sizes_and_snippet_features():
         assert features.shape == (2, 1024)
         assert torch.allclose(features, F.avg_pool3d(block, (2, 2, 2)).flatten(1), atol=1e-6)
         assert model(x).shape == (2, 400)
-        assert torch.allclose(model.snippet_features(x[:1]), features[:1], atol=1e-5)   # snippets independent
+        # snippets independent
+        assert torch.allclose(model.snippet_features(x[:1]), features[:1], atol=1e-5)

@@ -1,5 +1,6 @@
-"""Run-folder lock: a second process on a folder in use stops at once (exit 2, one line naming the
-folder and the owner's pid); a lock left by a killed process does not block the next run."""
+"""Run-folder lock (utils.RunFolderLock): a second process on a folder in use stops at once (exit
+2, one line naming the folder and the owner's pid); a lock left by a killed process does not block
+the next run."""
 import os
 import subprocess
 import sys
@@ -7,19 +8,8 @@ import time
 
 import pytest
 
-from config import build_args
-from conftest import REPO_ROOT
-from synthetic_data import generate_synthetic_dataset
+from config import REPO_ROOT, build_args
 from utils import RunFolderBusy, RunFolderLock, UserError
-
-HOLDER = """
-import sys, time
-sys.path.insert(0, {root!r})
-from utils import RunFolderLock
-RunFolderLock({folder!r}).acquire()
-print("locked", flush=True)
-time.sleep(120)
-"""
 
 
 def wait_for(condition, timeout=120.0):
@@ -30,11 +20,10 @@ def wait_for(condition, timeout=120.0):
         time.sleep(0.05)
 
 
-def test_lock_names_folder_and_pid_and_stale_lock_is_taken_over(tmp_path):
+def test_lock_names_folder_and_pid_and_stale_lock_is_taken_over(tmp_path, lock_holder):
     folder = str(tmp_path / "run")
     os.makedirs(folder)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=str(REPO_ROOT), folder=folder)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(folder)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderBusy) as info:
@@ -50,14 +39,17 @@ def test_lock_names_folder_and_pid_and_stale_lock_is_taken_over(tmp_path):
         assert open(lock.path).read().strip() == str(os.getpid())
 
 
+@pytest.fixture(scope="module")
+def lock_data(make_tiny_data):
+    """4 training and 3 test videos of 10 to 30 s, 16-d features."""
+    return make_tiny_data(num_train=4, num_test=3, seed=2, durations=(10.0, 30.0), feature_dim=16)
+
+
 @pytest.mark.slow
-def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(tmp_path):
-    data_dir = tmp_path / "THUMOS14"
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=4, num_test=3, feature_dim=16, seed=2,
-                               durations=(10.0, 30.0))
-    argv = ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"), "--feature_dim", "16",
-            "--num_steps", "0", "--epochs_per_step", "5", "--eval_freq", "1000", "--sample_segments_num", "16",
-            "--batch_size", "2", "--device", "cpu"]
+def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(lock_data, tmp_path):
+    argv = ["--data_dir", str(lock_data), "--checkpoint_root", str(tmp_path / "runs"),
+            "--feature_dim", "16", "--num_steps", "0", "--epochs_per_step", "5", "--eval_freq",
+            "1000", "--sample_segments_num", "16", "--batch_size", "2", "--device", "cpu"]
     save_dir = build_args("THUMOS", argv).save_dir
     lock_path = os.path.join(save_dir, ".lock")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -68,8 +60,8 @@ def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(tmp
         wait_for(lambda: first.poll() is not None or (
             os.path.exists(lock_path) and open(lock_path).read().strip() == str(first.pid)))
         assert first.poll() is None, first.stderr.read()[-3000:]
-        second = subprocess.run(entry + argv + ["--epochs", "1"], env=env, cwd=tmp_path, capture_output=True,
-                                text=True, timeout=300)
+        second = subprocess.run(entry + argv + ["--epochs", "1"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         err = second.stderr.strip()
         assert err.count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
@@ -77,33 +69,32 @@ def test_second_entry_point_on_same_folder_exits_2_then_resume_after_sigkill(tmp
     finally:
         first.kill()
         first.communicate(timeout=60)
-    # the killed run's lock does not block the next run (--no_resume: its --epochs differs from the killed run's)
-    resumed = subprocess.run(entry + argv + ["--epochs", "1", "--no_resume"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    # the killed run's lock does not block the next run (--no_resume: its --epochs differs from
+    # the killed run's)
+    resumed = subprocess.run(entry + argv + ["--epochs", "1", "--no_resume"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_resume_with_another_seed_is_refused(tmp_path):
+def test_resume_with_another_seed_is_refused(lock_data, tmp_path):
     """A run folder holds one seed: rerunning it with another --seed stops with a one-line error
     instead of resuming the first seed's run; the same command resumes."""
-    data_dir = tmp_path / "THUMOS14"
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=4, num_test=3, feature_dim=16, seed=2,
-                               durations=(10.0, 30.0))
-    argv = ["--data_dir", str(data_dir), "--checkpoint_root", str(tmp_path / "runs"), "--feature_dim", "16",
-            "--num_steps", "0", "--epochs_per_step", "2", "--eval_freq", "1000", "--sample_segments_num", "16",
-            "--batch_size", "2", "--device", "cpu", "--epochs", "1"]
+    argv = ["--data_dir", str(lock_data), "--checkpoint_root", str(tmp_path / "runs"),
+            "--feature_dim", "16", "--num_steps", "0", "--epochs_per_step", "2", "--eval_freq",
+            "1000", "--sample_segments_num", "16", "--batch_size", "2", "--device", "cpu",
+            "--epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     entry = [sys.executable, str(REPO_ROOT / "main_THUMOS.py")]
-    first = subprocess.run(entry + argv + ["--seed", "3"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+    first = subprocess.run(entry + argv + ["--seed", "3"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    other = subprocess.run(entry + argv + ["--seed", "4"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+    other = subprocess.run(entry + argv + ["--seed", "4"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
     err = other.stderr.strip()
     assert other.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err
     assert "seed: 3 → 4" in err and build_args("THUMOS", argv).save_dir in err
-    same = subprocess.run(entry + argv + ["--seed", "3"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    same = subprocess.run(entry + argv + ["--seed", "3"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
     assert same.returncode == 0, same.stderr[-3000:]
     assert "resumed from" in same.stdout

@@ -1,12 +1,13 @@
-"""utils.keep_freed_memory: freed tensor buffers are reused instead of being page-faulted back in."""
+"""engine/run.py keep_freed_memory: freed tensor buffers are reused instead of being page-faulted
+back in."""
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from config import REPO_ROOT as REPO
+
 # 30 rounds, each allocating and freeing one tensor a little larger than the last (4 MiB + 64 KiB
 # per round: a batch's activation sizes change with its lengths and proposals); prints the minor
 # page faults the rounds took.
@@ -14,12 +15,12 @@ CHILD = """
 import resource, sys
 sys.path.insert(0, {repo!r})
 import torch
-import utils
-took = utils.keep_freed_memory() if {keep} else None
+from engine.run import keep_freed_memory
+took = keep_freed_memory() if {keep} else None
 torch.ones(2**20).sum()                                   # warm-up: the first touch faults anyway
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for step in range(1, 31):
-    torch.ones(2**20 + step * 2**14).sum()                # float32: 4 MiB + step x 64 KiB, freed at once
+    torch.ones(2**20 + step * 2**14).sum()        # float32: 4 MiB + step x 64 KiB, freed at once
 print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -44,6 +45,6 @@ def test_freed_buffers_are_reused_on_glibc():
 
 
 def test_is_a_no_op_elsewhere(monkeypatch):
-    import utils
+    from engine.run import keep_freed_memory
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert utils.keep_freed_memory() is False
+    assert keep_freed_memory() is False

@@ -1,5 +1,6 @@
-"""Model tests: released state_dict layout, masks vs a loop oracle, identity start, NaN safety,
-fast segment attention == dense released-style attention (outputs and gradients)."""
+"""model.py: released state_dict layout, masks vs a loop oracle (tests/oracles/model_loop.py),
+identity start, NaN safety, fast segment attention == dense released-style attention (outputs and
+gradients)."""
 import copy
 import math
 
@@ -8,28 +9,9 @@ import torch
 
 import config
 from losses import ASMLocLoss
-from model import ASMLoc, ASMLocBase, attention_masks, intra_packing, proposal_membership, segment_attention
-
-
-def small_args(dataset="THUMOS", *extra):
-    return config.build_args(dataset, ["--feature_dim", "32", "--num_heads", "8", "--device", "cpu", *extra])
-
-
-def loop_masks(bbox, count, T):
-    """Reference masks written from docs/method.md §4-5 with plain loops."""
-    B, K, _ = bbox.shape
-    member = torch.zeros(B, T, K, dtype=torch.bool)
-    intra = torch.zeros(B, T, T, dtype=torch.bool)
-    inter = torch.zeros(B, K, K, dtype=torch.bool)
-    for b in range(B):
-        for k in range(int(count[b])):
-            s, e = int(bbox[b, k, 0]), int(bbox[b, k, 1])
-            for t in range(s, e + 1):
-                member[b, t, k] = True
-                for u in range(s, e + 1):
-                    intra[b, t, u] = True
-        inter[b, :int(count[b]), :int(count[b])] = True
-    return member, intra, inter
+from model import (ASMLoc, ASMLocBase, attention_masks, intra_packing, proposal_membership,
+                   segment_attention)
+from oracles.model_loop import loop_attention, loop_masks, loop_runs, masked_attention
 
 
 def random_proposals(B, T, K, generator):
@@ -44,7 +26,8 @@ def random_proposals(B, T, K, generator):
 
 
 def expected_keys(D, C, embed_index, full):
-    keys = {f"feature_embedding.{embed_index}.weight": (D, D, 3), f"feature_embedding.{embed_index}.bias": (D,),
+    keys = {f"feature_embedding.{embed_index}.weight": (D, D, 3),
+            f"feature_embedding.{embed_index}.bias": (D,),
             "att_branch.weight": (2, D, 1), "att_branch.bias": (2,),
             "snippet_cls.weight": (C + 1, D), "snippet_cls.bias": (C + 1,)}
     if full:
@@ -59,21 +42,23 @@ def expected_keys(D, C, embed_index, full):
     return keys
 
 
-@pytest.mark.parametrize("dataset,classes,embed_index", [("THUMOS", 20, 0), ("ActivityNet", 200, 1)])
+@pytest.mark.parametrize("dataset,classes,embed_index",
+                         [("THUMOS", 20, 0), ("ActivityNet", 200, 1)])
 @pytest.mark.parametrize("model_cls", [ASMLocBase, ASMLoc])
 def test_state_dict_matches_released_layout(dataset, classes, embed_index, model_cls):
     args = config.build_args(dataset, ["--device", "cpu"])
     with torch.device("meta"):  # shapes only; no 2048 x 2048 weights allocated
-        model = model_cls(args)
+        model = model_cls.from_config(args)
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert got == expected_keys(2048, classes, embed_index, model_cls is ASMLoc)
 
 
-def test_ablation_switches_drop_modules():
+def test_ablation_switches_drop_modules(small_args):
     args = small_args("THUMOS", "--use_intra_attention", "false", "--use_uncertainty", "false")
-    model = ASMLoc(args)
+    model = ASMLoc.from_config(args)
     keys = model.state_dict().keys()
-    assert not any(k.startswith("MHSA_Intra") for k in keys) and "uncertainty_branch.weight" not in keys
+    assert not any(k.startswith("MHSA_Intra") for k in keys)
+    assert "uncertainty_branch.weight" not in keys
     assert any(k.startswith("MHSA_Inter") for k in keys)
     out = model(torch.randn(2, 10, 32), torch.tensor([[[1, 4]], [[0, 9]]]), torch.tensor([1, 1]))
     assert out.uncertainty is None
@@ -82,32 +67,35 @@ def test_ablation_switches_drop_modules():
 def test_masks_equal_loop_version():
     generator = torch.Generator().manual_seed(0)
     for T, K in ((1, 1), (7, 3), (30, 9)):
-        bbox, count = random_proposals(4, T, K, generator) if T > 1 else (torch.zeros(4, 1, 2, dtype=torch.long),
-                                                                          torch.tensor([1, 0, 1, 0]))
+        bbox, count = (random_proposals(4, T, K, generator) if T > 1 else
+                       (torch.zeros(4, 1, 2, dtype=torch.long), torch.tensor([1, 0, 1, 0])))
         member, valid = proposal_membership(bbox, count, T)
         intra, inter = attention_masks(member, valid)
         ref_member, ref_intra, ref_inter = loop_masks(bbox, count, T)
-        assert torch.equal(member, ref_member) and torch.equal(intra, ref_intra) and torch.equal(inter, ref_inter)
+        assert torch.equal(member, ref_member) and torch.equal(intra, ref_intra)
+        assert torch.equal(inter, ref_inter)
 
 
-def test_shapes_and_topk_pooling():
+def test_shapes_and_topk_pooling(small_args):
     args = small_args()
-    model = ASMLocBase(args).eval()
+    model = ASMLocBase.from_config(args).eval()
     features = torch.randn(2, 5, 32)
     out = model(features)
-    assert out.fg_cls.shape == (2, 21) and out.temp_att.shape == (2, 5, 2) and out.cas.shape == (2, 5, 21)
+    assert out.fg_cls.shape == (2, 21) and out.temp_att.shape == (2, 5, 2)
+    assert out.cas.shape == (2, 5, 21)
     assert out.uncertainty is None
     # T // fg_topk_seg = 0 -> k = 1: fg_cls is the softmax of the per-class max
     emb = model.embed(features)
     logits = model.snippet_cls(emb)
-    fg = logits * torch.softmax(model.att_branch(emb.transpose(1, 2)).transpose(1, 2), dim=2)[:, :, :1]
+    att = torch.softmax(model.att_branch(emb.transpose(1, 2)).transpose(1, 2), dim=2)
+    fg = logits * att[:, :, :1]
     torch.testing.assert_close(out.fg_cls, torch.softmax(fg.max(dim=1).values, dim=1))
     torch.testing.assert_close(out.fg_cls.sum(dim=1), torch.ones(2))
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_attention_blocks_are_identity_at_init(train):
-    model = ASMLoc(small_args()).train(train)
+def test_attention_blocks_are_identity_at_init(train, small_args):
+    model = ASMLoc.from_config(small_args()).train(train)
     x = torch.randn(3, 20, 32)
     bbox, count = random_proposals(3, 20, 5, torch.Generator().manual_seed(1))
     member, valid = proposal_membership(bbox, count, 20)
@@ -129,12 +117,13 @@ def randomise_bn(model, generator):
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_no_nan_with_empty_proposals(fast):
-    model = ASMLoc(small_args()).train()
+def test_no_nan_with_empty_proposals(fast, small_args):
+    model = ASMLoc.from_config(small_args()).train()
     randomise_bn(model, torch.Generator().manual_seed(0))
     model.fast_attention = fast
     features = torch.randn(2, 12, 32)
-    for bbox, count in ((torch.zeros(2, 4, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long)), (None, None)):
+    empty = (torch.zeros(2, 4, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    for bbox, count in (empty, (None, None)):
         model.zero_grad()
         out = model(features, bbox, count)
         sum(o.sum() for o in out).backward()
@@ -159,7 +148,7 @@ def run_and_grad(model, features, bbox, count, dense_oracle):
 @pytest.mark.parametrize("dataset", ["THUMOS", "ActivityNet"])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fast_path_equals_dense_oracle(dataset, train, dtype, packing):
+def test_fast_path_equals_dense_oracle(dataset, train, dtype, packing, small_args):
     # Both paths compute the same sums in other orders and groupings. A sum of n terms is off by
     # at most n*u times the sum of |terms| (u = eps/2, the unit roundoff); the longest sums here
     # run over the B*T = 120 snippets (BatchNorm statistics, weight gradients), and the forward
@@ -169,9 +158,9 @@ def test_fast_path_equals_dense_oracle(dataset, train, dtype, packing):
     # tol = 9 * 16 * 120 * u, relative to the largest magnitude: 1.0e-3 in float32 (seen:
     # up to 7.6e-5 over 48 seeds/configs), 1.9e-12 in float64 (seen: 5.8e-14), the exact check.
     tol = 9 * 16 * 120 * torch.finfo(dtype).eps / 2
-    torch.manual_seed(4)                   # the model's initial weights: the same alone or in the suite
+    torch.manual_seed(4)               # the model's initial weights: the same alone or in the suite
     generator = torch.Generator().manual_seed(4)
-    model = ASMLoc(small_args(dataset)).to(dtype).train(train)
+    model = ASMLoc.from_config(small_args(dataset)).to(dtype).train(train)
     randomise_bn(model, generator)
     with torch.no_grad():  # larger q/k weights, so the attention is far from uniform
         for p in model.parameters():
@@ -194,26 +183,6 @@ def test_fast_path_equals_dense_oracle(dataset, train, dtype, packing):
         close(state_f[name].to(dtype), state_d[name].to(dtype))
 
 
-def loop_runs(bbox, count, T):
-    """Runs of covered snippets written from their definition with loops: t-1 and t are in one run
-    when some proposal contains both. Returns [(video, [snippets])] in (video, time) order."""
-    runs = []
-    for b in range(bbox.shape[0]):
-        spans = [(int(bbox[b, k, 0]), int(bbox[b, k, 1])) for k in range(int(count[b]))]
-        current = []
-        for t in range(T):
-            inside = any(s <= t <= e for s, e in spans)
-            joined = bool(current) and any(s <= t - 1 and t <= e for s, e in spans)
-            if current and not (inside and joined):
-                runs.append((b, current))
-                current = []
-            if inside:
-                current.append(t)
-        if current:
-            runs.append((b, current))
-    return runs
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_intra_packing_equals_loop_runs(seed):
     generator = torch.Generator().manual_seed(seed)
@@ -228,8 +197,8 @@ def test_intra_packing_equals_loop_runs(seed):
     runs = loop_runs(bbox, count, T)
     for packing in ("video", "run", "auto"):
         slot, groups = intra_packing(member, covered, sel, packing)
-        assert len(set(slot.tolist())) == len(sel)                       # one slot per covered snippet
-        row_of = {}                                                       # slot -> (group, row, column)
+        assert len(set(slot.tolist())) == len(sel)                    # one slot per covered snippet
+        row_of = {}                                                   # slot -> (group, row, column)
         for g, (offset, rows, length) in enumerate(groups):
             for i in range(rows * length):
                 row_of[offset + i] = (g, i // length, i % length)
@@ -245,12 +214,13 @@ def test_intra_packing_equals_loop_runs(seed):
             run_cost = sum(len(lengths) * max(lengths) ** 2 for lengths in classes.values())
             if run_cost < video_cost:
                 units = runs
-        for b, snippets in units:                                         # a unit fills one row, in order
+        for b, snippets in units:                                   # a unit fills one row, in order
             cells = [where[b * T + t] for t in snippets]
             assert len({cell[:2] for cell in cells}) == 1
             assert [cell[2] for cell in cells] == list(range(len(snippets)))
-        assert len({where[b * T + s[0]][:2] for b, s in units}) == len(units)  # no two units share a row
-        if packing == "run":            # a group: run lengths in (2^(j-1), 2^j], row length = the longest
+        # no two units share a row
+        assert len({where[b * T + s[0]][:2] for b, s in units}) == len(units)
+        if packing == "run":      # a group: run lengths in (2^(j-1), 2^j], row length = the longest
             lengths = {}
             for b, snippets in runs:
                 lengths.setdefault(where[b * T + snippets[0]][0], []).append(len(snippets))
@@ -260,7 +230,8 @@ def test_intra_packing_equals_loop_runs(seed):
 
 
 def test_intra_packing_hand_case():
-    # one video, T = 10: proposals [0, 2] and [2, 3] overlap (one run of 4), [5, 5] alone, [7, 8] alone
+    # one video, T = 10: proposals [0, 2] and [2, 3] overlap (one run of 4), [5, 5] alone,
+    # [7, 8] alone
     bbox = torch.tensor([[[0, 2], [2, 3], [5, 5], [7, 8]]])
     member, _ = proposal_membership(bbox, torch.tensor([4]), 10)
     covered = member.any(dim=2)
@@ -276,12 +247,12 @@ def test_intra_packing_hand_case():
     assert intra_packing(member, covered, sel, "auto")[1] == [(0, 1, 1), (1, 1, 2), (3, 1, 4)]
 
 
-def test_gradients_reach_parameters():
+def test_gradients_reach_parameters(small_args):
     """Every parameter gets a gradient, except two biases that cannot influence a training loss:
     conv_key.bias (adds a per-query constant to the logits; softmax ignores it) and
     conv_out.bias (a per-channel constant that training-mode BatchNorm subtracts again)."""
     args = small_args()
-    model = ASMLoc(args).double().train()
+    model = ASMLoc.from_config(args).double().train()
     features = torch.randn(4, 24, 32, dtype=torch.float64)
     bbox, count = random_proposals(4, 24, 6, torch.Generator().manual_seed(2))
     label = torch.zeros(4, 20, dtype=torch.float64)
@@ -289,7 +260,7 @@ def test_gradients_reach_parameters():
     pseudo = torch.softmax(torch.randn(4, 24, 21, dtype=torch.float64), dim=2)
     # at initialisation the blocks are the identity (BN weight 0): only bn.weight / bn.bias
     # get gradient inside them; the q/k/v/out convolutions get exactly zero
-    ASMLocLoss(args)(label, model(features, bbox, count), pseudo)[0].backward()
+    ASMLocLoss.from_config(args)(label, model(features, bbox, count), pseudo)[0].backward()
     for name, p in model.named_parameters():
         if name.startswith("MHSA_") and ".conv_" in name:
             assert torch.count_nonzero(p.grad) == 0, name
@@ -297,7 +268,7 @@ def test_gradients_reach_parameters():
             assert p.grad.abs().max() > 0, name
     model.zero_grad()
     randomise_bn(model, torch.Generator().manual_seed(5))
-    ASMLocLoss(args)(label, model(features, bbox, count), pseudo)[0].backward()
+    ASMLocLoss.from_config(args)(label, model(features, bbox, count), pseudo)[0].backward()
     for name, p in model.named_parameters():
         if name.endswith(("conv_key.bias", "conv_out.bias")):
             assert p.grad.abs().max() < 1e-12, name
@@ -305,19 +276,20 @@ def test_gradients_reach_parameters():
             assert p.grad.abs().max() > 1e-6, name
 
 
-def test_uncertainty_init_and_no_pseudo_loss_gradient():
+def test_uncertainty_init_and_no_pseudo_loss_gradient(small_args):
     args = small_args("THUMOS", "--use_pseudo_instance_loss", "false")
-    model = ASMLoc(args)
-    assert model.uncertainty_branch.bias is None and model.uncertainty_branch.weight.abs().max() < 1e-3
+    model = ASMLoc.from_config(args)
+    assert model.uncertainty_branch.bias is None
+    assert model.uncertainty_branch.weight.abs().max() < 1e-3
     out = model(torch.randn(2, 10, 32), torch.tensor([[[0, 4]], [[2, 9]]]), torch.tensor([1, 1]))
-    loss, _ = ASMLocLoss(args)(torch.eye(20)[:2], out)
+    loss, _ = ASMLocLoss.from_config(args)(torch.eye(20)[:2], out)
     loss.backward()
     assert model.uncertainty_branch.weight.grad is None  # only the pseudo instance loss trains it
 
 
-def test_fast_path_runs_under_autocast():
+def test_fast_path_runs_under_autocast(small_args):
     """--amp uses bf16 autocast: mixed dtypes must not break the index_copy packing."""
-    model = ASMLoc(small_args()).train()
+    model = ASMLoc.from_config(small_args()).train()
     bbox, count = random_proposals(3, 20, 5, torch.Generator().manual_seed(6))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(3, 20, 32), bbox, count)
@@ -326,40 +298,15 @@ def test_fast_path_runs_under_autocast():
 
 
 # ----------------------------------------------------------------------------- fused attention
-def masked_attention(q, k, v, mask, scale):
-    """Oracle (the model's former hand-written attention): dense masked softmax, empty rows 0."""
-    empty = ~mask.any(dim=-1, keepdim=True)                             # (B, Nq, 1)
-    logits = (q * scale) @ k.transpose(-1, -2)                          # (B, h, Nq, Nk)
-    logits = logits.masked_fill(~(mask | empty)[:, None], float("-inf"))
-    attn = torch.softmax(logits, dim=-1).masked_fill(empty[:, None], 0.0)
-    return attn @ v                                                     # (B, h, Nq, dh)
-
-
-def loop_attention(q, k, v, mask, scale):
-    """Oracle from the definition, one query row at a time: softmax over the allowed keys only."""
-    B, h, Nq, dh = q.shape
-    rows = []
-    for b in range(B):
-        for head in range(h):
-            for i in range(Nq):
-                keys = mask[b, i].nonzero().squeeze(1)
-                if len(keys) == 0:
-                    rows.append(q.new_zeros(dh))
-                    continue
-                weights = torch.softmax(scale * (k[b, head, keys] @ q[b, head, i]), dim=0)  # (n,)
-                rows.append(weights @ v[b, head, keys])                 # (dh,)
-    return torch.stack(rows).view(B, h, Nq, dh)
-
-
 def attention_case(generator, dtype, B=3, h=2, T=11, dh=4, kind="proposals"):
     """Random q/k/v and a mask with empty rows, fully covered rows and single-snippet proposals."""
     q, k, v = (3 * torch.randn(B, h, T, dh, generator=generator, dtype=dtype) for _ in range(3))
     if kind == "proposals":
         bbox, count = random_proposals(B, T, 4, generator)
-        bbox[0, 2] = torch.tensor([0, T - 1])                           # covers every snippet of video 0
-        bbox[0, 3] = torch.tensor([5, 5])                               # single snippet
+        bbox[0, 2] = torch.tensor([0, T - 1])                      # covers every snippet of video 0
+        bbox[0, 3] = torch.tensor([5, 5])                          # single snippet
         member, valid = proposal_membership(bbox, count, T)
-        mask = attention_masks(member, valid)[0]                        # (B, T, T); video 1 all empty
+        mask = attention_masks(member, valid)[0]                   # (B, T, T); video 1 all empty
     else:  # unstructured, including non-square (Nq != Nk) masks
         k, v = k[:, :, :T - 3], v[:, :, :T - 3]
         mask = torch.rand(B, T, T - 3, generator=generator) < 0.4
@@ -379,7 +326,7 @@ def attention_and_grads(fn, q, k, v, mask, scale, upstream):
 def test_segment_attention_equals_loop_oracle(kind, dtype):
     generator = torch.Generator().manual_seed(11)
     (q, k, v), mask = attention_case(generator, dtype, kind=kind)
-    assert (~mask.any(-1)).any() and mask.all(-1).any()                 # empty and full rows present
+    assert (~mask.any(-1)).any() and mask.all(-1).any()                # empty and full rows present
     scale = q.shape[-1] ** -0.5
     upstream = torch.randn(q.shape, generator=generator, dtype=dtype)
     fused = attention_and_grads(segment_attention, q, k, v, mask, scale, upstream)
@@ -403,7 +350,8 @@ def test_segment_attention_hand_case():
     v = torch.tensor([1.0, 5.0], dtype=torch.float64).view(1, 1, 2, 1)
     mask = torch.tensor([[[True, True], [True, False], [False, False]]])
     out = segment_attention(q, k, v, mask, 1.0).flatten()
-    torch.testing.assert_close(out, torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64), rtol=0,
+                               atol=1e-12)
 
 
 def test_segment_attention_all_empty_no_nan():

@@ -5,26 +5,16 @@ import os
 import pytest
 import torch
 
-import engine
-import runner
 from config import build_args
-from synthetic_data import generate_synthetic_dataset
+from engine import passes
+from engine import run as runner
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("repro") / "THUMOS14"
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=10, num_test=6, feature_dim=32, seed=5,
-                               durations=(20.0, 50.0))
-    return data_dir
-
-
-def tiny_argv(data_dir, checkpoint_root, *extra):
-    # 6 epochs, 2 per step: every step has a second epoch (persistent workers are reused there)
-    return ["--data_dir", str(data_dir), "--checkpoint_root", str(checkpoint_root), "--feature_dim", "32",
-            "--epochs", "6", "--epochs_per_step", "2", "--num_steps", "2", "--eval_freq", "2",
-            "--sample_segments_num", "48", "--max_segments_num", "16", "--batch_size", "4", "--lr", "0.001",
-            "--device", "cpu", *extra]
+def repro_data(make_tiny_data):
+    """10 training and 6 test videos of 20 to 50 s (seed 5). The tiny run (tiny_argv) has 6
+    epochs, 2 per step: every step has a second epoch (persistent workers are reused there)."""
+    return make_tiny_data(num_train=10, num_test=6, seed=5, durations=(20.0, 50.0))
 
 
 def run_and_read(argv):
@@ -34,13 +24,14 @@ def run_and_read(argv):
     states = {name: torch.load(os.path.join(save_dir, name), weights_only=False)
               for name in sorted(os.listdir(save_dir)) if name.endswith(".pth")}
     with open(os.path.join(save_dir, "log.txt")) as handle:
-        lines = [line.split(" | lr ")[-1] for line in handle if "mAP@tIoU" in line]   # without the wall clock
+        # without the wall clock
+        lines = [line.split(" | lr ")[-1] for line in handle if "mAP@tIoU" in line]
     return best, states, lines
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
-    return run_and_read(tiny_argv(tiny_data, tmp_path_factory.mktemp("j0"), "--num_workers", "0"))
+def reference(repro_data, tiny_argv, tmp_path_factory):
+    return run_and_read(tiny_argv(repro_data, tmp_path_factory.mktemp("j0"), "--num_workers", "0"))
 
 
 def assert_same_run(a, b):
@@ -57,25 +48,27 @@ def assert_same_run(a, b):
         assert state["rng"]["torch"].equal(states_b[name]["rng"]["torch"]), name
 
 
-def test_same_run_with_two_workers(tiny_data, tmp_path, reference):
+def test_same_run_with_two_workers(repro_data, tiny_argv, tmp_path, reference):
     """Batch order and each item's random sampling come from the run's generator in the main
     process, so -j 2 (workers kept between epochs) repeats -j 0 bit for bit."""
-    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path, "--num_workers", "2")))
+    assert_same_run(reference, run_and_read(tiny_argv(repro_data, tmp_path, "--num_workers", "2")))
 
 
-def test_same_run_twice_and_with_deterministic(tiny_data, tmp_path, reference, monkeypatch):
+def test_same_run_twice_and_with_deterministic(repro_data, tiny_argv, tmp_path, reference,
+                                               monkeypatch):
     """Two CPU runs are bit-identical; --deterministic is on during the run, restored after, and
     changes no number on the CPU."""
-    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path / "again")))
+    assert_same_run(reference, run_and_read(tiny_argv(repro_data, tmp_path / "again")))
     seen = []
-    original = engine.train_one_epoch
+    original = passes.train_one_epoch
 
     def recording(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", recording)
+    monkeypatch.setattr(passes, "train_one_epoch", recording)
     before = torch.are_deterministic_algorithms_enabled()
-    assert_same_run(reference, run_and_read(tiny_argv(tiny_data, tmp_path / "det", "--deterministic")))
+    assert_same_run(reference, run_and_read(tiny_argv(repro_data, tmp_path / "det",
+                                                      "--deterministic")))
     assert seen == [True] * 6
     assert torch.are_deterministic_algorithms_enabled() == before

@@ -1,25 +1,15 @@
-"""The evaluation and step-switch schedules against the released rules written as loops."""
+"""engine/refinement.py: the evaluation schedule against the released rule written as a loop
+(tests/oracles/schedule_loop.py)."""
 from types import SimpleNamespace
 
 import pytest
 
-from refinement import is_eval_epoch
+from engine.refinement import is_eval_epoch
+from oracles.schedule_loop import released_eval_epochs
 
 SCHEDULES = [  # (epochs, eval_freq): the demo, THUMOS, ActivityNet and small edge cases
     (60, 5), (800, 5), (100, 5), (10, 1), (9, 3), (12, 5), (1, 5), (3, 7),
 ]
-
-
-def released_eval_epochs(epochs, eval_freq):
-    """The released training loop's test: after 0-based epoch e, evaluate when
-    (e + 1) % eval_freq == 0 or e > epochs - 10."""
-    chosen = []
-    for epoch in range(epochs):
-        if (epoch + 1) % eval_freq == 0:
-            chosen.append(epoch)
-        elif epoch > epochs - 10:
-            chosen.append(epoch)
-    return chosen
 
 
 @pytest.mark.parametrize("epochs, eval_freq", SCHEDULES)
@@ -30,8 +20,9 @@ def test_eval_epochs_equal_released_rule(epochs, eval_freq):
 
 
 def test_eval_epochs_hand_computed():
-    """Demo schedule (60 epochs, every 5): 4, 9, ..., 49, then 51..59 (the last 9), and 54, 59 once."""
+    """Demo schedule (60 epochs, every 5): 4, 9, ..., 49, then 51..59 (the last 9), and 54, 59
+    once."""
     args = SimpleNamespace(epochs=60, eval_freq=5)
     expected = [4, 9, 14, 19, 24, 29, 34, 39, 44, 49] + list(range(51, 60))
     assert [epoch for epoch in range(60) if is_eval_epoch(epoch, args)] == expected
-    assert not is_eval_epoch(50, args)      # epochs - 10 is not evaluated (the released rule is strict)
+    assert not is_eval_epoch(50, args)  # epochs - 10 is not evaluated (the released rule is strict)

@@ -31,7 +31,8 @@ def loop_average_precision(hits, n_pos):
     mrec = [0.0] + recall + [1.0]
     for i in range(len(mprec) - 2, -1, -1):
         mprec[i] = max(mprec[i], mprec[i + 1])
-    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec))
+               if mrec[i] != mrec[i - 1])
 
 
 def loop_evaluate(gt_data, pred_data, thresholds, subset):

@@ -24,16 +24,18 @@ def loop_voc(seq, n_pos, normalizer=None):
     for h in seq:
         tp, fp = tp + h, fp + (1 - h)
         r = tp / n_pos
-        prec.append(tp / (tp + fp) if normalizer is None else r * normalizer / (r * normalizer + fp))
+        prec.append(tp / (tp + fp) if normalizer is None
+                    else r * normalizer / (r * normalizer + fp))
         rec.append(r)
     mprec, mrec = [0.0] + prec + [0.0], [0.0] + rec + [1.0]
     for i in range(len(mprec) - 2, -1, -1):
         mprec[i] = max(mprec[i], mprec[i + 1])
-    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec))
+               if mrec[i] != mrec[i - 1])
 
 
-def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg, max_k=10, cumulative=False,
-                  ignore_any_tiou=False):
+def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg, max_k=10,
+                  cumulative=False, ignore_any_tiou=False):
     """Rows of the characteristic table and the false-positive counts (max_k, 6).
 
     In a bin, a prediction matched to a GT outside it is skipped at that threshold; with
@@ -80,7 +82,8 @@ def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg,
     bins = [("all", "all", set(range(len(gts))))]
     for name, (edges, labels) in table.items():
         for b, label in enumerate(labels):
-            bins.append((name, label, {g for g in range(len(gts)) if loop_bin(value[name][g], edges) == b}))
+            bins.append((name, label, {g for g in range(len(gts))
+                                       if loop_bin(value[name][g], edges) == b}))
     rows = []
     for name, label, members in bins:
         row = {"characteristic": name, "bin": label, "gt_count": len(members)}
@@ -109,7 +112,8 @@ def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg,
                 maps_n.append(np.mean(aps_n))
             row.update({f"mAP@{t:.2f}": m for t, m in zip(thresholds, maps)})
             row["avg_mAP"], row["avg_mAP_N"] = np.mean(maps[:n_avg]), np.mean(maps_n[:n_avg])
-            found = {m for (c, i, ti), m in matched.items() if ti == len(thresholds) and m is not None}
+            found = {m for (c, i, ti), m in matched.items()
+                     if ti == len(thresholds) and m is not None}
             row["recall"] = len(found & members) / len(members)
         rows.append(row)
     counts = np.zeros((max_k, len(ERROR_TYPES)), dtype=int)

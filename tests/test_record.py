@@ -1,5 +1,6 @@
-"""metrics.jsonl and results.json of a tiny run: what the log prints, no duplicates after a kill
-between the record's append and the checkpoint save; --val_videos: held out, never trained on, selected."""
+"""metrics.jsonl and results.json (engine/record.py) of a tiny run: what the log prints, no
+duplicates after a kill between the record's append and the checkpoint save; --val_videos: held
+out, never trained on, selected."""
 import hashlib
 import json
 import os
@@ -7,27 +8,25 @@ import re
 
 import pytest
 
-import engine
-import refinement
-import runner
 from config import build_args
 from dataset import VideoDataset
-from synthetic_data import generate_synthetic_dataset
+from engine import passes, training
+from engine import run as runner
+from utils import UserError
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("record") / "THUMOS14"
-    # 5 of the 20 classes: enough videos per class that the mAP moves from epoch to epoch
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=12, num_test=8, feature_dim=32, seed=0,
-                               class_names=build_args("THUMOS").class_name_lst[:5], durations=(20.0, 60.0))
-    return data_dir
+def record_data(make_tiny_data):
+    """5 of the 20 classes: enough videos per class that the mAP moves from epoch to epoch."""
+    return make_tiny_data(classes=5)
 
 
-def tiny_argv(data_dir, root, *extra):
-    return ["--data_dir", str(data_dir), "--checkpoint_root", str(root), "--feature_dim", "32", "--epochs", "6",
-            "--epochs_per_step", "2", "--num_steps", "2", "--eval_freq", "2", "--sample_segments_num", "48",
-            "--max_segments_num", "16", "--batch_size", "4", "--lr", "0.003", "--device", "cpu", *extra]
+@pytest.fixture(scope="module")
+def record_argv(tiny_argv):
+    """The tiny run at lr 0.003."""
+    def make(data_dir, root, *extra):
+        return tiny_argv(data_dir, root, *extra, lr=0.003)
+    return make
 
 
 def read_record(save_dir):
@@ -44,57 +43,63 @@ def log_line(save_dir, prefix):
         return [line for line in handle.read().splitlines() if line.startswith(prefix)][-1]
 
 
-def test_record_matches_log_and_resume_after_kill_before_checkpoint_has_no_duplicate(tiny_data, tmp_path,
-                                                                                     monkeypatch):
-    straight = tiny_argv(tiny_data, tmp_path / "straight")
+def test_record_matches_log_and_resume_after_kill_before_checkpoint_has_no_duplicate(
+        record_data, record_argv, tmp_path, monkeypatch):
+    straight = record_argv(record_data, tmp_path / "straight")
     best = runner.run("THUMOS", straight)
     save_dir = build_args("THUMOS", straight).save_dir
     entries = read_record(save_dir)
-    assert len({e["average_mAP"] for e in entries}) > 2                          # a record that can tell epochs apart
-    assert [(e["step"], e["epoch"]) for e in entries] == [(e // 2, e) for e in range(6)]    # every epoch evaluated
+    assert len({e["average_mAP"] for e in entries}) > 2     # a record that can tell epochs apart
+    # every epoch evaluated
+    assert [(e["step"], e["epoch"]) for e in entries] == [(e // 2, e) for e in range(6)]
     assert all("val" not in e and {"total", "accuracy"} <= set(e["train"]) for e in entries)
     assert all(a["wall_s"] <= b["wall_s"] for a, b in zip(entries, entries[1:]))
     with open(os.path.join(save_dir, "results.json")) as handle:
         results = json.load(handle)
     # the final best per step equals what the log prints, and the record's evaluation of that epoch
-    printed = [float(v) for v in re.findall(r"step \d+ (-?[\d.]+)", log_line(save_dir, "best average mAP per step:"))]
+    printed = [float(v) for v in re.findall(r"step \d+ (-?[\d.]+)",
+                                            log_line(save_dir, "best average mAP per step:"))]
     steps = results["steps"]
     assert [float(f"{steps[str(k)]['best']['average_mAP']:.2f}") for k in range(3)] == printed
-    assert [steps[str(k)]["best"]["average_mAP"] for k in range(3)] == [100 * value for value in best]
+    assert [steps[str(k)]["best"]["average_mAP"] for k in range(3)] == [
+        100 * value for value in best]
     for k in range(3):
         mine = [e for e in entries if e["step"] == k]
         top = max(e["average_mAP"] for e in mine)
         first_best = next(e for e in mine if e["average_mAP"] == top)
         assert steps[str(k)]["best"]["epoch"] == first_best["epoch"]
         assert steps[str(k)]["best"]["mAP"] == first_best["mAP"]
-        assert steps[str(k)]["last"]["epoch"] == mine[-1]["epoch"] and "val_selected" not in steps[str(k)]
+        assert steps[str(k)]["last"]["epoch"] == mine[-1]["epoch"]
+        assert "val_selected" not in steps[str(k)]
         assert set(steps[str(k)]["best"]["averages"]) == {"0.1:0.5", "0.3:0.7"}
     assert "last epoch average mAP per step: " + ", ".join(
-        f"step {k} {steps[str(k)]['last']['average_mAP']:.2f} (epoch {2 * k + 1})" for k in range(3)) \
-        == log_line(save_dir, "last epoch average mAP per step:")
+        f"step {k} {steps[str(k)]['last']['average_mAP']:.2f} (epoch {2 * k + 1})"
+        for k in range(3)) == log_line(save_dir, "last epoch average mAP per step:")
     with open(os.path.join(save_dir, "config.json"), "rb") as handle:
         assert results["config_sha256"] == hashlib.sha256(handle.read()).hexdigest()
     assert results["validation"] is None and results["protocol"]["evaluated_videos"] == 8
     assert {"git_commit", "torch", "numpy", "python", "device", "wall_s"} <= set(results)
-    assert log_line(save_dir, "evaluation protocol:").startswith("evaluation protocol: split_test.txt lists 8 videos")
+    assert log_line(save_dir, "evaluation protocol:").startswith(
+        "evaluation protocol: split_test.txt lists 8 videos")
 
     # killed after epoch 3's evaluation was recorded, before any of its checkpoints was saved
-    killed = tiny_argv(tiny_data, tmp_path / "killed")
-    original = refinement.Refinement.save_checkpoint
+    killed = record_argv(record_data, tmp_path / "killed")
+    original = training.save_checkpoints
 
-    def kill_at_epoch_3(self, epoch, name, rng_states):
+    def kill_at_epoch_3(run, parts, epoch, improved):
         if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, epoch, name, rng_states)
-    monkeypatch.setattr(refinement.Refinement, "save_checkpoint", kill_at_epoch_3)
+        return original(run, parts, epoch, improved)
+    monkeypatch.setattr(training, "save_checkpoints", kill_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         runner.run("THUMOS", killed)
     killed_dir = build_args("THUMOS", killed).save_dir
     assert [e["epoch"] for e in read_record(killed_dir)] == [0, 1, 2, 3]
     assert not os.path.exists(os.path.join(killed_dir, "results.json"))
-    monkeypatch.setattr(refinement.Refinement, "save_checkpoint", original)
+    monkeypatch.setattr(training, "save_checkpoints", original)
     assert runner.run("THUMOS", killed) == best
-    assert without_wall(read_record(killed_dir)) == without_wall(entries)       # epoch 3 once, as straight
+    # epoch 3 once, as straight
+    assert without_wall(read_record(killed_dir)) == without_wall(entries)
     with open(os.path.join(killed_dir, "results.json")) as handle:
         assert json.load(handle)["steps"] == steps
     # a finished run rerun: nothing to train, the record and results stay
@@ -102,29 +107,30 @@ def test_record_matches_log_and_resume_after_kill_before_checkpoint_has_no_dupli
     assert without_wall(read_record(killed_dir)) == without_wall(entries)
 
 
-def test_val_videos_held_out_never_trained_and_selected(tiny_data, tmp_path, monkeypatch):
-    argv = tiny_argv(tiny_data, tmp_path, "--val_videos", "0.25")
+def test_val_videos_held_out_never_trained_and_selected(record_data, record_argv, tmp_path,
+                                                        monkeypatch):
+    argv = record_argv(record_data, tmp_path, "--val_videos", "0.25")
     trained = set()
-    original = engine.forward
+    original = passes.forward
 
-    def recording_forward(model, batch, step, args):
+    def recording_forward(model, batch, args):
         if model.training:
             trained.update(batch["vid_name"])
-        return original(model, batch, step, args)
-    monkeypatch.setattr(engine, "forward", recording_forward)
+        return original(model, batch, args)
+    monkeypatch.setattr(passes, "forward", recording_forward)
     runner.run("THUMOS", argv)
     args = build_args("THUMOS", argv)
     with open(os.path.join(args.save_dir, "val_videos.txt")) as handle:
         held_out = handle.read().split()
-    train_list = (tiny_data / "split_train.txt").read_text().split()
+    train_list = (record_data / "split_train.txt").read_text().split()
     assert len(held_out) == 3 and set(held_out) < set(train_list)                 # 25 % of 12
-    assert trained == set(train_list) - set(held_out)                            # and no held-out video
+    assert trained == set(train_list) - set(held_out)                    # and no held-out video
     with open(os.path.join(args.save_dir, "val_gt.json")) as handle:
         assert sorted(json.load(handle)["database"]) == sorted(held_out)
     with open(os.path.join(args.save_dir, "pseudo_proposals_step1.json")) as handle:
-        assert set(held_out) <= set(json.load(handle)["results"])                # scored like test videos
+        assert set(held_out) <= set(json.load(handle)["results"])        # scored like test videos
     full = VideoDataset(args, "full", "uniform", held_out=held_out)
-    assert not any(full.is_train_video(vid) for vid in held_out)                 # predicted label sets
+    assert not any(full.is_train_video(vid) for vid in held_out)         # predicted label sets
     entries = read_record(args.save_dir)
     with open(os.path.join(args.save_dir, "results.json")) as handle:
         results = json.load(handle)
@@ -139,5 +145,5 @@ def test_val_videos_held_out_never_trained_and_selected(tiny_data, tmp_path, mon
     line = log_line(args.save_dir, "validation-selected per step:")
     assert f"step 2 epoch {results['steps']['2']['val_selected']['epoch']} " in line
     # the folder is this held-out list's: resuming it without the flag is refused
-    with pytest.raises(runner.UserError, match=r"val_videos: \S+ → "):
-        runner.run("THUMOS", tiny_argv(tiny_data, tmp_path))
+    with pytest.raises(UserError, match=r"val_videos: \S+ → "):
+        runner.run("THUMOS", record_argv(record_data, tmp_path))

@@ -1,4 +1,5 @@
-"""End to end: the refinement pipeline on a tiny synthetic dataset, resume, and test mode."""
+"""End to end (engine/training.py): the refinement pipeline on a tiny synthetic dataset, resume,
+and test mode."""
 import json
 import os
 import subprocess
@@ -7,29 +8,10 @@ import sys
 import pytest
 import torch
 
-import engine
-import runner
-from config import build_args
-from conftest import REPO_ROOT
+from config import REPO_ROOT, build_args
 from dataset import VideoDataset
-from synthetic_data import generate_synthetic_dataset
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    data_dir = root / "THUMOS14"
-    class_names = build_args("THUMOS").class_name_lst
-    generate_synthetic_dataset(data_dir, kind="THUMOS", num_train=12, num_test=8, feature_dim=32, seed=0,
-                               class_names=class_names, durations=(20.0, 60.0))
-    return data_dir
-
-
-def tiny_argv(data_dir, checkpoint_root, epochs=6):
-    return ["--data_dir", str(data_dir), "--checkpoint_root", str(checkpoint_root), "--feature_dim", "32",
-            "--epochs", str(epochs), "--epochs_per_step", "2", "--num_steps", "2", "--eval_freq", "2",
-            "--sample_segments_num", "48", "--max_segments_num", "16", "--batch_size", "4", "--lr", "0.001",
-            "--device", "cpu"]
+from engine import passes
+from engine import run as runner
 
 
 def final_state(save_dir):
@@ -37,7 +19,7 @@ def final_state(save_dir):
     return state
 
 
-def test_entry_point_runs_all_steps(tiny_data, tmp_path):
+def test_entry_point_runs_all_steps(tiny_data, tiny_argv, tmp_path):
     argv = tiny_argv(tiny_data, tmp_path)
     done = subprocess.run([sys.executable, str(REPO_ROOT / "main_THUMOS.py"), *argv], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -45,8 +27,8 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
     save_dir = build_args("THUMOS", argv).save_dir
     files = set(os.listdir(save_dir))
     for name in ["model_latest.pth", "model_step0_last_epoch.pth", "model_step1_last_epoch.pth",
-                 "model_step2_best_epoch.pth", "pseudo_proposals_step1.json", "pseudo_proposals_step2.json",
-                 "config.json", "log.txt", "tensorboard"]:
+                 "model_step2_best_epoch.pth", "pseudo_proposals_step1.json",
+                 "pseudo_proposals_step2.json", "config.json", "log.txt", "tensorboard"]:
         assert name in files, f"{name} missing from {sorted(files)}"
     assert final_state(save_dir)["epoch"] == 6
     assert final_state(save_dir)["step"] == 2
@@ -63,17 +45,19 @@ def test_entry_point_runs_all_steps(tiny_data, tmp_path):
     assert len([line for line in log.splitlines() if line.startswith("mean")]) == 6
     assert len(out) <= 6 + 3 * 30 + 5
     with open(os.path.join(save_dir, "pseudo_proposals_step1.json")) as handle:
-        assert set(json.load(handle)["results"]) == set(VideoDataset(build_args("THUMOS", argv), "full",
-                                                                            "uniform").video_names)
+        assert set(json.load(handle)["results"]) == set(
+            VideoDataset(build_args("THUMOS", argv), "full", "uniform").video_names)
 
 
-@pytest.mark.parametrize("stop_epoch", [2, 3])   # first epoch of step 1 (after its switch), second one
-def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, stop_epoch):
+# stop at the first epoch of step 1 (after its switch), or at its second one
+@pytest.mark.parametrize("stop_epoch", [2, 3])
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tiny_argv, tmp_path,
+                                                          monkeypatch, stop_epoch):
     straight = tiny_argv(tiny_data, tmp_path / "straight")
     best_straight = runner.run("THUMOS", straight)
     interrupted = tiny_argv(tiny_data, tmp_path / "interrupted")
 
-    original = engine.train_one_epoch
+    original = passes.train_one_epoch
     calls = {"n": 0}
 
     def stop_in_step_one(*args, **kwargs):
@@ -82,10 +66,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_step_one)
+    monkeypatch.setattr(passes, "train_one_epoch", stop_in_step_one)
     with pytest.raises(KeyboardInterrupt):
         runner.run("THUMOS", interrupted)
-    monkeypatch.setattr(engine, "train_one_epoch", original)
+    monkeypatch.setattr(passes, "train_one_epoch", original)
     best_resumed = runner.run("THUMOS", interrupted)
 
     assert best_resumed == best_straight
@@ -96,7 +80,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
         assert torch.equal(value, b["model_state_dict"][key]), key
 
 
-def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
+def test_test_mode_reproduces_training_map(tiny_data, tiny_argv, tmp_path):
     argv = tiny_argv(tiny_data, tmp_path)
     best = runner.run("THUMOS", argv)
     save_dir = build_args("THUMOS", argv).save_dir
@@ -113,14 +97,15 @@ def test_test_mode_reproduces_training_map(tiny_data, tmp_path):
     assert summary["step 2"]["average_mAP"] == pytest.approx(best[-1], abs=1e-12)
 
 
-def test_training_checkpoint_must_be_a_file(tiny_data, tmp_path, capsys):
+def test_training_checkpoint_must_be_a_file(tiny_data, tiny_argv, tmp_path, capsys):
     with pytest.raises(SystemExit):
         runner.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--checkpoint", str(tmp_path)])
     assert "is not a checkpoint file" in capsys.readouterr().err
 
 
-def test_test_mode_names_missing_step_file(tiny_data, tmp_path, capsys):
+def test_test_mode_names_missing_step_file(tiny_data, tiny_argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        runner.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--test", "--checkpoint", str(tmp_path)])
+        runner.main("THUMOS", tiny_argv(tiny_data, tmp_path) + ["--test", "--checkpoint",
+                                                                 str(tmp_path)])
     assert exc.value.code == 2
     assert "model_step0_last_epoch.pth" in capsys.readouterr().err
