@@ -90,7 +90,7 @@ def main(argv=None):
             print(" ".join(["python", f"main_{opts.dataset}.py"] + cell.argv))
         return 0
     if "--demo" in passthrough:              # generate the demo set once, before the parallel cells
-        from synthetic_data import ensure_demo_dataset
+        from demo_data import ensure_demo_dataset
         ensure_demo_dataset(base_args)
     start = time.time()
     failed, cpu = [], 0.0

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError
+from utils import (Range, UserError, atomic_write_text, parse_bool, parse_rate, show_value,
+                   source_comments)
 
 REPO_ROOT = Path(__file__).resolve().parent
 CLASS_LIST_DIR = REPO_ROOT / "classes"
@@ -24,7 +25,7 @@ COMMON = dict(
     seed=2,                       # python / numpy / torch seed
     feature_dim=2048,             # I3D RGB (1024) || flow (1024)
     dropout=0.7,                  # snippet / embedding dropout rate
-    frames_per_sec=25,            # video frame rate of the feature extraction
+    frames_per_sec=25.0,          # video frame rate of the feature extraction (29.97, 30000/1001)
     segment_frames_num=16,        # frames per I3D snippet
     test_upgrade_scale=20,        # temporal upsampling of the CAS before grouping
     num_heads=8,                  # heads of the intra / inter segment attention
@@ -44,42 +45,50 @@ COMMON = dict(
     outdir="default",             # run folder name under checkpoints/{dataset}/
     suffix="",                    # appended to the run folder name
     checkpoint_root="checkpoints",  # root of all run folders
-    result_path="",               # where training writes each result JSON (default: run folder)
+    result_path="",               # where training writes each result JSON ("": the run folder)
     visualize_videos=8,           # --visualize: how many test videos to plot (0 = all)
     # torchrun: split the evaluation / pseudo-proposal passes across processes (False: rank 0 alone)
-    distributed_eval=True,
+    distributed_eval=True,        # torchrun: evaluation passes split across processes
     # model selection without the test set: hold out a count (20), a fraction (0.2) or a file of ids
     # of the training videos, scored at every evaluation ("" = off, the released protocol)
-    val_videos="",
+    val_videos="",                # held-out training videos for model selection: N, fraction, file
 )
 
 DEFAULT_PRESET = "THUMOS"          # where a tool needs one and none is given (python -m eval)
 PRESETS = {
     "THUMOS": dict(
-        data_dir="data/THUMOS14",
-        class_list="THUMOS14.txt",
+        data_dir="data/THUMOS14",     # gt.json, split_{train,test}.txt, {train,test}/VID.npy
+        class_list="THUMOS14.txt",    # class names in classes/, one per line (the AP table order)
         eval_subset="test",           # gt.json subset used for evaluation
-        epochs=800, epochs_per_step=100, num_steps=3,
-        weight_decay=5e-5,
+        epochs=800,                   # epochs of the whole run (the last step runs to this one)
+        epochs_per_step=100,          # epochs of each step before the last
+        num_steps=3,                  # refinement steps after the base model
+        weight_decay=5e-5,            # Adam weight decay
         sample_segments_num=750,      # S: snippets fed to the model
         max_segments_num=200,         # K: proposals per video for segment attention
         cls_threshold=0.25,           # video-level class score threshold at test time
-        tiou_thresholds=np.arange(0.1, 1.0, 0.1),
+        tiou_thresholds=np.arange(0.1, 1.0, 0.1),     # tIoU thresholds of the mAP
         num_tiou_for_average=7,       # average mAP over the first N thresholds
         extra_average_ranges=[0.1, 0.5, 0.3, 0.7],   # (low, high) pairs also averaged and reported
         diagnosis_bins="THUMOS14-test",  # --diagnose bin edges (eval/diagnosis.py BIN_TABLE)
         synthetic_profile="THUMOS14",    # shape of the --demo data (synthetic_data.py PROFILES)
-        nms_thresh=0.45,
-        fg_topk_seg=8, bg_topk_seg=3,
-        lamb_fg=1.0, lamb_bg=0.5, lamb_abg=0.5,
-        delta=0.5, alpha=0.7, gamma=6.0, beta=0.2,
-        batch_size=16,
+        nms_thresh=0.45,              # tIoU above which a lower-scored detection is dropped
+        fg_topk_seg=8,                # foreground video score: mean of the top T // 8 snippets
+        bg_topk_seg=3,                # background video score: mean of the top T // 3 snippets
+        lamb_fg=1.0,                  # weight of the foreground video loss
+        lamb_bg=0.5,                  # weight of the background video loss
+        lamb_abg=0.5,                 # weight of the attention (action / background) loss
+        delta=0.5,                    # proposals widened by delta x length on each side
+        alpha=0.7,                    # dynamic sampling: proposals of this share of the score mass
+        gamma=6.0,                    # dynamic sampling: spans up to gamma (2 delta + 1) stretched
+        beta=0.2,                     # weight of the uncertainty regulariser
+        batch_size=16,                # videos per training batch (the global batch on torchrun)
         embed_dropout=False,          # dropout before the embedding / attention / uncertainty
         # proposal generation (docs/method.md §11)
-        cas_thresh=np.arange(0.15, 0.25, 0.05),      # evaluation, CAS branch
-        att_thresh=np.arange(0.1, 0.925, 0.025),     # evaluation, attention branch
-        pseudo_cas_thresh=[],                        # pseudo proposals, CAS branch (unused)
-        pseudo_att_thresh=np.arange(0.4, 0.925, 0.025),  # pseudo proposals, attention branch
+        cas_thresh=np.arange(0.15, 0.25, 0.05),      # detections: thresholds of the CAS branch
+        att_thresh=np.arange(0.1, 0.925, 0.025),     # detections: of the attention branch
+        pseudo_cas_thresh=[],                        # pseudo proposals: of the CAS branch
+        pseudo_att_thresh=np.arange(0.4, 0.925, 0.025),  # pseudo proposals: of the attention branch
         fusion_cas_weight=1.0,        # score map = w_cas * cas + w_att * att
         fusion_att_weight=0.0,
         oic_lamb=0.2,                 # outer region length / inner length
@@ -152,6 +161,7 @@ SWITCHES = {
     "test": "evaluate the checkpoints in --checkpoint instead of training",
     "visualize": "write per-video plots of CAS, attention and proposals",
     "no_resume": "start from scratch even if model_latest.pth exists",
+    "overwrite": "test mode: write over earlier test results made with another config",
     "reset_epoch": "restart the epoch counter when loading --checkpoint",
     "demo": "run on the synthetic dataset with the small demo schedule",
     "debug": "show full tracebacks on errors",
@@ -164,7 +174,12 @@ SWITCHES = {
                      "cuBLAS/cuDNN settings)",
 }
 # Options of the released CLI that are not preset keys.
-EXTRA_OPTIONS = dict(checkpoint="", start_epoch=0, gpu="", device="")
+EXTRA_OPTIONS = dict(
+    checkpoint="",                # --test, predict.py: a run folder; training: a .pth to start from
+    start_epoch=0,                # with --checkpoint FILE --reset_epoch: the epoch to count from
+    gpu="",                       # GPU index (sets CUDA_VISIBLE_DEVICES)
+    device="",                    # torch device (default: cuda when available, else cpu)
+)
 SHORT_FLAGS = {"num_workers": "-j", "batch_size": "-b"}
 # Released flags whose meaning this code does not have: using one is an error that says what to do.
 RETIRED_FLAGS = {
@@ -185,7 +200,7 @@ NON_RESULT_KEYS = (
     # where the run folder is (the folder itself is what is compared)
     "outdir", "suffix", "checkpoint_root", "save_dir", "log_path",
     # how this command starts, not what the run is (--demo sets preset keys, which are compared)
-    "test", "no_resume", "checkpoint", "start_epoch", "reset_epoch", "demo",
+    "test", "no_resume", "overwrite", "checkpoint", "start_epoch", "reset_epoch", "demo",
     # this process and machine (numbers differ in their last bits across devices, as across GPUs)
     "rank", "is_main", "device", "gpu",
     # derived from compared keys (frames_per_sec / segment_frames_num)
@@ -194,32 +209,44 @@ NON_RESULT_KEYS = (
     # (README, Reproducibility)
 )
 
+COUNT, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+UNIT, FRACTION = Range(0, 1), Range(0, 1, high_open=True)
+# Every numeric key and its valid values, checked in one place (check_ranges; a list key value by
+# value); tests/test_reliability.py checks that every numeric key of every preset is here.
+RANGES = dict(
+    seed=Range(0, 2**32 - 1), feature_dim=COUNT, dropout=FRACTION, frames_per_sec=POSITIVE,
+    segment_frames_num=COUNT, test_upgrade_scale=COUNT, num_heads=COUNT, eval_freq=COUNT,
+    num_workers=AT_LEAST_0, lr=POSITIVE, feature_cache_gb=AT_LEAST_0, visualize_videos=AT_LEAST_0,
+    epochs=COUNT, epochs_per_step=COUNT, num_steps=AT_LEAST_0, weight_decay=AT_LEAST_0,
+    sample_segments_num=COUNT, max_segments_num=COUNT, cls_threshold=UNIT, tiou_thresholds=UNIT,
+    num_tiou_for_average=COUNT, extra_average_ranges=UNIT, nms_thresh=UNIT, fg_topk_seg=COUNT,
+    bg_topk_seg=COUNT, lamb_fg=AT_LEAST_0, lamb_bg=AT_LEAST_0, lamb_abg=AT_LEAST_0,
+    delta=AT_LEAST_0, alpha=UNIT, gamma=AT_LEAST_0, beta=AT_LEAST_0, batch_size=COUNT,
+    cas_thresh=UNIT, att_thresh=UNIT, pseudo_cas_thresh=UNIT, pseudo_att_thresh=UNIT,
+    fusion_cas_weight=AT_LEAST_0, fusion_att_weight=AT_LEAST_0, oic_lamb=AT_LEAST_0,
+    oic_gamma_cas=AT_LEAST_0, oic_gamma_att=AT_LEAST_0, start_epoch=AT_LEAST_0)
+RATE_KEYS = ("frames_per_sec",)     # frame rates: a number (29.97) or a ratio (30000/1001)
+
 
 class ConfigError(UserError):
     """A configuration problem the user can fix (bad key, bad value, missing class list)."""
 
 
-def _parse_bool(text):
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _add_option(parser, key, default):
+def _add_option(parser, key, default, help_text):
     flags = [f"--{key}"] + ([SHORT_FLAGS[key]] if key in SHORT_FLAGS else [])
-    if isinstance(default, bool):
-        parser.add_argument(*flags, type=_parse_bool, metavar="BOOL")
+    options = dict(help=help_text.replace("%", "%%"))
+    if key in RATE_KEYS:
+        parser.add_argument(*flags, type=parse_rate, metavar="FPS", **options)
+    elif isinstance(default, bool):
+        parser.add_argument(*flags, type=parse_bool, metavar="BOOL", **options)
     elif isinstance(default, (list, tuple, np.ndarray)):
-        parser.add_argument(*flags, type=float, nargs="*", metavar="X")
+        parser.add_argument(*flags, type=float, nargs="*", metavar="X", **options)
     elif isinstance(default, int):
-        parser.add_argument(*flags, type=int)
+        parser.add_argument(*flags, type=int, **options)
     elif isinstance(default, float):
-        parser.add_argument(*flags, type=float)
+        parser.add_argument(*flags, type=float, **options)
     else:
-        parser.add_argument(*flags, type=str)
+        parser.add_argument(*flags, type=str, **options)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,12 +259,18 @@ class _Parser(argparse.ArgumentParser):
 def make_parser(dataset):
     defaults = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
     parser = _Parser(
-        prog=f"main_{dataset}.py", allow_abbrev=False,
-        description=f"ASM-Loc on {dataset}. Any preset key of config.py can be overridden.")
+        prog=f"main_{dataset}.py", allow_abbrev=False, usage="%(prog)s [--KEY VALUE ...]",
+        description=f"ASM-Loc on {dataset}. Any preset key of config.py can be overridden; each "
+                    f"key's description is its comment in config.py.")
     for key, help_text in SWITCHES.items():
         parser.add_argument(f"--{key}", action="store_true", help=help_text)
+    described = source_comments(__file__, ("COMMON", "PRESETS", "EXTRA_OPTIONS"))
+    demo = DEMO_PRESETS[dataset]
     for key, default in defaults.items():
-        _add_option(parser, key, default)
+        shown = f"default {show_value(default)}" + (
+            f"; --demo {show_value(demo[key])}" if key in demo and demo[key] != default else "")
+        _add_option(parser, key, default,
+                    f"{described[key]} ({shown})" if key in described else f"({shown})")
     for key in RETIRED_FLAGS:
         parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
     parser.set_defaults(**{key: None for key in [*defaults, *RETIRED_FLAGS]})
@@ -266,20 +299,25 @@ def run_folder_name(args):
     return f"{name}_{args.suffix}" if args.suffix else name
 
 
+def check_ranges(args):
+    """Every key of RANGES against its valid values: one ConfigError line naming the key."""
+    for key, valid in RANGES.items():
+        value = getattr(args, key)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            bad = [x for x in np.asarray(value, dtype=object).reshape(-1) if not valid.holds(x)]
+            if bad:
+                raise ConfigError(f"--{key} values must each be {valid.text()}, got {bad[0]!r}")
+        elif not valid.holds(value):
+            raise ConfigError(f"--{key} must be {valid.text()}, got {value!r}")
+
+
 def _validate(args):
-    positive = ["batch_size", "epochs", "epochs_per_step", "sample_segments_num",
-                "max_segments_num", "feature_dim", "test_upgrade_scale", "fg_topk_seg",
-                "bg_topk_seg", "eval_freq", "frames_per_sec", "segment_frames_num", "num_heads"]
-    for key in positive:
-        if getattr(args, key) < 1:
-            raise ConfigError(f"--{key} must be at least 1, got {getattr(args, key)}")
-    if args.num_steps < 0 or args.num_workers < 0 or args.start_epoch < 0:
-        raise ConfigError("--num_steps, --num_workers and --start_epoch must be >= 0")
+    if args.overwrite and not args.test:
+        raise ConfigError("--overwrite is for test mode (--test); to start a training run over "
+                          "use --no_resume")
     if args.feature_dim % args.num_heads:
         raise ConfigError(f"--feature_dim {args.feature_dim} must be divisible by --num_heads "
                           f"{args.num_heads}")
-    if not 0 <= args.dropout < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), got {args.dropout}")
     if len(args.tiou_thresholds) == 0:
         raise ConfigError("--tiou_thresholds needs at least one value")
     if args.test and not args.checkpoint:
@@ -288,7 +326,8 @@ def _validate(args):
 
 def derive(args):
     """Threshold lists as float64 arrays and the values that follow from other keys (after any
-    change)."""
+    change); the ranges are checked first."""
+    check_ranges(args)
     for key in ("tiou_thresholds", "cas_thresh", "att_thresh", "pseudo_cas_thresh",
                 "pseudo_att_thresh"):
         setattr(args, key, np.asarray(getattr(args, key), dtype=np.float64))
@@ -303,6 +342,11 @@ def derive(args):
     return args
 
 
+def demo_data_dir(dataset):
+    """The folder of --demo's generated data without --data_dir: data/synthetic_<preset folder>."""
+    return os.path.join("data", "synthetic_" + Path(PRESETS[dataset]["data_dir"]).name)
+
+
 def build_args(dataset, argv=None):
     """Resolve preset + (demo) + command line into one namespace."""
     if dataset not in PRESETS:
@@ -315,9 +359,7 @@ def build_args(dataset, argv=None):
         delattr(cli, key)
     values = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
     if cli.demo:
-        values.update(DEMO_PRESETS[dataset],
-                      data_dir=os.path.join("data",
-                                            "synthetic_" + Path(PRESETS[dataset]["data_dir"]).name))
+        values.update(DEMO_PRESETS[dataset], data_dir=demo_data_dir(dataset))
     values.update({key: val for key, val in vars(cli).items() if val is not None})
     args = argparse.Namespace(**values)
     args.dataset = dataset
@@ -345,14 +387,8 @@ def rederive(args):
 
 def config_to_dict(args):
     """JSON-friendly copy of the resolved config (arrays become lists)."""
-    out = {}
-    for key, val in sorted(vars(args).items()):
-        if isinstance(val, np.ndarray):
-            val = val.tolist()
-        if key == "class_name_lst":
-            continue
-        out[key] = val
-    return out
+    return {key: val.tolist() if isinstance(val, np.ndarray) else val
+            for key, val in sorted(vars(args).items()) if key != "class_name_lst"}
 
 
 def config_text(args):
@@ -361,5 +397,4 @@ def config_text(args):
 
 
 def save_config(args, path):
-    from utils import atomic_write_text
     atomic_write_text(path, config_text(args))

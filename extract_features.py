@@ -19,7 +19,7 @@ import sys
 import torch
 
 from features.extract import ExtractError, extract_videos
-from utils import run_cli
+from utils import parse_rate, run_cli
 
 
 def parse_args(argv):
@@ -34,8 +34,8 @@ def parse_args(argv):
                         help="the PyTorch I3D port's models/flow_imagenet.pt")
     parser.add_argument("--device", default="cpu",
                         help="torch device of the two networks (cpu, cuda, cuda:1)")
-    parser.add_argument("--fps", type=float, default=25.0,
-                        help="frame rate the videos are resampled to")
+    parser.add_argument("--fps", type=parse_rate, default=25.0,
+                        help="frame rate the videos are resampled to: 25, 29.97 or 30000/1001")
     parser.add_argument("--snippet_frames", type=int, default=16, help="frames per feature snippet")
     parser.add_argument("--batch", type=int, default=8, help="snippets per network pass")
     parser.add_argument("--workers", type=int, default=0,
@@ -53,7 +53,9 @@ def main(argv=None):
             raise ExtractError(f"--device {a.device}: CUDA is not available on this machine")
         extract_videos(a.videos, a.out, a.rgb_weights, a.flow_weights, a.fps, a.snippet_frames,
                        a.device, a.batch, a.workers)
-    run_cli(run, argv, "choose another --out")
+    run_cli(run, argv, "choose another --out",
+            interrupt_hint="interrupted: rerun the same command to resume; finished videos are "
+                           "kept")
 
 
 if __name__ == "__main__":

@@ -12,25 +12,37 @@ exactly as test mode does (engine/cascade.py); no gt.json or split file is neede
 the run's (RUN_FOLDER/config.json: dataset, feature_dim, fps, snippet frames, thresholds, ...); any
 key can be overridden as in the entry scripts (`--nms_thresh 0.3`, ...), and each override is
 printed. Without config.json (released checkpoints) config.py is used: pass the flags the run was
-trained with.
+trained with. When the features' snippets span another time than the model's training snippets
+(extract_config.json beside them, or --fps / --snippet_frames), one warning says so.
 """
 import argparse
 import csv
 import io
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from config import DEFAULT_PRESET, PRESETS, build_args
-from engine.run_folder import adopt_trained_config, trained_dataset
+from config import COMMON, DEFAULT_PRESET, PRESETS, build_args
+from engine.run_folder import CONFIG_NAME, adopt_trained_config, read_config, trained_dataset
 from eval.files import write_results_json
-from utils import UserError, atomic_write_text, run_cli
+from features.provenance import MISMATCH_START, extraction_time_base, snippet_time_warning
+from utils import UserError, atomic_write_text, parse_rate, run_cli
+
+EPILOG = """Any key of config.py is taken as well, as by the entry scripts (--nms_thresh 0.3,
+--cls_threshold 0.2, --device cpu, --debug, ...): `python main_THUMOS.py --help` lists them with
+their defaults and descriptions. Flags given here win over the run's config.json; each override is
+printed."""
 
 
 def parse_predict_args(argv):
     """Predict-only flags; everything else goes to config.build_args (the entry scripts' flags)."""
     parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
+                                     epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="the run folder (model_step*.pth, config.json)")
+    parser.add_argument("--demo", action="store_true",
+                        help="a --demo run's folder without config.json: the demo's keys")
     parser.add_argument("--dataset", choices=sorted(PRESETS),
                         help="preset of config.py (default: the run's, from config.json; "
                              "else THUMOS)")
@@ -48,15 +60,20 @@ def parse_predict_args(argv):
                         help="json: ActivityNet result file; csv: video,label,score,start,end")
     parser.add_argument("--plot", action="store_true",
                         help="one PNG per video beside --out (OUT_plots/VID.png)")
-    parser.add_argument("--fps", type=float,
-                        help="frame rate of the feature extraction (default: the run's, 25)")
+    parser.add_argument("--fps", type=parse_rate,
+                        help="frame rate of the features: 25, 29.97 or 30000/1001 (default: the "
+                             "run's, 25)")
     parser.add_argument("--snippet_frames", type=int,
                         help="frames per feature snippet (default: the run's, 16)")
     parser.add_argument("--score_threshold", type=float, help="keep detections with score >= X")
     parser.add_argument("--top_k", type=int, help="keep the K best-scored detections per video")
     known, rest = parser.parse_known_args(argv)
+    if known.checkpoint is not None:
+        rest += ["--checkpoint", known.checkpoint]
+    if known.demo:
+        rest += ["--demo"]
     if known.fps is not None:
-        rest += ["--frames_per_sec", f"{known.fps:g}"]
+        rest += ["--frames_per_sec", repr(known.fps)]
     if known.snippet_frames is not None:
         rest += ["--segment_frames_num", str(known.snippet_frames)]
     if (known.features is None) == (known.videos is None):
@@ -64,7 +81,7 @@ def parse_predict_args(argv):
                         "(video files)")
     if known.top_k is not None and known.top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {known.top_k}")
-    if not any(flag == "--checkpoint" or flag.startswith("--checkpoint=") for flag in rest):
+    if not known.checkpoint:
         raise UserError("predict.py needs --checkpoint RUN_FOLDER (the folder with "
                         "model_step*.pth)")
     return known, rest
@@ -102,28 +119,43 @@ def write_plots(folder, results, outputs, dataset, args):
                              title_extra=f"step {args.num_steps} (final)", score_threshold=0.0)
 
 
+def trained_time_base(folder):
+    """(frames_per_sec, segment_frames_num) the model in `folder` was trained with: its
+    config.json's, else config.py's."""
+    path = os.path.join(folder, CONFIG_NAME)
+    config = read_config(path) if os.path.isfile(path) else {}
+    return (config.get("frames_per_sec", COMMON["frames_per_sec"]),
+            config.get("segment_frames_num", COMMON["segment_frames_num"]))
+
+
 def run(argv):
     known, rest = parse_predict_args(argv)
-    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    finder.add_argument("--checkpoint")
-    folder = finder.parse_known_args(rest)[0].checkpoint
-    args = build_args(known.dataset or trained_dataset(folder) or DEFAULT_PRESET, rest)
+    args = build_args(known.dataset or trained_dataset(known.checkpoint) or DEFAULT_PRESET, rest)
     for line in adopt_trained_config(args, rest):
         print(line)
+    now = (args.frames_per_sec, args.segment_frames_num)
+    made = extraction_time_base(known.features) if known.features is not None else None
+    warning = snippet_time_warning(made or now, trained_time_base(known.checkpoint), now,
+                                   known.features if made else None)
+    if warning:
+        print(f"warning: {warning}", flush=True)
     from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
     out = Path(known.out or f"predictions.{known.format}")
     models = load_cascade(args.checkpoint, args, "predict.py")
     if known.videos is not None:       # features at the run's time base, cached beside the output
         from features.extract import FEATURE_DIM, extract_videos
         if args.feature_dim != FEATURE_DIM:
-            raise UserError(f"--videos gives {FEATURE_DIM}-d features; the checkpoint expects "
-                            f"{args.feature_dim}")
+            raise UserError(f"--videos gives {FEATURE_DIM}-d features, but the model was "
+                            f"trained on {args.feature_dim}-d features")
         videos = extract_videos(known.videos, out.with_name(out.stem + "_features"),
                                 known.rgb_weights, known.flow_weights, args.frames_per_sec,
                                 args.segment_frames_num, args.device)
     else:
         videos = list_feature_files(known.features)
-    dataset = new_video_dataset(videos, args)
+    with warnings.catch_warnings():
+        if warning:         # the line above said it already
+            warnings.filterwarnings("ignore", message=MISMATCH_START)
+        dataset = new_video_dataset(videos, args)
     results, outputs = run_cascade(models, dataset, args, keep_outputs=known.plot)
     results = {vid: filter_detections(dets, known.score_threshold, known.top_k)
                for vid, dets in results.items()}

@@ -17,17 +17,14 @@ CLI: python synthetic_data.py --out DIR --profile THUMOS14 --num_train 40 --num_
 import argparse
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from utils import UserError, atomic_write_json, atomic_write_text
+from utils import atomic_write_json, atomic_write_text
 
 R = 25 / 16
-MARKER = "SYNTHETIC.json"  # written last: its presence means the set is complete
+MARKER = "SYNTHETIC.json"  # the demo set's record (demo_data.py), written last
 GENERATOR_VERSION = 3      # in the demo marker: a demo set from an older generator is rebuilt
 KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"),
                ("HammerThrow", "ThrowDiscus"), ("HighJump", "LongJump"),
@@ -289,77 +286,21 @@ def _real_timeline(gt, profile, num_train, num_test, index):
             yield vid, folder, float(entry["duration"]), anns
 
 
-def _demo_params(args):
-    profile = args.synthetic_profile
-    num_train, num_test = PROFILES[profile]["demo_videos"]
-    return {"profile": profile, "num_train": num_train, "num_test": num_test,
-            "feature_dim": int(args.feature_dim), "seed": 0,
-            "class_names": list(args.class_name_lst),
-            "durations": list(PROFILES[profile]["durations"]), "generator": GENERATOR_VERSION}
-
-
-def files_sha256(root):
-    """sha256 of a generated set: each file's relative path and sha256, in path order (the marker
-    excluded)."""
+def files_manifest(root):
+    """{relative path: sha256} of every file under root (the marker excluded)."""
     root = Path(root)
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file() and path.name != MARKER}
+
+
+def files_sha256(root, manifest=None):
+    """sha256 of a generated set: each file's relative path and sha256, in path order (the marker
+    excluded); from `manifest` (files_manifest) when given, without reading the files again."""
+    manifest = files_manifest(root) if manifest is None else manifest
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0"
-                      + hashlib.sha256(path.read_bytes()).digest())
+    for name in sorted(manifest, key=PurePosixPath):
+        digest.update(name.encode() + b"\0" + bytes.fromhex(manifest[name]))
     return digest.hexdigest()
-
-
-def _stale_reason(target, params):
-    """Why the demo set at target cannot be used as it is, or None (same parameters, files as
-    generated)."""
-    try:
-        stored = json.loads((target / MARKER).read_text())
-    except (OSError, ValueError):
-        return f"its {MARKER} is unreadable"
-    if {key: val for key, val in stored.items() if key != "sha256"} != params:
-        return (f"it was made with other parameters or an older generator "
-                f"(version {stored.get('generator')})")
-    if stored.get("sha256") != files_sha256(target):
-        return f"its files differ from the checksum in its {MARKER}"
-    return None
-
-
-def ensure_demo_dataset(args):
-    """Generate the demo set at args.data_dir unless a complete one is there: its marker names the
-    same parameters and generator version, and the sha256 of the files as generated, checked here.
-    A stale set (ours: it has the marker) is generated again. Returns the files' sha256.
-
-    Written into a temporary sibling folder that is renamed into place after its marker, so an
-    interrupted generation never leaves a half-written set at data_dir.
-    """
-    target = Path(args.data_dir)
-    params = _demo_params(args)
-    marker = target / MARKER
-    if marker.is_file():
-        reason = _stale_reason(target, params)
-        if reason is None:
-            return json.loads(marker.read_text())["sha256"]
-        print(f"demo data {target}: {reason}; generating it again", flush=True)
-        shutil.rmtree(target)
-    elif target.exists() and any(target.iterdir()):
-        raise UserError(f"{target} exists and is not a synthetic dataset (no {MARKER}); "
-                        f"remove it or pass another --data_dir for the demo")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        generate_synthetic_dataset(tmp, **{key: val for key, val in params.items()
-                                           if key != "generator"})
-        atomic_write_json(tmp / MARKER, {**params, "sha256": files_sha256(tmp)})
-        if target.exists():
-            target.rmdir()                                 # empty folder
-        os.replace(tmp, target)
-    except OSError:
-        if not marker.is_file() or _stale_reason(target, params) is not None:
-            raise                                          # (else another process finished first)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return json.loads(marker.read_text())["sha256"]
 
 
 def main(argv=None):

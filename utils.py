@@ -1,14 +1,22 @@
-"""Small shared helpers: one-line user errors, atomic file writes, a folder lock, one array helper.
+"""Small shared helpers: one-line user errors, command-line value types, atomic file writes, a
+folder lock, one array helper.
 
 Nothing here knows the method; every other module may import it.
 """
+import argparse
+import ast
 import errno
 import io
 import json
+import math
 import os
 import sys
 import tempfile
+import tokenize
 from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +52,92 @@ def run_cli(function, argv, write_hint, interrupt_hint=None):
             raise
         print(interrupt_hint, file=sys.stderr)
         sys.exit(130)
+
+
+# ----------------------------------------------------------------------------- values
+class Range(NamedTuple):
+    """Valid values of a numeric setting: finite, from low to high, each end closed unless
+    marked open."""
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            return False
+        return bool(math.isfinite(value)
+                    and (value > self.low if self.low_open else value >= self.low)
+                    and (value < self.high if self.high_open else value <= self.high))
+
+    def text(self):
+        if self.high == math.inf:
+            return "positive and finite" if self.low_open else f"at least {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+def parse_bool(text):
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def parse_rate(text):
+    """A frame rate as a float: `25`, `29.97` or the exact ratio `30000/1001`."""
+    try:
+        value = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a frame rate such as 25, 29.97 or 30000/1001, "
+                                         f"got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a frame rate must be positive, got {text!r}")
+    return value
+
+
+def format_rate(fps):
+    """A frame rate as parse_rate reads it back: 25, 29.97, or NTSC's exact 30000/1001."""
+    ntsc = round(float(fps) * 1001)
+    if ntsc % 1000 == 0 and math.isclose(ntsc / 1001, fps, rel_tol=1e-12) and ntsc % 1001:
+        return f"{ntsc}/1001"
+    return f"{float(fps):.10g}"
+
+
+def show_value(value):
+    """A setting as --help shows it: lists of more than six values by their ends and count."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = [f"{float(x):g}" for x in np.asarray(value, dtype=np.float64).reshape(-1)]
+        if len(values) > 6:
+            return f"{' '.join(values[:2])} ... {values[-1]}, {len(values)} values"
+        return " ".join(values) if values else "none"
+    return '""' if value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def source_comments(path, tables):
+    """{key: comment} of the `key=value,  # comment` lines (one key on the line) of the dict(...)
+    tables assigned to the names `tables` in the Python file `path`; the first comment wins."""
+    source = Path(path).read_text()
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                if token.type == tokenize.COMMENT}
+    keys_ending_on = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) in tables
+                                                for target in node.targets):
+            for call in ast.walk(node.value):
+                if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "dict":
+                    for keyword in call.keywords:
+                        keys_ending_on.setdefault(keyword.end_lineno, []).append(keyword.arg)
+    described = {}
+    for line in sorted(keys_ending_on):
+        if len(keys_ending_on[line]) == 1 and line in comments:
+            described.setdefault(keys_ending_on[line][0], comments[line])
+    return described
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -159,7 +253,9 @@ class RunFolderLock:
         self.path = os.path.join(self.folder, self.NAME)
         self.fd = None
 
-    def acquire(self):
+    def acquire(self, write_pid=True):
+        """Take the lock; write_pid=False leaves .lock's content as it is (a command that may
+        still be refused rewrites no file): call write_pid() once it goes on."""
         try:
             import fcntl
         except ImportError:
@@ -176,10 +272,15 @@ class RunFolderLock:
             raise RunFolderBusy(f"run folder {self.folder} is in use by another process (pid "
                                 f"{owner}); wait for it to finish or stop it, or choose another "
                                 f"--outdir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        if write_pid:
+            self.write_pid()
         return self
+
+    def write_pid(self):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self):
         """Unlock (the file stays: deleting it would let two processes lock two files)."""

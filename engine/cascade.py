@@ -65,11 +65,17 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
     return detections, outputs
 
 
-def test_cascade(args):
-    """Test mode (--test --checkpoint DIR): the cascade on the test split, scored at every step."""
+def test_inputs(args):
+    """What test mode reads, checked before it writes anything: (the cascade's checkpoint paths,
+    the test set)."""
+    return cascade_paths(args.checkpoint, args, "--test"), VideoDataset(args, "test", "uniform")
+
+
+def test_cascade(args, inputs=None):
+    """Test mode (--test --checkpoint DIR): the cascade on the test split, scored at every step.
+    inputs: test_inputs(args), when checked already."""
     log = reports.Logger(args.log_path, enabled=args.is_main)
-    paths = cascade_paths(args.checkpoint, args, "--test")
-    test_set = VideoDataset(args, "test", "uniform")
+    paths, test_set = inputs or test_inputs(args)
     log(protocol_line(run_protocol(args, test_set)))
     detectors = []
 
@@ -116,9 +122,10 @@ def check_features(array, feature_dim, source):
         raise InputError(f"features {source} have dtype {array.dtype}; expected floating point "
                          f"(float32; float16 and float64 are read as float32)")
     if array.shape[1] != feature_dim:
-        raise InputError(f"features {source} have dimension {array.shape[1]}, but the checkpoint "
-                         f"expects {feature_dim} (I3D RGB || flow); extract features the way the "
-                         f"model was trained")
+        kind = " (I3D RGB || flow)" if feature_dim == 2048 else ""
+        raise InputError(f"features {source} have dimension {array.shape[1]}, but the model was "
+                         f"trained on {feature_dim}-d features{kind}; extract features the way "
+                         f"the model was trained")
     if array.shape[0] == 0:
         raise InputError(f"features {source} have no snippets (shape {array.shape})")
     if array.dtype != np.float32:

@@ -134,15 +134,16 @@ def write_held_out(save_dir, names, database, resuming):
 
 
 def held_out_for_run(args):
-    """The run's held-out videos ([] without --val_videos); their list and GT are written to the
-    run folder (main process)."""
+    """The run's held-out videos ([] without --val_videos); save_held_out writes them down."""
     if not getattr(args, "val_videos", ""):
         return []
     root = Path(args.data_dir)
-    database = read_gt(root / "gt.json")
-    names = held_out_videos(args, database, read_split(root / "split_train.txt"))
+    return held_out_videos(args, read_gt(root / "gt.json"), read_split(root / "split_train.txt"))
+
+
+def save_held_out(args, names):
+    """The held-out list and GT of a run, in its folder (main process)."""
     if names and args.is_main:
         resuming = not (args.no_resume or args.checkpoint) and os.path.exists(
             os.path.join(args.save_dir, "model_latest.pth"))
-        write_held_out(args.save_dir, names, database, resuming)
-    return names
+        write_held_out(args.save_dir, names, read_gt(Path(args.data_dir) / "gt.json"), resuming)

@@ -133,6 +133,17 @@ def write_results(save_dir, entries, config_text, args, protocol, validation, wa
     return results
 
 
+def finished_results(args):
+    """results.json of the finished run in args.save_dir when this command would only repeat it
+    (resuming: model_latest.pth is there, its results.json says the same number of epochs), else
+    None. results.json is removed whenever a run starts or resumes, so it marks a finished run."""
+    if args.no_resume or args.checkpoint or not os.path.isfile(
+            os.path.join(args.save_dir, "model_latest.pth")):
+        return None
+    results = read_results(args.save_dir)
+    return results if isinstance(results, dict) and results.get("epochs") == args.epochs else None
+
+
 def read_results(save_dir):
     """results.json of a run folder, or None when the run has not finished."""
     path = os.path.join(save_dir, RESULTS_FILE)

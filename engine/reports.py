@@ -7,7 +7,7 @@ import os
 from engine.passes import progress
 from engine.plots import plot_video
 from engine.timing import timed_calls
-from eval.tables import format_per_class_table, write_per_class_ap_csv
+from eval.tables import format_per_class_table, in_class_list_order, write_per_class_ap_csv
 from utils import atomic_write_text, jsonable
 
 
@@ -95,6 +95,20 @@ def results_lines(results, num_steps, protocol, held_out):
     return lines
 
 
+def finished_run_lines(results, args):
+    """What a rerun of a finished run prints, from its results.json: that nothing was run or
+    written, then the run's closing lines."""
+    steps = results["steps"]
+    best = [steps[str(step)]["best"]["average_mAP"] / 100 if str(step) in steps else float("-inf")
+            for step in range(args.num_steps + 1)]
+    final = os.path.join(args.save_dir, f"model_step{args.num_steps}_best_epoch.pth")
+    return [f"run {args.save_dir} is finished (its results.json); nothing was run or written: "
+            f"--no_resume trains it again, --suffix NAME trains a variant in a folder of its own",
+            best_per_step_line(best, final),
+            *results_lines(results, args.num_steps, results["protocol"], results.get("validation")),
+            f"results: {os.path.join(args.save_dir, 'results.json')}"], best
+
+
 # ----------------------------------------------------------------------------- summary JSON
 def read_summary_json(path):
     """The summary dict in `path`, or {} if the file is missing or not a JSON object."""
@@ -121,13 +135,12 @@ def report_evaluation(detector, args, step, dataset, tag, log, console=True):
     """Per-class AP (log.txt, and stdout when `console`; kept as detector.table), the CSV, the
     per-step summary JSON, and --diagnose / --visualize output (main process)."""
     folder = args.save_dir
-    table = format_per_class_table(detector.activity_index, args.tiou_thresholds, detector.ap,
-                                   args.num_tiou_for_average)
+    names, ap = in_class_list_order(detector.activity_index, detector.ap, args.class_name_lst)
+    table = format_per_class_table(names, args.tiou_thresholds, ap, args.num_tiou_for_average)
     detector.table = "\n".join([f"note: {message}" for message in detector.warnings] + [table])
     log(detector.table, console=console)
-    write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"),
-                           detector.activity_index, args.tiou_thresholds, detector.ap,
-                           args.num_tiou_for_average)
+    write_per_class_ap_csv(os.path.join(folder, f"{tag}per_class_ap_step{step}.csv"), names,
+                           args.tiou_thresholds, ap, args.num_tiou_for_average)
     write_summary_json(os.path.join(folder, f"{tag}summary.json"), {f"step {step}": {
         "mAP": detector.mAP, "average_mAP": detector.average_mAP,
         "tiou_thresholds": args.tiou_thresholds}})

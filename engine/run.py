@@ -10,9 +10,8 @@ import os
 import sys
 
 from config import build_args, save_config
-from engine import cascade, distributed, run_folder, training
+from engine import cascade, distributed, record, reports, run_folder, training
 from engine.precision import deterministic_mode
-from engine.reports import Logger
 from engine.seeding import set_seed
 from utils import RunFolderLock, run_cli
 
@@ -36,8 +35,12 @@ def run(dataset, argv):
 
 
 def run_training_or_test(args, argv):
-    """run() after the config: the trained config in test mode, seed, demo data, run-folder lock
-    and identity check, then training or --test."""
+    """run() after the config: the trained config in test mode, seed, demo data, every input
+    checked, then the run folder (lock, identity check, config.json) and training or --test.
+
+    The folder is made, and config.json and log.txt written, only once the inputs have passed;
+    a command that fails at its start removes a folder it made (run_folder.StartGuard). A refused
+    command (changed config, busy folder) and the rerun of a finished run write no file."""
     notes = []
     if args.test:
         notes = run_folder.adopt_trained_config(args, argv)
@@ -46,23 +49,36 @@ def run_training_or_test(args, argv):
         notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)   # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
-        from synthetic_data import ensure_demo_dataset
+        from demo_data import ensure_demo_dataset
         args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
-    lock = RunFolderLock(args.save_dir)
-    if args.is_main:
-        run_folder.check_writable(args.save_dir)
-        lock.acquire()
+    inputs = cascade.test_inputs(args) if args.test else training.RunData.of_run(args)
+    lock, guard = RunFolderLock(args.save_dir), run_folder.StartGuard(args)
     try:
+        finished = None
         if args.is_main:
+            guard.made = run_folder.check_writable(args.save_dir)
+            lock.acquire(write_pid=False)
             notes += run_folder.check_run_folder(args)        # raises before anything is written
-            log = Logger(args.log_path)
-            for line in notes:
-                log(line)
-            save_config(args, os.path.join(args.save_dir, "config.json"))
-        distributed.barrier()
+            finished = None if args.test else record.finished_results(args)
+            if finished is None:
+                lock.write_pid()
+                log = reports.Logger(args.log_path)
+                for line in notes:
+                    log(line)
+                save_config(args, os.path.join(args.save_dir, "config.json"))
+        finished = distributed.all_gather_list(finished)[0]   # after rank 0 made the folder
+        if finished is not None:
+            lines, best = reports.finished_run_lines(finished, args)
+            if args.is_main:
+                print("\n".join(notes + lines), flush=True)
+            return best
         if args.test:
-            return cascade.test_cascade(args)
-        return training.train(args)
+            return cascade.test_cascade(args, inputs)
+        return training.train(args, inputs)
+    except BaseException:
+        if args.is_main:
+            guard.undo()
+        raise
     finally:
         lock.release()
 

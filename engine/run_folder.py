@@ -8,10 +8,13 @@ change a result (all but config.NON_RESULT_KEYS).
 - Test mode and predict.py take those keys from the config.json beside the checkpoints, flags given
   on the command line winning (adopt_trained_config); test mode writes into a folder of its own
   (test_output_folder), never into the training run's files, and writes over earlier test results
-  there only under their config (check_run_folder again).
+  there only under their config, or with --overwrite (check_run_folder again).
+- A command that fails at its start leaves nothing behind (StartGuard): its inputs are checked
+  before the folder is made, and a folder it made itself is removed.
 """
 import json
 import os
+import shutil
 
 from config import NON_RESULT_KEYS, RETIRED_FLAGS, config_to_dict, explicit_keys, rederive
 from utils import UserError
@@ -26,6 +29,12 @@ class RunConfigChanged(UserError):
 
 
 def check_writable(folder):
+    """Make `folder` (and its missing parents) and check that files can be written there; returns
+    the folders this call made, deepest first."""
+    made, parent = [], os.path.abspath(os.fspath(folder))
+    while not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, ".write_test")
@@ -35,6 +44,33 @@ def check_writable(folder):
     except OSError as err:
         raise UserError(f"output folder {folder} is not writable ({err.strerror}); "
                         f"choose another with --outdir or --checkpoint_root") from None
+    return made
+
+
+class StartGuard:
+    """Undo what a failed command did to its output folder, and only that: the folder when this
+    command made it (with the parents it made, while empty) unless a training run there saved a
+    checkpoint already; else the config.json that a test attempt wrote into a folder that had
+    none (so that it never blocks the next attempt)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.made = []
+        self.config_path = os.path.join(args.save_dir, CONFIG_NAME)
+        self.had_config = os.path.isfile(self.config_path)
+
+    def undo(self):
+        args = self.args
+        if self.made and (args.test or not os.path.exists(os.path.join(args.save_dir,
+                                                                       "model_latest.pth"))):
+            shutil.rmtree(self.made[0], ignore_errors=True)      # the run or test folder itself
+            for parent in self.made[1:]:
+                try:
+                    os.rmdir(parent)              # only while empty: never another run's files
+                except OSError:
+                    break
+        elif args.test and not self.had_config and os.path.isfile(self.config_path):
+            os.remove(self.config_path)
 
 
 def read_config(path):
@@ -89,7 +125,7 @@ def check_run_folder(args):
     listing each changed key; returns the notes to print."""
     folder = args.save_dir
     path = os.path.join(folder, CONFIG_NAME)
-    if args.no_resume or not os.path.isfile(
+    if (args.overwrite if args.test else args.no_resume) or not os.path.isfile(
             os.path.join(folder, CONFIG_NAME if args.test else "model_latest.pth")):
         return []
     if not os.path.isfile(path):
@@ -97,11 +133,12 @@ def check_run_folder(args):
                 f"resuming it, its config could not be checked"]
     changed, one_sided = differences(read_config(path), as_stored(args))
     if changed:
-        what = ("test folder", "test results", "a test folder", "write over them") \
-            if args.test else ("run folder", "a run", "a run folder", "start this folder over")
+        what = ("test folder", "test results", "a test folder", "--overwrite to write over them") \
+            if args.test else ("run folder", "a run", "a run folder",
+                               "--no_resume to start this folder over")
         raise RunConfigChanged(f"{what[0]} {folder} holds {what[1]} made with another config "
                                f"({format_changes(changed)}) and was left untouched; add --suffix "
-                               f"NAME for {what[2]} of its own, or --no_resume to {what[3]}")
+                               f"NAME for {what[2]} of its own, or {what[3]}")
     if one_sided:
         return [f"note: {path} and this code record different keys; not compared: "
                 f"{', '.join(one_sided)}"]

@@ -21,11 +21,13 @@ from engine.seeding import make_generator, seed_worker
 from eval import protocol
 
 
-def train(args):
+def train(args, data=None):
     """Train the refinement cascade of args.save_dir (resuming it when it holds a run); returns
-    the best average mAP of each step."""
+    the best average mAP of each step. data: the run's RunData (RunData.of_run), when built
+    already."""
     run = Run(args)                                          # log, record, generators, clock
-    data = RunData(args, heldout.held_out_for_run(args))     # train / test / full (/ held-out)
+    data = data or RunData.of_run(args)                      # train / test / full (/ held-out)
+    heldout.save_held_out(args, data.held_out)
     run.protocol = record.run_protocol(args, data.test)
     parts, start_epoch = resume_or_start(run, data)          # step 0, or from model_latest.pth
     run.start_record(start_epoch, data.held_out)
@@ -148,6 +150,11 @@ class RunData:
         self.test = VideoDataset(args, "test", "uniform")
         self.full = VideoDataset(args, "full", "uniform", held_out=held_out)
         self.val = VideoDataset(args, "val", "uniform", held_out=held_out) if held_out else None
+
+    @classmethod
+    def of_run(cls, args):
+        """The datasets of the run `args` describes, every file checked (nothing written)."""
+        return cls(args, heldout.held_out_for_run(args))
 
     def set_proposals(self, results, weights):
         for dataset in (self.train, self.test, self.full, self.val):

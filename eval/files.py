@@ -43,13 +43,21 @@ def read_gt(path):
 
 
 def read_split(path):
-    """The video names of a split file, one per line (blank lines skipped)."""
+    """The video names of a split file, one per line (blank lines skipped); a name listed twice
+    is an error (it would be trained on, or counted, twice)."""
     if not path.is_file():
         raise DataError(f"split file {path} is missing; it must list one video name per line")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
+    first_line = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        name = line.strip()
+        if name and name in first_line:
+            raise DataError(f"split file {path} line {number}: video {name} is listed again "
+                            f"(first on line {first_line[name]}); list each video once")
+        if name:
+            first_line[name] = number
+    if not first_line:
         raise DataError(f"split file {path} is empty; it must list one video name per line")
-    return names
+    return list(first_line)
 
 
 def write_results_json(path, results_by_video, version="VERSION 1.3", external_data=None):

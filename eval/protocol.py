@@ -35,6 +35,7 @@ def describe(database, subset, split_name, split_videos, tiou_thresholds, num_ti
     database: gt.json's {VID: {"subset", "annotations"}}; split_videos: the videos the run predicts
     (the split file's list, in order); extra_ranges: the preset's extra_average_ranges.
     """
+    split_videos = list(dict.fromkeys(split_videos))            # distinct videos, in order
     in_subset = [vid for vid, info in database.items() if info.get("subset") == subset]
     listed = set(split_videos)
     subset_set = set(in_subset)

@@ -17,6 +17,17 @@ def ordered_names(class_names, num_cols):
     return names
 
 
+def in_class_list_order(activity_index, ap, class_names):
+    """(names, ap) with the columns of ap (thresholds, classes), indexed by activity_index
+    {name: column} (the evaluator's order of first appearance), put in the order of class_names
+    (the class list); classes outside the list follow in their own order."""
+    listed = [name for name in class_names if name in activity_index]
+    others = [name for name in sorted(activity_index, key=activity_index.get)
+              if name not in set(class_names)]
+    columns = [activity_index[name] for name in listed + others]
+    return listed + others, np.atleast_2d(np.asarray(ap, dtype=np.float64))[:, columns]
+
+
 def per_class_rows(class_names, tiou_thresholds, ap, num_tiou_for_average=None):
     """(header, rows): one row per class, [name, AP at each tIoU..., average over the first N]."""
     ap = np.atleast_2d(np.asarray(ap, dtype=np.float64))               # (thresholds, classes)

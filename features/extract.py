@@ -14,11 +14,16 @@ models/flow_imagenet.pt.
 Needs OpenCV's contrib build (pip install -r requirements-extract.txt).
 """
 import argparse
+import contextlib
 import hashlib
 import io
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ IDENTITY_KEYS = ("fps", "snippet_frames", "short_side", "crop", "resampling", "r
                  "feature", "rgb_weights_sha256", "flow_weights_sha256", "opencv")
 STREAMS = (("rgb", 3), ("flow", 2))     # (name, input channels), in the order of the 2048-d feature
 FEATURE_DIM = len(STREAMS) * STREAM_DIM
+PROGRESS_EVERY_S = 30.0     # without a terminal (no tqdm bar): a progress line at least this often
 
 
 class ExtractError(UserError):
@@ -183,6 +189,34 @@ def chunk_features(frames, following, nets, settings, pool):
     return run_streams(nets, rgb, flow, sf, settings["device"])
 
 
+class ProgressLines:
+    """Where stderr is no terminal (tqdm draws no bar there), a line on stderr at least every
+    PROGRESS_EVERY_S seconds while a video is extracted: the video, the seconds of it done, the
+    rate. A thread, so that a slow batch (minutes of TV-L1) does not silence it."""
+
+    def __init__(self, vid, total_s, enabled):
+        self.vid, self.total_s, self.done_s = vid, total_s, 0.0
+        self.started, self.stopped = time.monotonic(), threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True) if enabled else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def line(self):
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        total = f" of {self.total_s:.1f} s" if self.total_s else ""
+        return (f"{self.vid}: {self.done_s:.1f} s{total} of video done in {elapsed:.0f} s "
+                f"({self.done_s / elapsed:.3f} s of video per second)")
+
+    def loop(self):
+        while not self.stopped.wait(PROGRESS_EVERY_S):
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def close(self):
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
 def extract_video(path, vid, nets, settings, pool=None, log=print):
     """(T, 2048) float32 features of one video; streams the frames batch by batch."""
     from features import frames as video_frames
@@ -191,6 +225,8 @@ def extract_video(path, vid, nets, settings, pool=None, log=print):
     estimate = video_frames.estimated_frames(path, fps)
     bar = tqdm(total=estimate // sf if estimate else None, desc=vid, unit="snippet", leave=False,
                disable=None)                                  # off where stderr is no terminal
+    lines = ProgressLines(vid, estimate / fps if estimate else None,
+                          enabled=not getattr(sys.stderr, "isatty", lambda: False)())
     features, buffer, count = [], [], 0
     try:
         with torch.inference_mode():
@@ -201,6 +237,7 @@ def extract_video(path, vid, nets, settings, pool=None, log=print):
                     features.append(chunk_features(buffer[:chunk], buffer[chunk], nets,
                                                    settings, pool))
                     bar.update(settings["batch"])
+                    lines.done_s += chunk / fps
                     buffer = buffer[chunk:]
             whole = len(buffer) // sf * sf
             if whole:
@@ -210,6 +247,7 @@ def extract_video(path, vid, nets, settings, pool=None, log=print):
     except video_frames.VideoError as err:
         raise ExtractError(str(err)) from None
     finally:
+        lines.close()
         bar.close()
     if not features:
         raise ExtractError(f"video {path} is too short: {count} frames at {fps:g} fps, one snippet "
@@ -227,6 +265,21 @@ def save_npy(path, array):
 
 
 # ----------------------------------------------------------------------------- many videos
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored while processes are started (they inherit it: Ctrl-C then reaches the main
+    process alone, which stops them and prints one line); a no-op outside the main thread."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_frames=16,
                    device="cpu", batch=8, workers=None, tvl1_params=None, log=print):
     """Features of {VID: video path} (or a file / folder path) into OUT/VID.npy; returns
@@ -283,8 +336,9 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
                     log(f"skip {vid}: {os.path.join(out, vid + '.npy')} exists")
             # spawn: workers start clean (no copy of torch's threads), needing only numpy and OpenCV
             if workers > 1 and todo:
-                pool = multiprocessing.get_context("spawn").Pool(workers,
-                                                                 video_frames.init_flow_worker)
+                with sigint_ignored():       # workers start with Ctrl-C ignored (and keep it so)
+                    pool = multiprocessing.get_context("spawn").Pool(
+                        workers, video_frames.init_flow_worker)
             for vid, path in tqdm(todo.items(), desc="videos", unit="video",
                                   disable=None if len(todo) > 1 else True):
                 features = extract_video(path, vid, nets, settings, pool, log)

@@ -11,6 +11,7 @@ and the TV-L1 flow of the public I3D features' convention.
   (dx, dy) clipped to [-20, 20] pixels and divided by 20.
 """
 import os
+import signal
 
 import cv2
 import numpy as np
@@ -174,6 +175,7 @@ def flow_inputs(grays, crop, params):
 
 def init_flow_worker():
     cv2.setNumThreads(1)                # parallelism comes from the pool: one solver per core
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the main process's to report
 
 
 def to_gray(frame):

@@ -9,6 +9,12 @@ CPU-second per frame pair at 341 x 256. The flow test runs the defaults on small
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -248,6 +254,62 @@ def test_run_with_other_time_base_warns(material):
                                  "--device", "cpu"])
     with pytest.warns(UserWarning, match="extracted at 25 fps with 16-frame snippets"):
         cascade.new_video_dataset({"walk25": str(material["out"] / "walk25.npy")}, args)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C, progress
+INTERRUPTIBLE = """
+import sys
+sys.path.insert(0, {root!r})
+from features import extract
+extract.PROGRESS_EVERY_S = 0.2
+import extract_features
+extract_features.main({argv!r})
+"""
+HINT = "interrupted: rerun the same command to resume; finished videos are kept"
+
+
+def test_ctrl_c_is_one_line_and_the_workers_stop_quietly(material, tmp_path, repo_root):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while the flow pool
+    works (OpenCV's default TV-L1: minutes for this video): the hint alone, exit status 130, no
+    traceback from the main process or the workers, the finished videos and the settings kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(material["out"] / "walk30.npy", out / "walk30.npy")       # a finished video
+    shutil.copy(material["out"] / "extract_config.json", out / "extract_config.json")
+    config_text = (out / "extract_config.json").read_text()
+    argv = ["--videos", str(material["videos"] / "walk25.avi"), "--out", str(out),
+            "--rgb_weights", material["weights"]["rgb"], "--flow_weights",
+            material["weights"]["flow"], "--workers", "2"]
+    settings = json.loads(config_text)
+    settings["tvl1"] = dict(video_frames.TVL1_DEFAULTS)                 # the CLI's flow settings
+    (out / "extract_config.json").write_text(json.dumps(settings))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE.format(root=str(repo_root),
+                                                                           argv=argv)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        first = process.stderr.readline()              # the first progress line: flow is running
+        assert first.startswith("walk25: "), first + process.stderr.read()
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = [line for line in err.splitlines() if not line.startswith("walk25: ")]
+    assert process.returncode == 130 and lines == [HINT], err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+
+
+def test_progress_lines_where_stderr_is_no_terminal(material, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(extract, "PROGRESS_EVERY_S", 0.05)
+    run_extract(material, str(material["videos"] / "walk25.avi"), tmp_path / "out", workers=1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("walk25: ")]
+    assert lines and all(re.fullmatch(r"walk25: \d+\.\d s of 1\.6 s of video done in \d+ s "
+                                      r"\(\d+\.\d{3} s of video per second\)", line)
+                         for line in lines), lines
 
 
 # ----------------------------------------------------------------------------- predict.py --videos

@@ -152,7 +152,7 @@ def test_fps_and_snippet_frames_set_the_time_base(trained):
     so check the range."""
     known, rest = predict.parse_predict_args(["--features", "x", "--fps", "30", "--snippet_frames",
                                               "8", "--checkpoint", "c"])
-    assert rest[-4:] == ["--frames_per_sec", "30", "--segment_frames_num", "8"]
+    assert rest[-4:] == ["--frames_per_sec", "30.0", "--segment_frames_num", "8"]
     args = predict_args(trained["save_dir"], rest[-4:])
     assert args.snippets_per_sec == 30 / 8
     vid = sorted(trained["expected"])[0]
@@ -197,7 +197,8 @@ def save(path, array):
 
 
 @pytest.mark.parametrize("array, message", [
-    (np.zeros((10, 31), dtype=np.float32), "have dimension 31, but the checkpoint expects 32"),
+    (np.zeros((10, 31), dtype=np.float32),
+     "have dimension 31, but the model was trained on 32-d features;"),
     (np.zeros((10, 32, 1), dtype=np.float32), "expected a 2-D (T, 32) array"),
     (np.zeros(32, dtype=np.float32), "expected a 2-D (T, 32) array"),
     (np.zeros((10, 32), dtype=np.int64), "have dtype int64; expected floating point"),
@@ -216,7 +217,8 @@ def test_bad_feature_file(trained, tmp_path, capsys, array, message):
 
 def test_bad_array_for_localize(trained):
     args = predict_args(trained["save_dir"])
-    with pytest.raises(UserError, match="have dimension 16, but the checkpoint expects 32"):
+    with pytest.raises(UserError,
+                       match="have dimension 16, but the model was trained on 32-d features;"):
         cascade.localize(np.zeros((5, 16), dtype=np.float32), trained["save_dir"], args)
     with pytest.raises(UserError, match="expected a numpy array"):
         cascade.localize([[0.0] * 32], trained["save_dir"], args)
