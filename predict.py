@@ -35,11 +35,17 @@ their defaults and descriptions. Flags given here win over the run's config.json
 printed."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad predict.py flag is one error line, as in the entry scripts."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see predict.py --help)")
+
+
 def parse_predict_args(argv):
     """Predict-only flags; everything else goes to config.build_args (the entry scripts' flags)."""
-    parser = argparse.ArgumentParser(prog="predict.py", allow_abbrev=False, description=__doc__,
-                                     epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="predict.py", allow_abbrev=False, description=__doc__,
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="the run folder (model_step*.pth, config.json)")
     parser.add_argument("--demo", action="store_true",
                         help="a --demo run's folder without config.json: the demo's keys")
@@ -133,15 +139,15 @@ def run(argv):
     args = build_args(known.dataset or trained_dataset(known.checkpoint) or DEFAULT_PRESET, rest)
     for line in adopt_trained_config(args, rest):
         print(line)
+    from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
+    out = Path(known.out or f"predictions.{known.format}")
+    models = load_cascade(args.checkpoint, args, "predict.py")
     now = (args.frames_per_sec, args.segment_frames_num)
     made = extraction_time_base(known.features) if known.features is not None else None
     warning = snippet_time_warning(made or now, trained_time_base(known.checkpoint), now,
                                    known.features if made else None)
     if warning:
         print(f"warning: {warning}", flush=True)
-    from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
-    out = Path(known.out or f"predictions.{known.format}")
-    models = load_cascade(args.checkpoint, args, "predict.py")
     if known.videos is not None:       # features at the run's time base, cached beside the output
         from features.extract import FEATURE_DIM, extract_videos
         if args.feature_dim != FEATURE_DIM:

@@ -6,6 +6,7 @@ Nothing here knows the method; every other module may import it.
 import argparse
 import ast
 import errno
+import functools
 import io
 import json
 import math
@@ -121,6 +122,11 @@ def show_value(value):
 def source_comments(path, tables):
     """{key: comment} of the `key=value,  # comment` lines (one key on the line) of the dict(...)
     tables assigned to the names `tables` in the Python file `path`; the first comment wins."""
+    return dict(_source_comments(os.fspath(path), tuple(tables)))
+
+
+@functools.lru_cache(maxsize=8)
+def _source_comments(path, tables):
     source = Path(path).read_text()
     comments = {token.start[0]: token.string.lstrip("#").strip()
                 for token in tokenize.generate_tokens(io.StringIO(source).readline)

@@ -79,8 +79,8 @@ def read_config(path):
             config = json.load(handle)
     except (OSError, ValueError) as err:
         raise UserError(f"{path} is not a readable config ({err}); the run's config cannot be "
-                        f"checked: restore the file, or start over with --no_resume or in another "
-                        f"folder with --suffix NAME") from None
+                        f"checked: restore the file, or start over with --no_resume (test mode: "
+                        f"--overwrite) or in another folder with --suffix NAME") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a config (a JSON object of key: value)")
     return config

@@ -240,6 +240,16 @@ def test_frame_rates_are_floats_and_ratios():
         build_args("THUMOS", ["--frames_per_sec", "fast"])
 
 
+def test_bad_predict_flag_is_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--checkpoint", str(tmp_path), "--features", str(tmp_path), "--fps", "fast"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == (
+        "error: argument --fps: expected a frame rate such as 25, 29.97 or 30000/1001, got 'fast' "
+        "(see predict.py --help)\n")
+    assert not any(tmp_path.iterdir())
+
+
 ACTIONS = [(11, 27), (57, 77), (103, 132)]     # class 0 from snippet a up to snippet b (excluded)
 
 
