@@ -118,7 +118,7 @@ def ensure_demo_dataset(args):
                                 f"have it generated again, or pass another --data_dir")
         changes, files, own = compare(target, stored, params)
         if not changes and not any(files.values()):
-            return stored["sha256"]
+            return stored.get("sha256") or files_sha256(target, own)
         what = difference_text(changes, files)
         if not default or files["changed"] or files["extra"] or files["unverified"]:
             where = ("delete the folder to have it generated again, or pass another --data_dir"

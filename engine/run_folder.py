@@ -29,12 +29,15 @@ class RunConfigChanged(UserError):
 
 
 def check_writable(folder):
-    """Make `folder` (and its missing parents) and check that files can be written there; returns
-    the folders this call made, deepest first."""
+    """Make `folder` (and its missing parents) and check that files can be written there (a
+    folder that exists is only asked, so that a command that goes no further changes nothing);
+    returns the folders this call made, deepest first."""
     made, parent = [], os.path.abspath(os.fspath(folder))
     while not os.path.exists(parent):
         made.append(parent)
         parent = os.path.dirname(parent)
+    if not made and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+        return made
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, ".write_test")

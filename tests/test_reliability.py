@@ -28,15 +28,16 @@ from model import ASMLocBase
 from utils import parse_rate
 
 
-def snapshot(root):
+def snapshot(root, folder_times=False):
     """{relative path: (sha256, mtime_ns)} of every file under root, and every folder (hidden
-    ones too); {} when root does not exist."""
+    ones too), with its mtime_ns (root's too) when folder_times; {} when root does not exist."""
     root = Path(root)
-    out = {}
+    out = {".": root.stat().st_mtime_ns} if folder_times and root.exists() else {}
     for path in sorted(root.rglob("*")) if root.exists() else []:
         name = path.relative_to(root).as_posix()
         out[name] = ((hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
-                     if path.is_file() else "folder")
+                     if path.is_file() else ("folder", path.stat().st_mtime_ns if folder_times
+                                             else None))
     return out
 
 
@@ -80,7 +81,7 @@ def test_demo_copy_with_notes_and_a_changed_value_is_refused_untouched(small_dem
     features = np.load(npy)
     features[3, 5] = np.nan
     np.save(npy, features)
-    before = snapshot(tmp_path)
+    before = snapshot(tmp_path, folder_times=True)
     code, err = one_error_line("THUMOS", ["--demo", "--data_dir", str(copy), "--checkpoint_root",
                                           str(tmp_path / "runs"), "--device", "cpu"], capsys)
     assert code == 2
@@ -89,7 +90,7 @@ def test_demo_copy_with_notes_and_a_changed_value_is_refused_untouched(small_dem
                    f"notes.txt); it was left untouched: --demo writes only into a new or empty "
                    f"--data_dir, or over its own unchanged {config.demo_data_dir('THUMOS')}: pass "
                    f"a new --data_dir, or drop --data_dir")
-    assert snapshot(tmp_path) == before                # byte-identical, no run or temporary folder
+    assert snapshot(tmp_path, folder_times=True) == before   # byte-identical, no stray folder
 
 
 def test_demo_copy_with_other_parameters_names_the_parameter(small_demo, tmp_path, capsys):
@@ -349,7 +350,7 @@ def test_features_at_another_rate_than_the_flags_say_how_to_time_them(tmp_path, 
 
 # ----------------------------------------------------------------------------- 11: reruns
 def test_rerun_of_a_finished_run_writes_nothing(tiny_run, capsys):
-    before = snapshot(tiny_run["save_dir"])
+    before = snapshot(tiny_run["save_dir"], folder_times=True)
     results = json.loads(Path(tiny_run["save_dir"], "results.json").read_text())
     best = runner.run("THUMOS", tiny_run["argv"])
     out = capsys.readouterr().out.splitlines()
@@ -359,20 +360,20 @@ def test_rerun_of_a_finished_run_writes_nothing(tiny_run, capsys):
     assert out[1].startswith("best average mAP per step: step 0 "
                              f"{results['steps']['0']['best']['average_mAP']:.2f}, step 1 ")
     assert best == [results["steps"][k]["best"]["average_mAP"] / 100 for k in ("0", "1")]
-    assert snapshot(tiny_run["save_dir"]) == before
+    assert snapshot(tiny_run["save_dir"], folder_times=True) == before
 
 
 def test_refusals_touch_no_file_not_even_the_lock(tiny_run, capsys, lock_holder):
-    before = snapshot(tiny_run["save_dir"])
+    before = snapshot(tiny_run["save_dir"], folder_times=True)
     code, err = one_error_line("THUMOS", tiny_run["argv"] + ["--lamb_bg", "0.9"], capsys)
     assert code == 2 and "(lamb_bg: 0.5 → 0.9) and was left untouched" in err
-    assert snapshot(tiny_run["save_dir"]) == before
+    assert snapshot(tiny_run["save_dir"], folder_times=True) == before
     holder = lock_holder(tiny_run["save_dir"])
     assert holder.stdout.readline().strip() == "locked"
-    during = snapshot(tiny_run["save_dir"])
+    during = snapshot(tiny_run["save_dir"], folder_times=True)
     code, err = one_error_line("THUMOS", tiny_run["argv"], capsys)
     assert code == 2 and f"is in use by another process (pid {holder.pid})" in err
-    assert snapshot(tiny_run["save_dir"]) == during
+    assert snapshot(tiny_run["save_dir"], folder_times=True) == during
 
 
 # ----------------------------------------------------------------------------- 12: test mode
