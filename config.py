@@ -265,7 +265,7 @@ def make_parser(dataset):
     for key, help_text in SWITCHES.items():
         parser.add_argument(f"--{key}", action="store_true", help=help_text)
     described = source_comments(__file__, ("COMMON", "PRESETS", "EXTRA_OPTIONS"))
-    demo = DEMO_PRESETS[dataset]
+    demo = DEMO_PRESETS.get(dataset, {})
     for key, default in defaults.items():
         shown = f"default {show_value(default)}" + (
             f"; --demo {show_value(demo[key])}" if key in demo and demo[key] != default else "")
