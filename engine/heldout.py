@@ -141,6 +141,11 @@ def held_out_for_run(args):
     root = Path(args.data_dir)
     database = read_gt(root / "gt.json")
     names = held_out_videos(args, database, read_split(root / "split_train.txt"))
+    if names and not any("segment" in ann for vid in names
+                         for ann in database[vid].get("annotations", [])):
+        raise UserError(f"--val_videos {args.val_videos}: the held-out training videos have no "
+                        f"segment in {root / 'gt.json'}, so they cannot be scored; validation "
+                        f"needs segments (training needs only labels): drop --val_videos")
     if names and args.is_main:
         resuming = not (args.no_resume or args.checkpoint) and os.path.exists(
             os.path.join(args.save_dir, "model_latest.pth"))

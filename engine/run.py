@@ -12,7 +12,7 @@ import sys
 from config import build_args, save_config
 from engine import cascade, distributed, run_folder, training
 from engine.precision import deterministic_mode
-from engine.reports import Logger
+from engine.reports import Logger, dataset_line
 from engine.seeding import set_seed
 from utils import RunFolderLock, run_cli
 
@@ -58,6 +58,7 @@ def run_training_or_test(args, argv):
             log = Logger(args.log_path)
             for line in notes:
                 log(line)
+            log(dataset_line(args), console=args.dataset_name != args.dataset)   # a user's: shown
             save_config(args, os.path.join(args.save_dir, "config.json"))
         distributed.barrier()
         if args.test:
