@@ -74,7 +74,7 @@ def main(argv=None):
         variants = {"default": default_grid(probe.num_steps), "components": COMPONENT_GRID,
                     "steps": STEPS_GRID, "full": [COMPONENT_GRID[-1]]}[opts.variants]
     base_args, cells = plan_cells(opts.dataset, passthrough, variants, seeds, outdir)
-    result_dir = os.path.join(base_args.checkpoint_root, opts.dataset, outdir)
+    result_dir = os.path.join(base_args.checkpoint_root, base_args.dataset_name, outdir)
     todo = [cell for cell in cells if cell.result() is None]
     gpus = visible_gpus(passthrough)
     jobs = min(opts.jobs or len(gpus) or os.cpu_count() or 1, max(len(todo), 1))
@@ -90,7 +90,7 @@ def main(argv=None):
             print(" ".join(["python", f"main_{opts.dataset}.py"] + cell.argv))
         return 0
     if "--demo" in passthrough:              # generate the demo set once, before the parallel cells
-        from demo_data import ensure_demo_dataset
+        from synthetic_data import ensure_demo_dataset
         ensure_demo_dataset(base_args)
     start = time.time()
     failed, cpu = [], 0.0

@@ -17,6 +17,7 @@ from utils import (Range, UserError, atomic_write_text, parse_bool, parse_rate, 
 
 REPO_ROOT = Path(__file__).resolve().parent
 CLASS_LIST_DIR = REPO_ROOT / "classes"
+DATA_CLASS_LIST = "classes.txt"    # a data folder's own class list (a user's dataset)
 
 # ---------------------------------------------------------------------------------------------
 # Presets. One line per knob; values are the released code's (docs/method.md §2 and §11).
@@ -42,7 +43,8 @@ COMMON = dict(
     skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
     feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
     # run folder / logging
-    outdir="default",             # run folder name under checkpoints/{dataset}/
+    dataset_name="",              # names checkpoints/{dataset_name}/, logs ("": resolve_dataset)
+    outdir="default",             # run folder name under checkpoints/{dataset_name}/
     suffix="",                    # appended to the run folder name
     checkpoint_root="checkpoints",  # root of all run folders
     result_path="",               # where training writes each result JSON ("": the run folder)
@@ -198,7 +200,8 @@ NON_RESULT_KEYS = (
     "visualize", "visualize_videos", "diagnose", "debug", "result_path", "feature_cache_gb",
     "skip_data_checks",
     # where the run folder is (the folder itself is what is compared)
-    "outdir", "suffix", "checkpoint_root", "save_dir", "log_path",
+    "outdir", "suffix", "checkpoint_root", "save_dir", "log_path", "dataset_name",
+    "class_list_file",            # where class_names (compared: contents and order) were read
     # how this command starts, not what the run is (--demo sets preset keys, which are compared)
     "test", "no_resume", "overwrite", "checkpoint", "start_epoch", "reset_epoch", "demo",
     # this process and machine (numbers differ in their last bits across devices, as across GPUs)
@@ -286,11 +289,35 @@ def explicit_keys(dataset, argv):
 def load_class_names(path):
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"class list {path} not found")
+        raise ConfigError(f"class list {path} not found; pass --class_list FILE")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"class list {path} has duplicate names")
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"class list {path} is empty or has duplicate names; it names one class "
+                          f"a line (--class_list FILE)")
     return names
+
+
+def class_list_file(class_list):
+    """The file a class_list value names: a path from the current directory (or absolute), else
+    a name in classes/."""
+    for path in (Path(class_list), CLASS_LIST_DIR / class_list):
+        if path.is_file():
+            return str(path)
+    raise ConfigError(f"class list {class_list} not found (neither from the current directory "
+                      f"nor in {CLASS_LIST_DIR}); pass --class_list FILE")
+
+
+def resolve_dataset(args, preset, class_list_given):
+    """A data folder with classes.txt is a dataset of its own: that file is the class list unless
+    --class_list is given; the folder's name is its name (outside the preset's own folder)."""
+    own = os.path.join(args.data_dir, DATA_CLASS_LIST)
+    from_folder = not class_list_given and os.path.isfile(own)
+    if from_folder:
+        args.class_list = own
+    folder = os.path.abspath(args.data_dir)
+    if not args.dataset_name:
+        args.dataset_name = (os.path.basename(folder) if from_folder and folder != os.path.abspath(
+            PRESETS[preset]["data_dir"]) else preset)
 
 
 def run_folder_name(args):
@@ -320,6 +347,8 @@ def _validate(args):
                           f"{args.num_heads}")
     if len(args.tiou_thresholds) == 0:
         raise ConfigError("--tiou_thresholds needs at least one value")
+    if args.dataset_name in ("", ".", "..") or set("/\\") & set(args.dataset_name):
+        raise ConfigError(f"--dataset_name {args.dataset_name!r} must be a folder name")
     if args.test and not args.checkpoint:
         raise ConfigError("--test needs --checkpoint DIR (a folder of model_step*.pth files)")
 
@@ -336,7 +365,10 @@ def derive(args):
         raise ConfigError(f"--extra_average_ranges takes (low, high) pairs, got {len(ranges)} "
                           f"values")
     args.extra_average_ranges = ranges.reshape(-1, 2).tolist()
-    args.class_name_lst = load_class_names(CLASS_LIST_DIR / args.class_list)
+    if not getattr(args, "class_names", None):     # else kept (test mode: the trained run's)
+        args.class_list_file = class_list_file(args.class_list)
+        args.class_names = load_class_names(args.class_list_file)
+    args.class_name_lst = list(args.class_names)
     args.action_cls_num = len(args.class_name_lst)
     args.snippets_per_sec = args.frames_per_sec / args.segment_frames_num   # r = 25/16
     return args
@@ -361,10 +393,12 @@ def build_args(dataset, argv=None):
     if cli.demo:
         values.update(DEMO_PRESETS[dataset], data_dir=demo_data_dir(dataset))
     values.update({key: val for key, val in vars(cli).items() if val is not None})
-    args = argparse.Namespace(**values)
+    args = argparse.Namespace(**values, class_names=None)
     args.dataset = dataset
+    resolve_dataset(args, dataset, cli.class_list is not None)
     derive(args)
-    args.save_dir = os.path.join(args.checkpoint_root, dataset, args.outdir, run_folder_name(args))
+    args.save_dir = os.path.join(args.checkpoint_root, args.dataset_name, args.outdir,
+                                 run_folder_name(args))
     args.log_path = os.path.join(args.save_dir, "log.txt")
     args.rank, args.world_size, args.is_main = 0, 1, True      # set by distributed.init_distributed
     if args.gpu != "":

@@ -141,13 +141,20 @@ class VideoDataset(Dataset):
         index = {name: i for i, name in enumerate(self.class_names)}
         self.gt_labels, self.video_labels, self.gt_segments = {}, {}, {}
         for vid in self.video_names:
-            self.gt_segments[vid] = database[vid].get("annotations", [])
-            labels = {ann["label"] for ann in self.gt_segments[vid]}
+            # training reads the labels only: an annotation may lack a segment (docs/method.md §1)
+            annotations = database[vid].get("annotations", [])
+            if not all(isinstance(ann, dict) and "label" in ann for ann in annotations):
+                raise DataError(f"{self.root / 'gt.json'}: video {vid} has an annotation without "
+                                f"a \"label\"; every annotation needs one")
+            self.gt_segments[vid] = [ann for ann in annotations if "segment" in ann]
+            labels = {ann["label"] for ann in annotations}
             unknown = sorted(labels - set(index))
             if unknown:
+                source = getattr(args, "class_list_file", None) or "the class list"
                 raise DataError(f"{self.root / 'gt.json'}: video {vid} has label {unknown[0]!r}, "
-                                f"which is not in the class list ({len(index)} classes); fix the "
-                                f"annotation or the class list")
+                                f"which is not in the class list {source} ({len(index)} classes); "
+                                f"fix the annotation, or pass the right list with --class_list "
+                                f"FILE")
             self.gt_labels[vid] = labels
             self.video_labels[vid] = np.zeros(len(index), dtype=np.float32)
             self.video_labels[vid][[index[name] for name in labels]] = 1.0

@@ -1,35 +1,35 @@
-"""Synthetic I3D-like features in the real on-disk layout (docs/method.md §1), for tests and the
---demo run.
+"""Synthetic datasets in the real on-disk layout (docs/method.md §1), for tests and the --demo
+run, and the --demo data folder.
 
-Each video mixes, in a low-rank latent space projected to D dims and passed through a ReLU:
-a class scene context present through the whole video (confusable classes share part of it),
-a two-phase action signal inside each instance with soft (sigmoid) boundaries, a slowly drifting
-background, temporally smooth noise and white noise. RGB (first half) carries more scene,
-flow (second half) more motion. Deterministic for a seed (per-video generators), and
-bit-identical on every generation: the arithmetic is float64 in a fixed summation order (no BLAS,
-whose float32 products change with its thread count and memory alignment), cast to float32 once.
+The features of each video come from features/synthetic.py; the timelines (durations,
+instances, subsets, names) from a profile of PROFILES, measured on a real dataset; a config
+preset names its profile (synthetic_profile).
 
-The shape of a set (durations, instances, subsets, names) is a profile of PROFILES, measured on a
-real dataset; a config preset names its profile (synthetic_profile).
+The --demo folder (`ensure_demo_dataset`): SYNTHETIC.json, written last, records the generation
+parameters and the sha256 of every generated file. The set is generated where the folder is
+missing or empty (into a temporary sibling renamed into place); again only in the default demo
+folder (`config.demo_data_dir`) when every file there is its own and unchanged (exactly those are
+removed); anything else is refused with one line naming the difference, the folder untouched.
 
 CLI: python synthetic_data.py --out DIR --profile THUMOS14 --num_train 40 --num_test 40 --seed 0
 """
 import argparse
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from utils import atomic_write_json, atomic_write_text
+from config import demo_data_dir
+from features.synthetic import feature_bank, video_features
+from sampling import R
+from utils import UserError, atomic_write_json, atomic_write_text
 
-R = 25 / 16
-MARKER = "SYNTHETIC.json"  # the demo set's record (demo_data.py), written last
+MARKER = "SYNTHETIC.json"  # the demo set's record, written last
 GENERATOR_VERSION = 3      # in the demo marker: a demo set from an older generator is rebuilt
-KNOWN_PAIRS = [("CliffDiving", "Diving"), ("CricketBowling", "CricketShot"),
-               ("HammerThrow", "ThrowDiscus"), ("HighJump", "LongJump"),
-               ("JavelinThrow", "Shotput"), ("BasketballDunk", "VolleyballSpiking"),
-               ("GolfSwing", "TennisSwing"), ("BaseballPitch", "SoccerPenalty")]
 
 
 def default_classes(profile):
@@ -39,95 +39,6 @@ def default_classes(profile):
     if path.is_file():
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return [f"class_{i:03d}" for i in range(profile["num_classes"])]
-
-
-def _partners(class_names):
-    """Confusable partner of each class (known pairs, then neighbours in list order)."""
-    index = {name: i for i, name in enumerate(class_names)}
-    partner = np.full(len(class_names), -1)
-    for a, b in KNOWN_PAIRS:
-        if a in index and b in index:
-            partner[index[a]], partner[index[b]] = index[b], index[a]
-    free = np.flatnonzero(partner < 0)
-    for a, b in zip(free[0::2], free[1::2]):
-        partner[a], partner[b] = b, a
-    return partner
-
-
-def _bank(class_names, D, seed, n_bg=8, n_noise=24):
-    """Projection rows (latent → D): action phases A/B, scene context, background, smooth noise."""
-    rng = np.random.default_rng([seed, 7919])
-    C = len(class_names)
-    partner = _partners(class_names)
-    group = np.where(partner >= 0, np.minimum(np.arange(C), partner), np.arange(C))   # pair id
-    rgb = np.r_[np.ones(D // 2), np.zeros(D - D // 2)]
-
-    def mixed(shared_frac):
-        shared, own = rng.standard_normal((C, D)), rng.standard_normal((C, D))
-        return np.sqrt(shared_frac) * shared[group] + np.sqrt(1 - shared_frac) * own
-
-    act_a, act_b, ctx = mixed(0.5), mixed(0.5), mixed(0.6)
-    motion, scene = 0.55 + 0.45 * (1 - rgb), 0.35 + 0.65 * rgb      # flow carries motion, RGB scene
-    rows = [0.6 * act_a * motion, 0.6 * act_b * motion, 0.35 * ctx * scene,
-            0.35 * rng.standard_normal((n_bg, D)) * (0.5 + 0.5 * rgb),
-            0.25 * rng.standard_normal((n_noise, D))]
-    bias = -0.3 + 0.1 * rng.standard_normal(D)
-    return np.concatenate(rows).astype(np.float32), bias.astype(np.float32), partner
-
-
-def _smooth(x, sigma):
-    """Gaussian smoothing along time (axis 0) by convolution with a short kernel, tap by tap."""
-    half = max(int(3 * sigma), 1)
-    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-    k /= k.sum()
-    padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
-    out = np.zeros(x.shape)
-    for j, weight in enumerate(k):      # fixed summation order (see the module docstring)
-        out += weight * padded[j:j + len(x)]
-    return out
-
-
-def _project(latent, W, bias):
-    """bias + latent @ W in float64, one latent column after another; all-zero columns add nothing.
-    latent (T, L), W (L, D), bias (D,) -> (T, D)."""
-    out = np.repeat(np.asarray(bias, dtype=np.float64)[None, :], latent.shape[0], axis=0)   # (T, D)
-    for col in np.flatnonzero(latent.any(axis=0)):
-        out += latent[:, col:col + 1] * W[col].astype(np.float64)
-    return out
-
-
-def _features(T, annotations, bank, rng):
-    """(T, D) float32 features of one video from its annotations [(start_s, end_s, class_id)]."""
-    W, bias, partner = bank
-    C, D = len(partner), W.shape[1]
-    t = np.arange(T, dtype=np.float64)[None, :] + 0.5                   # snippet centres
-    env_a, env_b = np.zeros((T, C)), np.zeros((T, C))
-    if annotations:
-        s, e, cls = (np.array(v) for v in zip(*annotations))
-        s, e = s[:, None] * R, e[:, None] * R
-        tau = rng.uniform(0.4, 1.2, (len(cls), 1))
-        # (N, T) soft sigmoid edges
-        box = (1 + np.tanh((t - s) / (2 * tau))) * (1 + np.tanh((e - t) / (2 * tau))) / 4
-        box *= rng.uniform(0.5, 1.5, (len(cls), 1))                     # weak and strong instances
-        phase = np.clip((t - s) / np.maximum(e - s, 1e-3), 0, 1)
-        for n, c in enumerate(cls):                                     # instance by instance
-            env_a[:, c] += box[n] * (1 - phase[n])                      # (T,)
-            env_b[:, c] += box[n] * phase[n]
-    ctx = np.zeros(C)
-    present = sorted({c for _, _, c in annotations})
-    ctx[present] = rng.uniform(0.6, 1.2, len(present))
-    for c in present:                                   # scenes of confusable classes look alike
-        if partner[c] >= 0 and rng.random() < 0.3:
-            ctx[partner[c]] = max(ctx[partner[c]], rng.uniform(0.2, 0.5))
-    ctx = ctx[None, :] * (1 + 0.3 * _smooth(rng.standard_normal((T, 1)), 6.0))
-    n_bg, n_noise = W.shape[0] - 3 * C - 24, 24
-    bg = np.maximum(_smooth(rng.standard_normal((T, n_bg)), 8.0) * 3 + 0.3, 0)
-    noise = _smooth(rng.standard_normal((T, n_noise)), 1.5) * 1.5
-    latent = np.concatenate([env_a, env_b, ctx, bg, noise], axis=1)     # (T, L)
-    pre = (_project(latent, W, bias)
-           + rng.standard_normal((T, D), dtype=np.float32) * np.float32(0.45))
-    pre[1:-1] = 0.5 * pre[1:-1] + 0.25 * (pre[:-2] + pre[2:])           # overlapping snippets
-    return np.where(pre > 0, pre, 0.0).astype(np.float32)               # ReLU, one cast
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +136,7 @@ def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_te
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     class_names = list(class_names or default_classes(profile))
     index = {name: i for i, name in enumerate(class_names)}
-    bank = _bank(class_names, feature_dim, seed)
+    bank = feature_bank(class_names, feature_dim, seed)
     out = Path(out_dir)
     database, splits = {}, {"train": [], "test": []}
     videos = (_real_timeline(timeline_gt, profile, num_train, num_test, index)
@@ -234,7 +145,7 @@ def generate_synthetic_dataset(out_dir, profile="THUMOS14", num_train=40, num_te
     for number, (vid, folder, duration, anns) in enumerate(videos):
         rng = np.random.default_rng([seed, number])
         T = max(int(round(duration * R)), 1)
-        feats = _features(T, [(s, e, index[c]) for s, e, c in anns], bank, rng)
+        feats = video_features(T, [(s, e, index[c]) for s, e, c in anns], bank, rng)
         (out / folder).mkdir(parents=True, exist_ok=True)
         np.save(out / folder / f"{vid}.npy", feats)
         subset = PROFILES[profile]["subsets"][folder == "test"]
@@ -301,6 +212,163 @@ def files_sha256(root, manifest=None):
     for name in sorted(manifest, key=PurePosixPath):
         digest.update(name.encode() + b"\0" + bytes.fromhex(manifest[name]))
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the --demo folder
+class DemoDataError(UserError):
+    """A --demo data folder that is not the demo set this run needs and is not ours to replace."""
+
+
+def demo_params(args):
+    """The generation parameters of the demo set a config needs (recorded in SYNTHETIC.json)."""
+    profile = args.synthetic_profile
+    num_train, num_test = PROFILES[profile]["demo_videos"]
+    return {"profile": profile, "num_train": num_train, "num_test": num_test,
+            "feature_dim": int(args.feature_dim), "seed": 0,
+            "class_names": list(args.class_name_lst),
+            "durations": list(PROFILES[profile]["durations"]), "generator": GENERATOR_VERSION}
+
+
+def entries(root):
+    """Every path under root (files, folders, links) relative to it, as posix text, the marker
+    left out."""
+    root = Path(root)
+    return {path.relative_to(root).as_posix() for path in root.rglob("*")} - {MARKER}
+
+
+def show(value):
+    return f"[{len(value)} values]" if isinstance(value, list) and len(value) > 4 \
+        else json.dumps(value)
+
+
+def listed(names, limit=3):
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" * (len(names) > limit))
+
+
+def compare(target, stored, params):
+    """How the set at target differs from the one `params` describe: (parameter changes
+    [(key, recorded, needed)], {"changed" / "missing" / "extra" / "unverified": [relative
+    paths]}, the manifest of the set's own files). A record without a manifest (an older demo
+    set) vouches for every file there while the set's checksum matches; else "unverified"."""
+    changes = [(key, stored.get(key), value) for key, value in params.items()
+               if stored.get(key) != value]
+    current = files_manifest(target)
+    own = stored.get("files")
+    unverified = not isinstance(own, dict) and files_sha256(target, current) != stored.get("sha256")
+    if not isinstance(own, dict):
+        own = {} if unverified else current
+    folders = {str(parent) for name in own for parent in PurePosixPath(name).parents} - {"."}
+    files = {"changed": [name for name in own if name in current and current[name] != own[name]],
+             "missing": [name for name in own if name not in current],
+             "extra": [] if unverified else sorted(entries(target) - set(own) - folders),
+             "unverified": [MARKER] if unverified else []}
+    return changes, files, own
+
+
+def difference_text(changes, files):
+    changed = files["changed"]
+    parts = [", ".join(f"{key}: {show(old)} → {show(new)}" for key, old, new in changes),
+             f"{listed(changed)} differ{'s' if len(changed) == 1 else ''} from the checksum in "
+             f"{MARKER}" if changed else "",
+             f"missing: {listed(files['missing'])}" if files["missing"] else "",
+             f"files it did not generate: {listed(files['extra'])}" if files["extra"] else "",
+             f"its files differ from the checksum in its {MARKER}" if files["unverified"] else ""]
+    return "; ".join(part for part in parts if part)
+
+
+def read_record(target):
+    """SYNTHETIC.json of the set at target, or None when it is unreadable."""
+    try:
+        stored = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def ensure_demo_dataset(args):
+    """The demo set at args.data_dir, generated when needed (module docstring); returns the
+    sha256 of its files (config.json records it). Raises DemoDataError (one line) instead of
+    touching a folder that is not the demo set's own."""
+    target = Path(args.data_dir)
+    params = demo_params(args)
+    default = os.path.abspath(target) == os.path.abspath(demo_data_dir(args.dataset))
+    script = f"main_{args.dataset}.py"
+    marker = target / MARKER
+    if marker.is_file():
+        stored = read_record(target)
+        if stored is None:
+            raise DemoDataError(f"demo data {target}: its {MARKER} is unreadable, so its files "
+                                f"cannot be checked; it was left untouched: delete the folder to "
+                                f"have it generated again, or pass another --data_dir")
+        changes, files, own = compare(target, stored, params)
+        if not changes and not any(files.values()):
+            return stored.get("sha256") or files_sha256(target, own)
+        what = difference_text(changes, files)
+        if not default or files["changed"] or files["extra"] or files["unverified"]:
+            where = ("delete the folder to have it generated again, or pass another --data_dir"
+                     if default else
+                     f"--demo writes only into a new or empty --data_dir, or over its own "
+                     f"unchanged {demo_data_dir(args.dataset)}: pass a new --data_dir, or drop "
+                     f"--data_dir")
+            raise DemoDataError(f"demo data {target} is not the demo set this run needs ({what}); "
+                                f"it was left untouched: {where}")
+        print(f"demo data {target}: {what}; generating it again", flush=True)
+        generate(target, params, own)
+    elif target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        if (target / "gt.json").is_file() or (target / "split_train.txt").is_file():
+            raise DemoDataError(f"--demo trains the small demo schedule on generated data, but "
+                                f"--data_dir {target} holds a dataset of its own (no {MARKER}); "
+                                f"it was left untouched: to train on it, drop --demo (python "
+                                f"{script} --data_dir {target}), or give --demo a new or empty "
+                                f"--data_dir")
+        raise DemoDataError(f"--demo generates its data into --data_dir {target}, which is not "
+                            f"empty and holds no {MARKER} (not a demo set); it was left "
+                            f"untouched: pass a new or empty --data_dir")
+    else:
+        generate(target, params)
+    return json.loads(marker.read_text())["sha256"]
+
+
+def generate(target, params, own=None):
+    """Write the set into a temporary sibling folder, then put it in place of target: an empty
+    folder (renamed over), or a set whose own files `own` (a manifest) are removed first, the
+    marker last."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        generate_synthetic_dataset(tmp, **{key: val for key, val in params.items()
+                                           if key != "generator"})
+        files = files_manifest(tmp)
+        atomic_write_json(tmp / MARKER, {**params, "sha256": files_sha256(tmp, files),
+                                         "files": files})
+        if own is not None:
+            remove_own(target, own)
+        os.replace(tmp, target)                   # over an empty folder: one atomic rename
+    except OSError:                               # another process may have finished first
+        stored = read_record(target)
+        if stored is None or any(compare(target, stored, params)[1].values()) \
+                or compare(target, stored, params)[0]:
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)                    # this call's own temporary folder
+    return target
+
+
+def remove_own(target, own):
+    """Delete the set's own files (manifest `own`), then the folders they leave empty, then the
+    marker: an interruption leaves the marker and some of its files, which the next run
+    regenerates."""
+    for name in own:
+        path = target / name
+        if path.is_file():
+            path.unlink()
+    folders = {parent for name in own for parent in PurePosixPath(name).parents}
+    for folder in sorted(folders, key=lambda path: -len(path.parts)):       # deepest first
+        if folder.parts and (target / folder).is_dir() and not any((target / folder).iterdir()):
+            (target / folder).rmdir()
+    (target / MARKER).unlink()
 
 
 def main(argv=None):

@@ -35,9 +35,7 @@ def tree_python(tree):
 
 
 def prepare(tree):
-    code = ("import config\ntry:\n    from demo_data import ensure_demo_dataset\n"
-            "except ImportError:   # a tree of an earlier version\n"
-            "    from synthetic_data import ensure_demo_dataset\n"
+    code = ("import config\nfrom synthetic_data import ensure_demo_dataset\n"
             "ensure_demo_dataset(config.build_args('THUMOS', ['--demo']))")
     subprocess.run([tree_python(tree), "-c", code], cwd=tree, check=True, stdout=subprocess.DEVNULL)
 

@@ -68,7 +68,7 @@ row() {   # row CHECK COMMAND RESULT
 best_maps() { sed -n 's/.*best average mAP per step: \([^(]*\).*/\1/p' "$DIR/logs/$1.log" | tail -n 1; }
 
 DEMO=(main_THUMOS.py --demo --device cuda --no_resume --seed 0)
-"$PY" -c "import config, demo_data; demo_data.ensure_demo_dataset(config.build_args('THUMOS', ['--demo']))" \
+"$PY" -c "import config, synthetic_data; synthetic_data.ensure_demo_dataset(config.build_args('THUMOS', ['--demo']))" \
     >"$DIR/logs/demo_data.log" 2>&1                       # untimed: the demo data, once
 
 run demo_fp32 120 "$PY" "${DEMO[@]}" --checkpoint_root "$SCRATCH/fp32"

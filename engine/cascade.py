@@ -82,9 +82,11 @@ def test_cascade(args, inputs=None):
     def score(step, detections, outputs):
         path = os.path.join(args.save_dir, f"test_result_step{step}.json")
         detector = passes.score_results(detections, outputs, args, path)
-        if args.is_main:
-            log(reports.format_map_line(detector,
-                                        f"test step {step} ({os.path.basename(paths[step])})"))
+        prefix = f"test step {step} ({os.path.basename(paths[step])})"
+        if args.is_main and not detector.scored:          # no segment in the test split
+            log(reports.unscored_line(prefix, path))
+        elif args.is_main:
+            log(reports.format_map_line(detector, prefix))
             reports.report_evaluation(detector, args, step, test_set, "test_", log)
         detectors.append(detector)
 

@@ -138,7 +138,14 @@ def held_out_for_run(args):
     if not getattr(args, "val_videos", ""):
         return []
     root = Path(args.data_dir)
-    return held_out_videos(args, read_gt(root / "gt.json"), read_split(root / "split_train.txt"))
+    database = read_gt(root / "gt.json")
+    names = held_out_videos(args, database, read_split(root / "split_train.txt"))
+    if names and not any("segment" in ann for vid in names
+                         for ann in database[vid].get("annotations", [])):
+        raise UserError(f"--val_videos {args.val_videos}: the held-out training videos have no "
+                        f"segment in {root / 'gt.json'}, so they cannot be scored; validation "
+                        f"needs segments (training needs only labels): drop --val_videos")
+    return names
 
 
 def save_held_out(args, names):

@@ -9,17 +9,23 @@ import platform
 import subprocess
 from pathlib import Path
 
-from eval.files import read_gt
+from eval.files import DataError, read_gt
 from eval.protocol import describe, range_averages
 from utils import atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+NOT_SCORED = ("not scored: no video of the test split has a segment in gt.json, so no mAP exists; "
+              "the detections of every evaluation are in result_step{k}.json, and "
+              "model_step{k}_best_epoch.pth is the step's last evaluated epoch")
 
 
 def map_entry(detector, args):
-    """{"mAP": {tIoU: %}, "average_mAP": %, "averages": {"0.1:0.5": %, ...}} of one evaluation."""
+    """{"mAP": {tIoU: %}, "average_mAP": %, "averages": {"0.1:0.5": %, ...}} of one evaluation
+    (without ground truth: no mAP, "scored": false)."""
+    if not detector.scored:
+        return {"mAP": {}, "average_mAP": None, "averages": {}, "scored": False}
     return {"mAP": {f"{t:.2f}": 100 * float(v) for t, v in zip(args.tiou_thresholds, detector.mAP)},
             "average_mAP": 100 * float(detector.average_mAP),
             "averages": {k: 100 * v for k, v in range_averages(
@@ -27,10 +33,18 @@ def map_entry(detector, args):
 
 
 def run_protocol(args, test_set):
-    """The evaluation protocol of a run on `test_set` (its gt.json, split list and the config)."""
-    database = read_gt(test_set.root / "gt.json")
-    return describe(database, args.eval_subset, "split_test.txt", test_set.video_names,
-                    args.tiou_thresholds, args.num_tiou_for_average, args.extra_average_ranges)
+    """The evaluation protocol of a run on `test_set` (its gt.json, split list and the config);
+    a gt.json without a video in the evaluation subset is an error here, before any training."""
+    path = test_set.root / "gt.json"
+    database = read_gt(path)
+    protocol = describe(database, args.eval_subset, "split_test.txt", test_set.video_names,
+                        args.tiou_thresholds, args.num_tiou_for_average, args.extra_average_ranges)
+    if not protocol["gt_videos"]:
+        listed = sorted({str(database[vid].get("subset")) for vid in test_set.video_names})
+        raise DataError(f"{path} has no video in subset {args.eval_subset!r} (eval_subset, the "
+                        f"subset scored); the videos of split_test.txt are in subset "
+                        f"{' / '.join(map(repr, listed))}: pass --eval_subset {listed[0]}")
+    return protocol
 
 
 class MetricsRecord:
@@ -75,11 +89,13 @@ def evaluation_of(entry):
 def summarize(entries):
     """Per step {"best": the first evaluation with the highest test average, "last": the last one,
     "val_selected": the first with the highest validation average (its test mAP), when
-    validated}."""
+    validated}. Without ground truth (average_mAP null) "best" is the last evaluation, as the
+    step's best-epoch checkpoint is."""
     steps = {}
     for entry in entries:
         step = steps.setdefault(str(entry["step"]), {})
-        if "best" not in step or entry["average_mAP"] > step["best"]["average_mAP"]:
+        best = step.get("best", {}).get("average_mAP")
+        if best is None or entry["average_mAP"] is None or entry["average_mAP"] > best:
             step["best"] = evaluation_of(entry)
         step["last"] = evaluation_of(entry)
         if "val" in entry and (
@@ -125,10 +141,13 @@ def environment(args):
 
 def write_results(save_dir, entries, config_text, args, protocol, validation, wall_s):
     """results.json of a finished run (atomic); returns it."""
-    results = {"dataset": args.dataset, "run_folder": save_dir, "epochs": args.epochs,
+    results = {"dataset": args.dataset_name, "preset": args.dataset,
+               "scored": bool(protocol["scored"]), "run_folder": save_dir, "epochs": args.epochs,
                "num_steps": args.num_steps, "config_sha256": config_sha256(config_text),
                **environment(args), "wall_s": wall_s, "protocol": protocol,
                "validation": validation, "steps": summarize(entries)}
+    if not protocol["scored"]:
+        results["note"] = NOT_SCORED
     atomic_write_json(os.path.join(save_dir, RESULTS_FILE), results, indent=2)
     return results
 

@@ -63,6 +63,17 @@ def format_map_line(detector, prefix):
     return f"{prefix} | mAP@tIoU {values} | avg {100 * detector.average_mAP:.2f}"
 
 
+def unscored_line(prefix, result_path):
+    """An evaluation without ground truth: where its detections went."""
+    return f"{prefix} | detections {os.path.basename(result_path)} | not scored (no segment)"
+
+
+def dataset_line(args):
+    """Which dataset a run is on: its name, preset, class list and data folder."""
+    return (f"dataset {args.dataset_name}: preset {args.dataset}, {args.action_cls_num} classes "
+            f"from {args.class_list_file}, data {args.data_dir}")
+
+
 def best_per_step_line(best_mAP, final_model):
     return ("best average mAP per step: " + ", ".join(
         f"step {step} {100 * value:.2f}" for step, value in enumerate(best_mAP)
@@ -73,6 +84,10 @@ def results_lines(results, num_steps, protocol, held_out):
     """The closing lines of a finished run from its results.json: last-epoch and validation-
     selected mAP per step, and the final step's averages over the reported tIoU ranges."""
     steps = results["steps"]
+    if not results.get("scored", True):
+        return ["last evaluated epoch per step: " + ", ".join(
+            f"step {k} epoch {v['last']['epoch']}" for k, v in steps.items())
+            + " (not scored: no mAP)"]
     lines = ["last epoch average mAP per step: " + ", ".join(
         f"step {k} {v['last']['average_mAP']:.2f} (epoch {v['last']['epoch']})"
         for k, v in steps.items())]

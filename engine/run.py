@@ -49,7 +49,7 @@ def run_training_or_test(args, argv):
         notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)   # per-process dropout masks; DDP broadcasts rank 0's weights
     if args.demo and args.is_main:
-        from demo_data import ensure_demo_dataset
+        from synthetic_data import ensure_demo_dataset
         args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
     inputs = cascade.test_inputs(args) if args.test else training.RunData.of_run(args)
     lock, guard = RunFolderLock(args.save_dir), run_folder.StartGuard(args)
@@ -65,6 +65,8 @@ def run_training_or_test(args, argv):
                 log = reports.Logger(args.log_path)
                 for line in notes:
                     log(line)
+                # a user's dataset: its name is shown; a preset's: in log.txt only
+                log(reports.dataset_line(args), console=args.dataset_name != args.dataset)
                 save_config(args, os.path.join(args.save_dir, "config.json"))
         finished = distributed.all_gather_list(finished)[0]   # after rank 0 made the folder
         if finished is not None:

@@ -106,6 +106,8 @@ def as_stored(args):
 
 
 def show(value):
+    if isinstance(value, list) and len(value) > 6:           # class_names: a few, then the count
+        return json.dumps(value[:3])[:-1] + f", ... {len(value)} items]"
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -163,6 +165,8 @@ def adopt_trained_config(args, argv):
                         f"{args.dataset}; use main_{trained['dataset']}.py (predict.py --dataset "
                         f"{trained['dataset']})")
     explicit, current = explicit_keys(args.dataset, argv), as_stored(args)
+    if "class_list" in explicit:              # the names come from that file, not from the run
+        explicit.add("class_names")
     lines, overridden, from_run = (
         [f"config of the run: {path} (flags given now win: key: trained → now)"], [], [])
     for key in sorted(result_keys(trained) & result_keys(current)):
@@ -179,18 +183,25 @@ def adopt_trained_config(args, argv):
     missing = sorted(result_keys(current) - result_keys(trained) - set(LAUNCH_KEYS))
     if missing:
         lines.append(f"not recorded in {path}, taken from config.py: {', '.join(missing)}")
+    if "class_names" not in explicit:
+        if "class_names" in trained:          # the classifier's output order, as trained
+            args.class_list_file = f"{path} (class_names)"
+        else:                                 # a run of an older version: its class_list file
+            args.class_names = None
+    if "dataset_name" not in explicit and trained.get("dataset_name"):
+        args.dataset_name = trained["dataset_name"]
     rederive(args)
     return lines
 
 
 def test_output_folder(args):
     """Where test mode writes: DIR/test[_SUFFIX] when the checkpoint folder DIR is writable, else
-    {checkpoint_root}/{dataset}/test/{name of DIR}[_SUFFIX]."""
+    {checkpoint_root}/{dataset_name}/test/{name of DIR}[_SUFFIX]."""
     folder = os.path.abspath(os.fspath(args.checkpoint))
     suffix = f"_{args.suffix}" if args.suffix else ""
     own = os.path.join(folder, "test" + suffix)
     if os.access(folder, os.W_OK | os.X_OK) and (not os.path.exists(own)
                                                  or os.access(own, os.W_OK | os.X_OK)):
         return own
-    return os.path.join(args.checkpoint_root, args.dataset, "test",
+    return os.path.join(args.checkpoint_root, args.dataset_name, "test",
                         os.path.basename(folder) + suffix)

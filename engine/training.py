@@ -110,7 +110,8 @@ class Run:
         args = self.args
         self.scalars.close()
         final = os.path.join(args.save_dir, checkpoints.step_file(args.num_steps, "best"))
-        self.log(reports.best_per_step_line(self.best_mAP, final))
+        self.log(reports.best_per_step_line(self.best_mAP, final) if self.protocol["scored"]
+                 else f"{record.NOT_SCORED} (final model: {final})")
         if args.is_main:
             self.write_results(held_out)
         return self.best_mAP
@@ -247,11 +248,14 @@ def evaluate(run, data, parts, epoch, stats):
                               desc="val")
     if not args.is_main:
         return False
-    improved = detector.average_mAP > run.best_mAP[step]
-    if improved:
+    # without ground truth (no segment in the test split) every evaluation is the step's latest
+    improved = not detector.scored or detector.average_mAP > run.best_mAP[step]
+    if improved and detector.scored:
         run.best_mAP[step] = detector.average_mAP
-    run.log(reports.format_map_line(detector, reports.train_line(step, epoch, stats, parts.lr))
-            + f" | best {100 * run.best_mAP[step]:.2f}{' *' if improved else ''}"
+    prefix = reports.train_line(step, epoch, stats, parts.lr)
+    run.log((reports.format_map_line(detector, prefix)
+             + f" | best {100 * run.best_mAP[step]:.2f}{' *' if improved else ''}"
+             if detector.scored else reports.unscored_line(prefix, result_path))
             + (f" | val avg {100 * val.average_mAP:.2f}" if val is not None else ""))
     entry = {"step": step, "epoch": epoch, **record.map_entry(detector, args), "train": stats,
              "lr": parts.lr, "wall_s": run.wall_s()}
@@ -259,6 +263,8 @@ def evaluate(run, data, parts, epoch, stats):
         entry["val"] = record.map_entry(val, args)
         run.scalars.add({"val_mAP/average": val.average_mAP}, epoch)
     run.record.append(entry)
+    if not detector.scored:
+        return improved
     reports.report_evaluation(detector, args, step, data.test, "", run.log, console=False)
     run.last_table = (epoch, detector.table)
     run.scalars.add({"mAP/average": detector.average_mAP, **{

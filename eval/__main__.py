@@ -49,7 +49,9 @@ def main(argv=None):
     try:
         detection = ANETDetection(cli.gt, cli.pred, thresholds, cli.subset or preset["eval_subset"],
                                   cli.dataset, num_tiou_for_average=n_avg)
-        detection.evaluate()
+        if detection.evaluate() is None:
+            raise UserError(f"{cli.gt}: {detection.report()}; nothing to score (the predictions "
+                            f"are in {cli.pred})")
         diagnosis = (diagnose_detector(detection, cli.gt, cli.fp_tiou,
                                        ignore_any_tiou=cli.ignore_any_tiou)
                      if cli.diagnose else None)

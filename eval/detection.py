@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from config import PRESETS
-from eval.files import EvaluationInputError, read_json
+from eval.files import EvaluationInputError, gt_segments, read_json
 from eval.tables import format_report
 from utils import group_positions
 
@@ -24,39 +24,47 @@ REQUIRED_FIELDS = ("results", "version", "external_data")
 
 # ----------------------------------------------------------------------------- loading
 def load_ground_truth(gt_file, subset):
-    """All annotations of the videos in `subset`, in gt.json order.
+    """Every annotation with a segment of the videos in `subset`, in gt.json order.
 
-    Returns (video_names list, class_names list (order of first appearance),
-    gt_video (G,) int, gt_label (G,) int, gt_seg (G, 2) float64).
+    A video that is predicted, not scored (eval/files.py:gt_segments) goes to `unscored`.
+    Returns (video_names list of the scored videos, class_names list (order of first appearance),
+    gt_video (G,) int, gt_label (G,) int, gt_seg (G, 2) float64, unscored set of video names).
     """
     data = read_json(gt_file, "ground-truth")
     if not isinstance(data, dict) or "database" not in data:
         raise EvaluationInputError(f"ground-truth file {gt_file} has no 'database' field")
     video_names, class_index, videos, labels, segments = [], {}, [], [], []
+    unscored, subsets = set(), set()
     for vid, info in data["database"].items():
+        subsets.add(str(info.get("subset")))
         if info.get("subset") != subset:
+            continue
+        annotations, scored = gt_segments(info)
+        if not scored:
+            unscored.add(vid)
             continue
         vcode = len(video_names)
         video_names.append(vid)
-        for ann in info.get("annotations", []):
+        for ann in annotations:
             label = ann["label"]
             if label not in class_index:
                 class_index[label] = len(class_index)
             videos.append(vcode)
             labels.append(class_index[label])
             segments.append(ann["segment"][:2])
-    if not video_names:
-        raise EvaluationInputError(f"ground-truth file {gt_file} has no video in subset {subset!r}")
-    if not class_index:
-        raise EvaluationInputError(f"ground-truth file {gt_file} has no annotation in subset "
-                                   f"{subset!r}")
+    if not video_names and not unscored:
+        raise EvaluationInputError(
+            f"ground-truth file {gt_file} has no video in subset {subset!r} (its subsets: "
+            f"{', '.join(map(repr, sorted(subsets)))}); choose one (--eval_subset in training, "
+            f"--subset for python -m eval)")
     gt_seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)   # (G, 2)
     return (video_names, list(class_index), np.asarray(videos, dtype=np.int64),
-            np.asarray(labels, dtype=np.int64), gt_seg)
+            np.asarray(labels, dtype=np.int64), gt_seg, unscored)
 
 
-def load_predictions(prediction, class_index, video_index):
-    """Prediction JSON (path or loaded dict) -> arrays, unknown labels dropped.
+def load_predictions(prediction, class_index, video_index, unscored=()):
+    """Prediction JSON (path or loaded dict) -> arrays, unknown labels and the predictions of the
+    `unscored` videos dropped.
 
     Returns (video (P,) int, -1 for videos outside the GT subset; label (P,) int;
     seg (P, 2) float64; score (P,) float64; number of predictions with an unknown label).
@@ -76,6 +84,8 @@ def load_predictions(prediction, class_index, video_index):
         raise EvaluationInputError(f"{source}: 'results' must map video names to lists")
     entries, counts, vcodes = [], [], []
     for vid, plist in results.items():
+        if vid in unscored:
+            continue
         entries.extend(plist)
         counts.append(len(plist))
         vcodes.append(video_index.get(vid, -1))
@@ -333,7 +343,9 @@ class ANETDetection:
     """Detection mAP of a prediction file (path or dict) against one subset of gt.json.
 
     dataset: the released keyword, a preset name of config.py whose num_tiou_for_average (and
-    diagnosis bins) apply; None or an unknown name averages over every threshold."""
+    diagnosis bins) apply; None or an unknown name averages over every threshold.
+    .unscored: the subset's videos that are predicted, not scored (their predictions are
+    dropped); when no video has a segment, .scored is False and evaluate() gives no mAP (None)."""
 
     def __init__(self, ground_truth_file, prediction_file,
                  tiou_thresholds=np.arange(0.5, 1.0, 0.05), subset="validation",
@@ -345,13 +357,15 @@ class ANETDetection:
         if num_tiou_for_average is None:        # the released keyword: the preset's count
             num_tiou_for_average = preset_average_count(dataset, len(self.tiou_thresholds))
         self.num_tiou_for_average = num_tiou_for_average
-        (self.video_names, self.class_names, self.gt_video, self.gt_label,
-         self.gt_seg) = load_ground_truth(os.fspath(ground_truth_file), subset)
+        (self.video_names, self.class_names, self.gt_video, self.gt_label, self.gt_seg,
+         self.unscored) = load_ground_truth(os.fspath(ground_truth_file), subset)
+        self.scored = len(self.gt_video) > 0
         self.activity_index = {name: i for i, name in enumerate(self.class_names)}
         video_index = {name: i for i, name in enumerate(self.video_names)}
         (self.p_video, self.p_label, self.p_seg, self.p_score,
-         self.n_unknown) = load_predictions(prediction_file, self.activity_index, video_index)
-        if self.n_unknown:
+         self.n_unknown) = load_predictions(prediction_file, self.activity_index, video_index,
+                                            self.unscored)
+        if self.n_unknown and self.scored:
             where = "" if isinstance(prediction_file, dict) else f" in {os.fspath(prediction_file)}"
             warnings.warn(f"{self.n_unknown} predictions{where} have a label that is not a "
                           f"ground-truth class of subset {subset!r}; they are ignored",
@@ -359,7 +373,10 @@ class ANETDetection:
         self.ap = self.mAP = self.average_mAP = None
 
     def evaluate(self):
-        """Compute .ap (H, C), .mAP (H,) and .average_mAP; return the average."""
+        """Compute .ap (H, C), .mAP (H,) and .average_mAP; return the average (None when no
+        video of the subset has a segment: nothing to score)."""
+        if not self.scored:
+            return None
         n_cls = len(self.class_names)
         order = class_order(self.p_label, self.p_score)               # class asc, score desc
         tp = match_predictions(self.p_video, self.p_label, self.p_seg, self.p_score, self.gt_video,
@@ -375,7 +392,8 @@ class ANETDetection:
 
     def report(self, per_class=True):
         """Readable mAP table (and per-class AP table) as a string, values in percent."""
-        if self.mAP is None:
-            self.evaluate()
+        if self.mAP is None and self.evaluate() is None:
+            return (f"not scored: no video of subset {self.subset!r} has a segment in the "
+                    f"ground truth ({len(self.unscored)} videos predicted, not scored)")
         return format_report(self.tiou_thresholds, self.mAP, self.ap, self.class_names,
                              self.num_tiou_for_average, per_class=per_class)

@@ -314,8 +314,9 @@ def diagnose_detector(detector, ground_truth_file, fp_tiou=0.5, max_k=10, cumula
     import pandas as pd
     if bin_table is None:
         bin_table = preset_bin_table(detector.dataset)
-    if detector.mAP is None:
-        detector.evaluate()
+    if detector.mAP is None and detector.evaluate() is None:
+        raise EvaluationInputError(f"nothing to diagnose: no video of subset {detector.subset!r} "
+                                   f"of {ground_truth_file} has a segment")
     durations = load_durations(ground_truth_file, detector.video_names)
     thresholds = detector.tiou_thresholds
     n_cls = len(detector.class_names)

@@ -1,9 +1,10 @@
-"""The annotation and result files: the one reader of gt.json and of the split lists, and the
-one writer of ActivityNet-format result files. Every problem is one line naming the file."""
+"""The annotation and result files: the one reader and writer of gt.json and of the split lists,
+and the one writer of ActivityNet-format result files. Every problem is one line naming the
+file."""
 import json
 import os
 
-from utils import UserError, atomic_write_json
+from utils import UserError, atomic_write_json, atomic_write_text
 
 
 class DataError(UserError):
@@ -42,6 +43,17 @@ def read_gt(path):
     return gt["database"]
 
 
+def gt_segments(info):
+    """(the annotations with a segment, scored) of a gt.json entry (docs/method.md §12).
+
+    A video is scored when it has a segment, or an empty "annotations" list (no action in it:
+    its detections are false positives, as in the official evaluator). One without "annotations",
+    or with labels but no segment (video-level labels), is predicted, not scored."""
+    annotations = info.get("annotations")
+    segments = [ann for ann in annotations or [] if "segment" in ann]
+    return segments, bool(segments) or annotations == []
+
+
 def read_split(path):
     """The video names of a split file, one per line (blank lines skipped); a name listed twice
     is an error (it would be trained on, or counted, twice)."""
@@ -58,6 +70,17 @@ def read_split(path):
     if not first_line:
         raise DataError(f"split file {path} is empty; it must list one video name per line")
     return list(first_line)
+
+
+def write_gt(path, database):
+    """gt.json of {VID: {"duration", "subset", "annotations": [{"label"[, "segment"]}]}}
+    (atomic)."""
+    atomic_write_json(path, {"database": database}, indent=1)
+
+
+def write_split(path, names):
+    """A split file: one video name a line (atomic)."""
+    atomic_write_text(path, "".join(f"{name}\n" for name in names))
 
 
 def write_results_json(path, results_by_video, version="VERSION 1.3", external_data=None):

@@ -4,9 +4,13 @@ how the average is taken. Pure functions of gt.json, the split file and the conf
 The GT is every annotation of the videos of the gt.json subset, whether or not the split file lists
 the video (THUMOS-14: gt.json subset "test" has two videos that split_test.txt omits; they have no
 features, so their GT counts as missed, as in the released numbers). Predictions of a listed video
-that is not in the subset are scored as false positives by the evaluator.
+that is not in the subset are scored as false positives by the evaluator. A video of the subset
+with labels but no segment, or without "annotations", is predicted, not scored
+(eval/files.py:gt_segments); with no segment at all in the subset, no mAP exists ("scored": false).
 """
 import numpy as np
+
+from eval.files import gt_segments
 
 
 def range_name(low, high):
@@ -39,16 +43,21 @@ def describe(database, subset, split_name, split_videos, tiou_thresholds, num_ti
     in_subset = [vid for vid, info in database.items() if info.get("subset") == subset]
     listed = set(split_videos)
     subset_set = set(in_subset)
-    annotations = [ann for vid in in_subset for ann in database[vid].get("annotations", [])]
+    segments, scored = {}, {}
+    for vid in in_subset:
+        segments[vid], scored[vid] = gt_segments(database[vid])
+    annotations = [ann for vid in in_subset for ann in segments[vid]]
     thresholds = [round(float(t), 6) for t in tiou_thresholds]
     n_avg = min(int(num_tiou_for_average), len(thresholds))
     return {
         "split_file": split_name, "split_videos": len(split_videos),
         "gt_subset": subset, "gt_videos": len(in_subset),
-        "evaluated_videos": len([vid for vid in split_videos if vid in subset_set]),
-        "gt_not_in_split": [{"video": vid,
-                             "gt_instances": len(database[vid].get("annotations", []))}
-                            for vid in in_subset if vid not in listed],
+        "evaluated_videos": len([vid for vid in split_videos if scored.get(vid)]),
+        "unscored_videos": len([vid for vid in split_videos
+                                if vid in subset_set and not scored[vid]]),
+        "scored": bool(annotations),
+        "gt_not_in_split": [{"video": vid, "gt_instances": len(segments[vid])}
+                            for vid in in_subset if vid not in listed and scored[vid]],
         "split_not_in_gt_subset": [{"video": vid, "gt_subset": database.get(vid, {}).get("subset")}
                                    for vid in split_videos if vid not in subset_set],
         "gt_instances": len(annotations), "classes": len({ann["label"] for ann in annotations}),
@@ -71,6 +80,12 @@ def protocol_line(protocol):
              f"{p['evaluated_videos']} evaluated against gt.json subset {p['gt_subset']!r} "
              f"({p['gt_videos']} videos, {p['gt_instances']} GT instances of {p['classes']} "
              f"classes)"]
+    if p.get("unscored_videos"):
+        parts.append(f"{p['unscored_videos']} listed videos have no segment in gt.json (labels "
+                     f"only, or no annotations): predicted, not scored")
+    if not p.get("scored", True):
+        parts.append("no video has a segment: detections are written at every evaluation, not "
+                     "scored (no mAP)")
     if p["gt_not_in_split"]:
         names = ", ".join(f"{x['video']} ({x['gt_instances']} GT)" for x in p["gt_not_in_split"])
         parts.append(f"{len(p['gt_not_in_split'])} gt.json videos not in {p['split_file']} are "

@@ -280,6 +280,23 @@ def sigint_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
+def check_videos(paths, fps, snippet_frames):
+    """Every video opens and, by its container's metadata, holds a snippet; else one line naming
+    it (OpenCV's contrib build imported by the caller)."""
+    from features import frames as video_frames
+    for path in paths:
+        try:
+            video_frames.open_video(path).release()
+        except video_frames.VideoError as err:
+            raise ExtractError(str(err)) from None
+        estimate = video_frames.estimated_frames(path, fps)
+        # container metadata: a frame of slack
+        if estimate is not None and estimate + 1 < snippet_frames:
+            raise ExtractError(f"video {path} is too short: about {estimate} frames at {fps:g} "
+                               f"fps, one snippet needs {snippet_frames} "
+                               f"({snippet_frames / fps:.2f} s)")
+
+
 def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_frames=16,
                    device="cpu", batch=8, workers=None, tvl1_params=None, log=print):
     """Features of {VID: video path} (or a file / folder path) into OUT/VID.npy; returns
@@ -301,17 +318,7 @@ def extract_videos(videos, out, rgb_weights, flow_weights, fps=25.0, snippet_fra
     if fps <= 0 or snippet_frames < 1 or batch < 1:
         raise ExtractError(f"--fps ({fps}), --snippet_frames ({snippet_frames}) and --batch "
                            f"({batch}) must be positive")
-    for path in videos.values():            # fail before hours of work, not in the middle
-        try:
-            video_frames.open_video(path).release()
-        except video_frames.VideoError as err:
-            raise ExtractError(str(err)) from None
-        estimate = video_frames.estimated_frames(path, fps)
-        # container metadata: a frame of slack
-        if estimate is not None and estimate + 1 < snippet_frames:
-            raise ExtractError(f"video {path} is too short: about {estimate} frames at {fps:g} "
-                               f"fps, one snippet needs {snippet_frames} "
-                               f"({snippet_frames / fps:.2f} s)")
+    check_videos(videos.values(), fps, snippet_frames)   # fail before hours of work
     workers = workers or os.cpu_count() or 1
     nets = [load_i3d(rgb_weights, "rgb", device), load_i3d(flow_weights, "flow", device)]
     args = argparse.Namespace(fps=fps, snippet_frames=snippet_frames, rgb_weights=rgb_weights,

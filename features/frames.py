@@ -130,6 +130,14 @@ def estimated_frames(path, fps):
     return int(count * fps / rate) if count > 0 and rate > 0 else None
 
 
+def container_duration(path):
+    """Seconds of video the container announces (frame count / frame rate), or None."""
+    capture = cv2.VideoCapture(path)
+    count, rate = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return float(count / rate) if count > 0 and 0 < rate < 1000 else None
+
+
 def resize_short_side(frame, short_side):
     """Scale so that the shorter side is `short_side` pixels (bilinear), aspect ratio kept."""
     height, width = frame.shape[:2]

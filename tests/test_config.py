@@ -74,3 +74,47 @@ def test_resolved_config_is_saved_as_json(tmp_path):
     config.save_config(args, tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["epochs"] == 7 and saved["tiou_thresholds"] == list(np.arange(0.1, 1.0, 0.1))
+    assert saved["class_names"] == args.class_name_lst                # the contents, in order
+    assert "class_name_lst" not in saved
+
+
+# ----------------------------------------------------------------------------- a user's dataset
+def test_class_list_resolves_from_the_current_directory_then_classes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "classes.txt").write_text("Wave\nJump\n")
+    args = build_args("THUMOS", ["--class_list", "mine/classes.txt"])
+    assert args.class_name_lst == ["Wave", "Jump"] and args.action_cls_num == 2
+    assert args.class_list_file == "mine/classes.txt"
+    assert build_args("THUMOS", ["--class_list", "THUMOS14.txt"]).class_list_file == str(
+        config.CLASS_LIST_DIR / "THUMOS14.txt")                         # not here: classes/
+    with pytest.raises(ConfigError, match=r"class list ../none.txt not found .* pass "
+                                          r"--class_list FILE"):
+        build_args("THUMOS", ["--class_list", "../none.txt"])
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ConfigError, match="empty.txt is empty"):
+        build_args("THUMOS", ["--class_list", "empty.txt"])
+
+
+def test_a_data_folder_with_classes_txt_is_a_dataset_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data" / "mydata"
+    data.mkdir(parents=True)
+    (data / "classes.txt").write_text("Slide\nBounce\n")
+    args = build_args("THUMOS", ["--data_dir", "data/mydata"])
+    assert args.class_name_lst == ["Slide", "Bounce"] and args.dataset == "THUMOS"
+    assert args.dataset_name == "mydata" and args.class_list_file == os.path.join(
+        "data", "mydata", "classes.txt")
+    assert args.save_dir.startswith(os.path.join("checkpoints", "mydata", "default") + os.sep)
+    named = build_args("THUMOS", ["--data_dir", "data/mydata", "--dataset_name", "Toys"])
+    assert named.save_dir.startswith(os.path.join("checkpoints", "Toys") + os.sep)
+    chosen = build_args("THUMOS", ["--data_dir", "data/mydata", "--class_list", "THUMOS14.txt"])
+    assert chosen.action_cls_num == 20 and chosen.dataset_name == "THUMOS"
+    # the preset's own folder keeps the preset's name (a benchmark folder with its class list)
+    (tmp_path / "data" / "THUMOS14").mkdir()
+    (tmp_path / "data" / "THUMOS14" / "classes.txt").write_text("A\nB\n")
+    own = build_args("THUMOS")
+    assert own.dataset_name == "THUMOS" and own.class_name_lst == ["A", "B"]
+    assert build_args("THUMOS", ["--data_dir", "elsewhere"]).dataset_name == "THUMOS"
+    with pytest.raises(ConfigError, match="--dataset_name 'a/b' must be a folder name"):
+        build_args("THUMOS", ["--dataset_name", "a/b"])

@@ -93,8 +93,9 @@ def test_feature_cache_avoids_disk(data_root, monkeypatch):
 
 # ----------------------------------------------------------------------------- validation errors
 def expect_error(root, match, **overrides):
-    with pytest.raises(ds.DataError, match=match):
+    with pytest.raises(ds.DataError, match=match) as error:
         ds.VideoDataset(make_args(root, **overrides), "full", "uniform")
+    return error.value
 
 
 def first_train(root):
@@ -164,4 +165,25 @@ def test_label_not_in_class_list(data_root):
     vid = (data_root / "split_test.txt").read_text().split()[0]
     gt["database"][vid]["annotations"].append({"segment": [0, 1], "label": "Juggling"})
     (data_root / "gt.json").write_text(json.dumps(gt))
-    expect_error(data_root, "'Juggling', which is not in")
+    error = expect_error(data_root, "'Juggling', which is not in")
+    class_list = str(build_args("THUMOS").class_list_file)          # the file and the flag
+    assert class_list in str(error) and "--class_list FILE" in str(error)
+
+
+def test_annotations_without_segments_give_the_labels(data_root):
+    """Training reads labels only: an annotation without a segment gives its label (and no
+    segment to plot); one without a label is an error naming gt.json."""
+    gt = json.loads((data_root / "gt.json").read_text())
+    vid = (data_root / "split_train.txt").read_text().split()[0]
+    before = ds.VideoDataset(make_args(data_root), "train", "random")
+    labels = [ann["label"] for ann in gt["database"][vid]["annotations"]]
+    gt["database"][vid]["annotations"] = [{"label": name} for name in labels]
+    (data_root / "gt.json").write_text(json.dumps(gt))
+    after = ds.VideoDataset(make_args(data_root), "train", "random")
+    assert after.gt_labels[vid] == before.gt_labels[vid] == set(labels)
+    np.testing.assert_array_equal(after.video_labels[vid], before.video_labels[vid])
+    assert after.gt_segments[vid] == [] and before.gt_segments[vid]
+    gt["database"][vid]["annotations"].append({"segment": [0, 1]})
+    (data_root / "gt.json").write_text(json.dumps(gt))
+    error = expect_error(data_root, "has an annotation without a \"label\"")
+    assert str(data_root / "gt.json") in str(error)

@@ -119,6 +119,54 @@ def test_hand_case_tied_score_groups(tmp_path):
     np.testing.assert_allclose(det.ap[:, 0], [5 / 6, 0.5], atol=1e-15)
 
 
+def test_videos_without_segments_are_predicted_not_scored(tmp_path):
+    """A subset video with labels but no segment, or without "annotations": its predictions are
+    dropped, not false positives; the result is that of the GT and predictions without it, and
+    the loop oracle's. A video with an empty annotation list is scored (no action in it: its
+    predictions are false positives, the official rule). No segment in the subset: no mAP; no
+    video in it: one line naming the subsets and the flags."""
+    rng = np.random.default_rng(3)
+    videos = {f"v{i}": [(str(rng.choice(["A", "B"])), s, s + float(rng.integers(2, 9)))
+                        for s in rng.integers(0, 50, size=3).astype(float)] for i in range(4)}
+    preds = {vid: [(str(rng.choice(["A", "B"])), float(rng.random()), s, s + 5.0)
+                   for s in rng.integers(0, 50, size=6).astype(float)]
+             for vid in [*videos, "labels_only", "empty"]}
+    scored = ANETDetection(make_gt(tmp_path, videos), make_pred(
+        {vid: p for vid, p in preds.items() if vid in videos}), [0.3, 0.5], "test", "X")
+    scored.evaluate()
+    gt_path = make_gt(tmp_path, videos)
+    data = json.loads(gt_path.read_text())
+    data["database"]["labels_only"] = {"subset": "test", "duration": 100.0,
+                                       "annotations": [{"label": "A"}, {"label": "B"}]}
+    data["database"]["empty"] = {"subset": "test", "duration": 100.0}       # not annotated
+    gt_path.write_text(json.dumps(data))
+    det = ANETDetection(gt_path, make_pred(preds), [0.3, 0.5], "test", "X")
+    assert det.scored and det.unscored == {"labels_only", "empty"}
+    det.evaluate()
+    np.testing.assert_array_equal(det.ap, scored.ap)
+    classes, ap = loop_evaluate(data, make_pred(preds), [0.3, 0.5], "test")
+    assert classes == det.class_names
+    np.testing.assert_allclose(det.ap, ap, rtol=0, atol=1e-12)
+    # an empty annotation list: scored, its predictions false positives (so the rule matters)
+    data["database"]["empty"]["annotations"] = []
+    gt_path.write_text(json.dumps(data))
+    background = ANETDetection(gt_path, make_pred(preds), [0.3, 0.5], "test", "X")
+    assert background.unscored == {"labels_only"} and "empty" in background.video_names
+    background.evaluate()
+    assert (background.ap <= det.ap).all() and (background.ap < det.ap).any()
+    np.testing.assert_allclose(background.ap, loop_evaluate(data, make_pred(preds), [0.3, 0.5],
+                                                            "test")[1], rtol=0, atol=1e-12)
+    del data["database"]["empty"]["annotations"]
+    data["database"] = {vid: data["database"][vid] for vid in ("labels_only", "empty")}
+    gt_path.write_text(json.dumps(data))
+    none = ANETDetection(gt_path, make_pred(preds), [0.5], "test", "X")
+    assert not none.scored and none.evaluate() is None and none.mAP is None
+    assert none.report().startswith("not scored: no video of subset 'test' has a segment")
+    with pytest.raises(EvaluationInputError, match=r"has no video in subset 'val' \(its subsets: "
+                                                   r"'test'\); choose one \(--eval_subset"):
+        ANETDetection(gt_path, make_pred(preds), [0.5], "val", "X")
+
+
 # ----------------------------------------------------------------------------- oracle agreement
 def random_case(rng):
     classes = ["A", "B", "C", "D", "E"][: int(rng.integers(1, 6))]

@@ -21,9 +21,10 @@ def test_range_averages():
 
 
 def test_protocol_names_skipped_videos_by_hand():
-    database = {"a": {"subset": "test", "annotations": [{"label": "X"}, {"label": "Y"}]},
-                "b": {"subset": "test", "annotations": [{"label": "X"}]},
-                "c": {"subset": "validation", "annotations": [{"label": "Z"}]}}
+    database = {"a": {"subset": "test", "annotations": [{"label": "X", "segment": [0, 1]},
+                                                        {"label": "Y", "segment": [2, 3]}]},
+                "b": {"subset": "test", "annotations": [{"label": "X", "segment": [0, 1]}]},
+                "c": {"subset": "validation", "annotations": [{"label": "Z", "segment": [0, 1]}]}}
     protocol = describe(database, "test", "split_test.txt", ["a", "c", "d"],
                         np.arange(0.1, 1.0, 0.1), 7, THUMOS_RANGES)
     assert (protocol["split_videos"], protocol["evaluated_videos"],
@@ -38,6 +39,34 @@ def test_protocol_names_skipped_videos_by_hand():
     assert "d (no gt.json entry)" in line
     assert "tIoU 0.1:0.1:0.9, average over 0.1:0.7 (7 of 9 thresholds)" in line
     assert line.endswith("also 0.1:0.5 and 0.3:0.7")
+
+
+def test_videos_without_segments_are_predicted_not_scored_by_hand():
+    """A listed video with labels but no segment, or without "annotations", is counted as
+    predicted, not scored; its labels are no GT instances; one with an empty annotation list is
+    evaluated (no action in it); with no segment at all the protocol is unscored."""
+    database = {"a": {"subset": "test", "annotations": [{"label": "X", "segment": [0, 1]},
+                                                        {"label": "Y"}]},
+                "b": {"subset": "test", "annotations": [{"label": "X"}]},
+                "c": {"subset": "test"},
+                "d": {"subset": "test", "annotations": [{"label": "Z"}]},
+                "e": {"subset": "test", "annotations": []}}
+    protocol = describe(database, "test", "split_test.txt", ["a", "b", "c", "e"], [0.5], 1)
+    assert (protocol["evaluated_videos"], protocol["unscored_videos"], protocol["gt_videos"],
+            protocol["gt_instances"], protocol["classes"]) == (2, 2, 5, 1, 1)
+    assert protocol["scored"] and protocol["gt_not_in_split"] == []        # d: nothing missed
+    line = protocol_line(protocol)
+    assert "lists 4 videos, 2 evaluated" in line
+    assert "2 listed videos have no segment in gt.json (labels only, or no annotations): " \
+           "predicted, not scored" in line
+    assert "no mAP" not in line
+    del database["a"]                 # the subset's last segment: nothing left to score
+    unscored = describe(database, "test", "split_test.txt", ["b", "c", "e"], [0.5], 1)
+    assert not unscored["scored"] and unscored["evaluated_videos"] == 1
+    line = protocol_line(unscored)
+    assert "2 listed videos have no segment" in line
+    assert "no video has a segment: detections are written at every evaluation, not scored " \
+           "(no mAP)" in line
 
 
 def test_protocol_on_real_thumos_split(shared_data):

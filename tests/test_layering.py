@@ -15,7 +15,7 @@ LAYERS = [
     ["sampling", "proposals", "model", "losses"],
     ["eval"],                                               # package
     ["features"],                                           # package
-    ["dataset", "synthetic_data", "demo_data"],
+    ["dataset", "synthetic_data"],
     ["engine"],                                             # package
     ["main_THUMOS", "main_ActivityNet", "predict", "extract_features", "ablate"],   # entry points
 ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dataset as ds
-import demo_data
+import synthetic_data
 import sampling
 import synthetic_data as sd
 from config import build_args
@@ -141,7 +141,7 @@ def demo_proposals(rng, gt, duration, class_names):
 
 def test_demo_training_videos_weights_bit_identical(tmp_path):
     args = build_args("THUMOS", ["--demo"])
-    params = demo_data.demo_params(args)
+    params = synthetic_data.demo_params(args)
     params = {key: val for key, val in params.items() if key != "generator"} | {"feature_dim": 4}
     database = generate_synthetic_dataset(tmp_path / "demo", **params)
     train = [v for v, info in database.items() if info["subset"] == "validation"]

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import config
-import demo_data
 import predict
 import synthetic_data
 from config import build_args
@@ -67,7 +66,7 @@ def small_demo(monkeypatch, tmp_path):
     """The THUMOS demo set with 3 training and 2 test videos, generated into tmp_path/demo."""
     monkeypatch.setitem(synthetic_data.PROFILES["THUMOS14"], "demo_videos", (3, 2))
     folder = tmp_path / "demo"
-    demo_data.ensure_demo_dataset(build_args("THUMOS", ["--demo", "--data_dir", str(folder),
+    synthetic_data.ensure_demo_dataset(build_args("THUMOS", ["--demo", "--data_dir", str(folder),
                                                         "--device", "cpu"]))
     return folder
 

@@ -276,3 +276,43 @@ def test_test_results_are_written_over_only_under_their_config(trained, capsys):
     assert "nms_thresh: 0.3 → 0.45" in capsys.readouterr().out
     with open(os.path.join(save_dir, "test_nms45", "config.json")) as handle:
         assert json.load(handle)["nms_thresh"] == 0.45
+
+
+def test_test_mode_takes_the_runs_class_names_and_dataset_name(tmp_path, monkeypatch):
+    """A user's run: test mode and predict.py use the class names and dataset name of its
+    config.json, even once its data folder's classes.txt is gone; --class_list given now wins;
+    a changed class list refuses to resume."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "mydata"
+    data.mkdir()
+    (data / "classes.txt").write_text("Slide\nBounce\nPulse\n")
+    trained = build_args("THUMOS", ["--data_dir", "mydata"])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config.save_config(trained, folder / "config.json")
+    (data / "classes.txt").unlink()
+    argv = ["--test", "--checkpoint", str(folder)]
+    args = build_args("THUMOS", argv)
+    assert args.dataset_name == "THUMOS" and args.action_cls_num == 20
+    lines = run_folder.adopt_trained_config(args, argv)
+    assert args.class_name_lst == ["Slide", "Bounce", "Pulse"] and args.action_cls_num == 3
+    assert args.dataset_name == "mydata" and "class_names" in args.class_list_file
+    assert any("class_names" in line for line in lines)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)             # read-only run folder
+    assert run_folder.test_output_folder(args) == os.path.join("checkpoints", "mydata", "test",
+                                                               "run")
+    flag = argv + ["--class_list", "THUMOS14.txt"]
+    explicit = build_args("THUMOS", flag)
+    lines = run_folder.adopt_trained_config(explicit, flag)
+    assert explicit.action_cls_num == 20
+    assert any(line.startswith('class_names: ["Slide", "Bounce", "Pulse"] → '
+                               '["BaseballPitch", "BasketballDunk", "Billiards", ... 20 items]')
+               for line in lines), lines
+    # resuming under another class list: refused, the change named
+    (data / "classes.txt").write_text("Slide\nPulse\nBounce\n")
+    again = build_args("THUMOS", ["--data_dir", "mydata"])
+    again.save_dir = str(folder)
+    (folder / "model_latest.pth").write_bytes(b"")
+    with pytest.raises(run_folder.RunConfigChanged, match='class_names: \\["Slide", "Bounce", '
+                                                          '"Pulse"\\] → \\["Slide", "Pulse"'):
+        run_folder.check_run_folder(again)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import demo_data
 import synthetic_data as sd
 from config import REPO_ROOT
 from utils import UserError
@@ -218,35 +217,35 @@ def test_ensure_demo_dataset(tmp_path, monkeypatch, capsys):
     and only over its own unchanged files; a user's folder is refused and left as it was."""
     monkeypatch.setitem(sd.PROFILES["THUMOS14"], "demo_videos", (3, 2))
     root = tmp_path / "demo"
-    monkeypatch.setattr(demo_data, "demo_data_dir", lambda dataset: str(root))   # the default
-    digest = demo_data.ensure_demo_dataset(demo_args(root))
+    monkeypatch.setattr(sd, "demo_data_dir", lambda dataset: str(root))          # the default
+    digest = sd.ensure_demo_dataset(demo_args(root))
     assert (root / sd.MARKER).is_file() and len(list((root / "train").glob("*.npy"))) == 3
     marker = json.loads((root / sd.MARKER).read_text())
     assert marker["sha256"] == digest == sd.files_sha256(root)
     assert marker["files"] == sd.files_manifest(root) and len(marker["files"]) == 3 + 2 + 3
     stamp = (root / "gt.json").stat().st_mtime_ns
-    assert demo_data.ensure_demo_dataset(demo_args(root)) == digest         # complete: kept
+    assert sd.ensure_demo_dataset(demo_args(root)) == digest         # complete: kept
     assert (root / "gt.json").stat().st_mtime_ns == stamp and capsys.readouterr().out == ""
     # other parameters, files unchanged: the default folder is generated again
-    demo_data.ensure_demo_dataset(demo_args(root, dim=24))
+    sd.ensure_demo_dataset(demo_args(root, dim=24))
     assert "feature_dim: 16 → 24; generating it again" in capsys.readouterr().out
     assert np.load(next((root / "train").glob("*.npy"))).shape[1] == 24
     assert not list(tmp_path.glob(".demo.tmp-*"))
     # an older record without the manifest still vouches for the files it checksums
     marker = json.loads((root / sd.MARKER).read_text())
     (root / sd.MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != "files"}))
-    assert demo_data.ensure_demo_dataset(demo_args(root, dim=24)) == marker["sha256"]
+    assert sd.ensure_demo_dataset(demo_args(root, dim=24)) == marker["sha256"]
     (root / sd.MARKER).write_text(json.dumps(marker))
     # a file missing (an interrupted regeneration): its own folder is generated again
     (root / "split_test.txt").unlink()
-    demo_data.ensure_demo_dataset(demo_args(root, dim=24))
+    sd.ensure_demo_dataset(demo_args(root, dim=24))
     assert "missing: split_test.txt" in capsys.readouterr().out
     # an edited file: refused, even in the default folder, and nothing changes
     npy = next((root / "train").glob("*.npy"))
     np.save(npy, np.load(npy) + 1)
     before = folder_digest(root)
     with pytest.raises(UserError, match=rf"{npy.relative_to(root)} differs from the checksum"):
-        demo_data.ensure_demo_dataset(demo_args(root, dim=24))
+        sd.ensure_demo_dataset(demo_args(root, dim=24))
     assert folder_digest(root) == before
 
 
@@ -262,11 +261,11 @@ def test_ensure_demo_dataset_never_touches_a_users_folder(tmp_path, monkeypatch)
     real.mkdir()
     (real / "gt.json").write_text("{}")
     with pytest.raises(UserError, match="holds a dataset of its own .* drop --demo"):
-        demo_data.ensure_demo_dataset(demo_args(real))
+        sd.ensure_demo_dataset(demo_args(real))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty and holds no SYNTHETIC.json"):
-        demo_data.ensure_demo_dataset(demo_args(tmp_path / "other"))
+        sd.ensure_demo_dataset(demo_args(tmp_path / "other"))
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "real"]
 

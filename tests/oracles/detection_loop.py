@@ -39,15 +39,24 @@ def loop_evaluate(gt_data, pred_data, thresholds, subset):
     """Return (class names, ap[threshold][class]) for loaded gt.json / prediction dicts."""
     gt = {}                      # (video, label) -> list of segments, gt.json order
     classes = []
+    unscored = set()             # videos of the subset without a segment: predicted, not scored
     for vid, info in gt_data["database"].items():
         if info["subset"] != subset:
             continue
-        for ann in info["annotations"]:
+        annotations = info.get("annotations")
+        if annotations and not any("segment" in ann for ann in annotations) \
+                or annotations is None:                # labels only, or not annotated
+            unscored.add(vid)
+        for ann in info.get("annotations", []):
+            if "segment" not in ann:                 # a video-level label is not ground truth
+                continue
             if ann["label"] not in classes:
                 classes.append(ann["label"])
             gt.setdefault((vid, ann["label"]), []).append(ann["segment"])
     preds = {c: [] for c in classes}
     for vid, plist in pred_data["results"].items():
+        if vid in unscored:
+            continue
         for p in plist:
             if p["label"] in preds:
                 preds[p["label"]].append((vid, p["score"], p["segment"]))

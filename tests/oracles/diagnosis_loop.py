@@ -40,17 +40,25 @@ def loop_diagnose(gt_data, pred_data, thresholds, subset, table, fp_tiou, n_avg,
 
     In a bin, a prediction matched to a GT outside it is skipped at that threshold; with
     `ignore_any_tiou` (DETAD's released code) at every threshold once it is at one of them."""
-    gts, classes, dur = [], [], {}
+    gts, classes, dur, unscored = [], [], {}, set()
     for vid, info in gt_data["database"].items():
         if info["subset"] != subset:
             continue
+        annotations = info.get("annotations")
+        if annotations is None or annotations and not any("segment" in a for a in annotations):
+            unscored.add(vid)                     # predicted, not scored (docs/method.md §12)
+            continue
         dur[vid] = info["duration"]
-        for ann in info["annotations"]:
+        for ann in annotations:
+            if "segment" not in ann:
+                continue
             if ann["label"] not in classes:
                 classes.append(ann["label"])
             gts.append({"vid": vid, "label": ann["label"], "seg": ann["segment"]})
     preds = {c: [] for c in classes}
     for vid, plist in pred_data["results"].items():
+        if vid in unscored:
+            continue
         for p in plist:
             if p["label"] in preds:
                 preds[p["label"]].append((vid, p["score"], p["segment"]))
