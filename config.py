@@ -37,6 +37,10 @@ COMMON = dict(
     use_uncertainty=True,         # uncertainty head weighting the pseudo instance loss
     use_pseudo_instance_loss=True,  # pseudo instance loss in steps >= 1
     use_dynamic_sampling=True,    # dynamic segment sampling in steps >= 1
+    # float precision on CUDA (docs/running.md, On a GPU); a CPU run computes in float32 always
+    tf32=False,                   # matmuls in TF32 (PyTorch's default: off, strict float32)
+    cudnn_tf32=True,              # cuDNN convolutions in TF32 (PyTorch's default: on)
+    amp_dtype="bfloat16",         # autocast dtype under --amp (losses stay float32)
     # data pipeline
     skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
     feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
@@ -159,7 +163,8 @@ SWITCHES = {
                 "per evaluation",
     "ignore_any_tiou": "with --diagnose: DETAD's released ignore rule (a prediction matched "
                        "outside a bin is ignored at every tIoU once it is at one)",
-    "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
+    "amp": "autocast (amp_dtype, bf16) on GPU, losses in float32 (changes numbers slightly; "
+           "off by default)",
     "deterministic": "deterministic GPU kernels (torch.use_deterministic_algorithms, "
                      "cuBLAS/cuDNN settings)",
 }
@@ -278,6 +283,10 @@ def _validate(args):
     if args.feature_dim % args.num_heads:
         raise ConfigError(f"--feature_dim {args.feature_dim} must be divisible by --num_heads "
                           f"{args.num_heads}")
+    if args.amp_dtype not in ("bfloat16",):
+        raise ConfigError(f"--amp_dtype {args.amp_dtype} is not supported: autocast runs in "
+                          f"bfloat16 (float16 would need loss scaling, which this code does not "
+                          f"do)")
     if not 0 <= args.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {args.dropout}")
     if len(args.tiou_thresholds) == 0:

@@ -110,6 +110,13 @@ def run(argv):
     args = build_args(known.dataset or trained_dataset(folder) or DEFAULT_PRESET, rest)
     for line in adopt_trained_config(args, rest):
         print(line)
+    from engine.precision import precision_mode
+    with precision_mode(args):                       # TF32 as the trained config states
+        return predict(known, args)
+
+
+def predict(known, args):
+    """The detections of predict.py's videos, written as --out says."""
     from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
     out = Path(known.out or f"predictions.{known.format}")
     models = load_cascade(args.checkpoint, args, "predict.py")

@@ -21,28 +21,66 @@ class UserError(Exception):
     """
 
 
+class PeerStopped(Exception):
+    """Another process of a torchrun job stopped the run and reported why; this process exits
+    quietly with `status`."""
+
+    def __init__(self, status):
+        super().__init__(f"stopped by another process (exit status {status})")
+        self.status = status
+
+
+def launch_rank():
+    """This process's rank under torchrun (its RANK variable), 0 outside it."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
+
+
+def exit_status(err):
+    """The exit status run_cli gives an error: 2 for a user error or a full / read-only disk,
+    130 for Ctrl-C, 1 for anything else."""
+    if isinstance(err, PeerStopped):
+        return err.status
+    if isinstance(err, UserError) or (isinstance(err, OSError) and err.errno in DISK_ERRORS):
+        return 2
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
+
+
 def run_cli(function, argv, write_hint, interrupt_hint=None):
     """Run an entry point: a UserError, or a full / read-only disk, ends with one `error:` line
     and exit 2. --debug in argv shows the traceback instead; Ctrl-C prints interrupt_hint and
-    exits 130 when given."""
+    exits 130 when given. Under torchrun only rank 0 prints: the other ranks exit quietly with
+    the same status (a PeerStopped carries rank 0's)."""
+    quiet = launch_rank() != 0
     try:
         return function()
+    except PeerStopped as err:
+        if "--debug" in argv:
+            raise
+        sys.exit(err.status)
     except UserError as err:
         if "--debug" in argv:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
-        disk = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
-        if "--debug" in argv or err.errno not in disk:
+        if "--debug" in argv or err.errno not in DISK_ERRORS:
             raise
-        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
-              file=sys.stderr)
+        if not quiet:
+            print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
+                  file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if interrupt_hint is None:
             raise
-        print(interrupt_hint, file=sys.stderr)
+        if not quiet:
+            print(interrupt_hint, file=sys.stderr)
         sys.exit(130)
 
 
@@ -59,7 +97,11 @@ def _atomic_write(path, write_fn, binary):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".",
+                                        dir=folder)
+    except OSError as err:                                     # name the file, not the temporary
+        raise OSError(err.errno, err.strerror, path) from err
     os.chmod(tmp_path, 0o666 & ~_UMASK)      # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
@@ -70,7 +112,7 @@ def _atomic_write(path, write_fn, binary):
     except BaseException as err:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        if isinstance(err, OSError) and err.filename is None:   # say which file failed
+        if isinstance(err, OSError) and err.filename in (None, tmp_path):   # name the file
             raise OSError(err.errno, err.strerror, path) from err
         raise
     try:  # make the rename itself durable
@@ -95,9 +137,36 @@ def atomic_write_bytes(path, data):
     _atomic_write(path, lambda handle: handle.write(data), binary=True)
 
 
-def atomic_torch_save(obj, path):
+def torch_bytes(obj):
+    """torch.save's bytes of `obj`, serialized in memory: a full disk then fails in the plain
+    file write (an OSError naming the file) instead of inside torch's zip writer."""
     import torch      # lazily: eval/ and synthetic_data.py use this module without torch
-    _atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def atomic_torch_save(obj, path):
+    atomic_write_bytes(path, torch_bytes(obj))
+
+
+def append_text(path, text, durable=False):
+    """Append `text` to the file `path` (fsync'd when `durable`); an OSError names the file."""
+    append_bytes(path, text.encode(), durable)
+
+
+def append_bytes(path, data, durable=False):
+    """Append `data` to the file `path` (fsync'd when `durable`); an OSError names the file."""
+    try:
+        with open(path, "ab") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from err
+        raise
 
 
 def atomic_save_npz(path, arrays):

@@ -11,10 +11,10 @@ import sys
 
 from config import build_args, save_config
 from engine import cascade, distributed, run_folder, training
-from engine.precision import deterministic_mode
+from engine.precision import deterministic_mode, precision_mode
 from engine.reports import Logger
 from engine.seeding import set_seed
-from utils import RunFolderLock, run_cli
+from utils import PeerStopped, RunFolderLock, run_cli
 
 
 def main(dataset, argv=None):
@@ -32,7 +32,14 @@ def run(dataset, argv):
     keep_freed_memory()           # reuse freed activation buffers instead of page-faulting them
     args = build_args(dataset, argv)
     with deterministic_mode(args.deterministic):   # before CUDA starts: cuBLAS reads it once
-        return run_training_or_test(distributed.init_distributed(args), argv)
+        try:
+            return run_training_or_test(distributed.init_distributed(args), argv)
+        except Exception as err:
+            if not args.is_main and distributed.peer_lost(err):    # rank 0 stopped, and says why
+                raise PeerStopped(2) from err
+            raise
+        finally:
+            distributed.shutdown()
 
 
 def run_training_or_test(args, argv):
@@ -45,26 +52,32 @@ def run_training_or_test(args, argv):
         args.log_path = os.path.join(args.save_dir, "log.txt")
         notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)   # per-process dropout masks; DDP broadcasts rank 0's weights
-    if args.demo and args.is_main:
-        from synthetic_data import ensure_demo_dataset
-        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
     lock = RunFolderLock(args.save_dir)
-    if args.is_main:
-        run_folder.check_writable(args.save_dir)
-        lock.acquire()
     try:
-        if args.is_main:
-            notes += run_folder.check_run_folder(args)        # raises before anything is written
-            log = Logger(args.log_path)
-            for line in notes:
-                log(line)
-            save_config(args, os.path.join(args.save_dir, "config.json"))
-        distributed.barrier()
-        if args.test:
-            return cascade.test_cascade(args)
-        return training.train(args)
+        with distributed.rank0_decides():       # under torchrun its error stops every rank
+            if args.is_main:
+                start_run_folder(args, lock, notes)
+        with precision_mode(args):              # TF32 as the (trained) config states
+            if args.test:
+                return cascade.test_cascade(args)
+            return training.train(args)
     finally:
         lock.release()
+
+
+def start_run_folder(args, lock, notes):
+    """Rank 0's start: the demo data, the run folder's lock and identity check, then the notes
+    and config.json."""
+    if args.demo:
+        from synthetic_data import ensure_demo_dataset
+        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
+    run_folder.check_writable(args.save_dir)
+    lock.acquire()
+    notes += run_folder.check_run_folder(args)                # raises before anything is written
+    log = Logger(args.log_path)
+    for line in notes:
+        log(line)
+    save_config(args, os.path.join(args.save_dir, "config.json"))
 
 
 # ----------------------------------------------------------------------------- process memory
