@@ -189,7 +189,7 @@ class CheckpointWriter:
         `state` that changes before that step must be a copy already."""
         self.wait()
         self.copied, self.names = threading.Event(), list(names)
-        self.hooks.append(optimizer.register_step_pre_hook(lambda *_: self.wait_for_copy()))
+        self.hooks.append(optimizer.register_step_pre_hook(lambda *_: self.before_step()))
         self.thread = threading.Thread(target=self.write, args=(state, self.names, self.copied),
                                        name="checkpoint writer", daemon=True)
         self.thread.start()
@@ -206,12 +206,14 @@ class CheckpointWriter:
         except BaseException as err:           # handed to the training thread
             self.error = err
 
-    def wait_for_copy(self):
-        """Block until the tensors of the latest checkpoint are copied (before an optimizer
-        step)."""
+    def before_step(self):
+        """Before an optimizer step: wait until the tensors of the latest checkpoint are copied;
+        raise the error of a write that has failed (a full disk) at once."""
         if not self.copied.is_set():
             with timed("checkpoint wait"):
                 self.copied.wait()
+        if self.error is not None and not self.busy():
+            self.raise_error()
 
     def busy(self):
         return self.thread is not None and self.thread.is_alive()
@@ -226,9 +228,13 @@ class CheckpointWriter:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
+        self.raise_error()
+
+    def raise_error(self):
         error, self.error = self.error, None
-        if error is not None:
-            if isinstance(error, OSError) and error.filename is None and self.names:
-                raise OSError(error.errno, error.strerror,
-                              os.path.join(self.folder, self.names[0])) from error
-            raise error
+        if error is None:
+            return
+        if isinstance(error, OSError) and error.filename is None and self.names:
+            raise OSError(error.errno, error.strerror,
+                          os.path.join(self.folder, self.names[0])) from error
+        raise error

@@ -194,12 +194,18 @@ def test_writer_error_reaches_the_training_thread_naming_the_file(tmp_path, monk
     model = Net()
     optimizer = torch.optim.Adam(model.parameters())
     writer = CheckpointWriter(tmp_path)
-    writer.submit({"model_state_dict": model.state_dict()}, ["model_latest.pth"], optimizer)
-    with pytest.raises(OSError) as info:
-        writer.wait()
-    assert info.value.errno == errno.ENOSPC
-    assert info.value.filename == str(tmp_path / "model_latest.pth")
-    writer.wait()                                          # reported once
+    for surfaces_in in ("wait", "optimizer step"):
+        writer.submit({"model_state_dict": model.state_dict()}, ["model_latest.pth"], optimizer)
+        with pytest.raises(OSError) as info:
+            if surfaces_in == "wait":
+                writer.wait()
+            else:                                  # the next step after the failed write raises
+                writer.thread.join()
+                model(torch.randn(4, 8)).sum().backward()
+                optimizer.step()
+        assert info.value.errno == errno.ENOSPC
+        assert info.value.filename == str(tmp_path / "model_latest.pth")
+        writer.wait()                                          # reported once
     assert not (tmp_path / "model_latest.pth").exists()
 
 
