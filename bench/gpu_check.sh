@@ -4,12 +4,12 @@
 #     bash bench/gpu_check.sh                 # from the repository root
 #     PYTHON=.venv/bin/python OUT=gpu_out GPU_CHECK_SECONDS=540 bash bench/gpu_check.sh
 #
-# Each row runs under its own time limit; the limits add up to 475 s, so every row gets its turn
+# Each row runs under its own time limit; the limits add up to 485 s, so every row gets its turn
 # within the default budget (a row is skipped, and says so, once less than 15 s are left).
 # Rows: the demo data (generated once, kept); a short demo schedule on cuda in float32, with
 # --amp and with --tf32 true (wall time, best mAP per step); predict.py on cuda with the float32
-# run's checkpoints; a tiny --deterministic run twice and once killed with SIGKILL and resumed,
-# comparing every checkpoint tensor; torchrun with 2 processes (NCCL, DDP, SyncBatchNorm) when
+# run's checkpoints; the checkpoint writer's test on cuda (needs pytest); a tiny --deterministic
+# run twice and once killed with SIGKILL and resumed, comparing every checkpoint tensor; torchrun with 2 processes (NCCL, DDP, SyncBatchNorm) when
 # two GPUs are visible, else 1; extract_features.py on cuda on a generated clip with random I3D
 # weights (needs OpenCV's contrib build); bench_pipeline.py --json on cuda (its data set kept in
 # $GPU_CHECK_WORK, default data/gpu_check, between calls) with the keys it reports; one
@@ -102,6 +102,15 @@ run predict 25 "$PY" predict.py --checkpoint "${RUN_FP32:-missing}" --features d
     --device cuda --out "$SCRATCH/predictions.json"
 row "predict.py on cuda" "python predict.py --checkpoint RUN --features data/synthetic_THUMOS14/test --device cuda" \
     "$(tail -n 1 "$DIR/logs/predict.log" | sed "s#$SCRATCH/##")"
+
+# --- the background checkpoint writer on cuda: copies on a side stream, the next step waits on the GPU
+if "$PY" -c "import pytest" 2>/dev/null; then
+    run writer_cuda 20 "$PY" -m pytest -q -p no:cacheprovider tests/test_checkpoint_files.py -k cuda
+    result=$(tail -n 1 "$DIR/logs/writer_cuda.log")
+else
+    WALL=- STATUS=ok result="skipped: no pytest for $PY"
+fi
+row "checkpoint copies on a side stream" "pytest tests/test_checkpoint_files.py -k cuda" "$result"
 
 # --- exact runs: --deterministic twice, and once killed with SIGKILL then resumed
 TINY=(main_THUMOS.py --demo --device cuda --deterministic --epochs 6 --epochs_per_step 3 --num_steps 1 --eval_freq 3)
@@ -201,7 +210,7 @@ row "extract_features.py on cuda (4 s clip, random weights)" \
 KEYS="train_host_ms_per_batch train_gather_ms_per_batch checkpoint_wait_s_per_epoch eval_host_ms_per_video forward_videos_per_batch"
 PIPE=(bench/bench_pipeline.py --device cuda --quick --work_dir "$WORK/pipeline")
 if "$PY" bench/bench_pipeline.py --help 2>/dev/null | grep -q -- --json; then
-    run bench_pipeline 100 "$PY" "${PIPE[@]}" --json "$DIR/bench_pipeline.json"
+    run bench_pipeline 90 "$PY" "${PIPE[@]}" --json "$DIR/bench_pipeline.json"
     keys=$("$PY" - "$DIR/bench_pipeline.json" "$KEYS" <<'EOF'
 import json, sys
 try:
@@ -217,7 +226,7 @@ EOF
 )
     row "THUMOS pipeline on cuda (bench_pipeline --json)" "python ${PIPE[*]} --json F" "$keys"
 else
-    run bench_pipeline 100 "$PY" "${PIPE[@]}"
+    run bench_pipeline 90 "$PY" "${PIPE[@]}"
     row "THUMOS pipeline on cuda" "python ${PIPE[*]}" \
         "bench_pipeline.py has no --json: the keys ($KEYS) are absent; $(grep -o 'estimated THUMOS schedule.*' "$DIR/logs/bench_pipeline.log" | tail -n 1)"
 fi

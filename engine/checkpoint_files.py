@@ -13,11 +13,13 @@ of its digests; any other file (released checkpoints) gets the structural check 
 member's local header, its size and, where the zip stores one, its CRC-32. torch.load with
 mmap=True checks none of these, and torch.load without it not the CRC.
 
-CheckpointWriter runs the writing in a background thread: the training loop hands it the state
+CheckpointWriter runs the writing in background threads: the training loop hands it the state
 at the end of an epoch and goes on. The model's parameters and the optimizer's tensors are copied
-to CPU memory in the thread while the next epoch's first forward and backward run; the next
-optimizer step waits for that copy (a step pre-hook), and the next checkpoint for the previous
-write, so the loop waits only when those have not finished.
+to CPU memory in a thread while the next epoch's first forward and backward run, and the next
+optimizer step waits for that copy (a step pre-hook; on a GPU the copies run on a side stream
+into pinned memory and the step waits for them on the GPU, not on the host). The writes follow
+in hand-over order; one the disk has not reached yet is superseded file by file by a newer one,
+so the loop never waits for the disk.
 """
 import hashlib
 import json
@@ -26,6 +28,7 @@ import struct
 import threading
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 
 import torch
 
@@ -159,8 +162,13 @@ def verify_checkpoint(path):
 
 # ----------------------------------------------------------------------------- the writer
 def cpu_copy(obj):
-    """`obj` with every tensor in its dicts, lists and tuples copied to CPU memory."""
+    """`obj` with every tensor in its dicts, lists and tuples copied to CPU memory. A CUDA
+    tensor goes to pinned memory without blocking, on the calling thread's current stream: the
+    copy is complete once that stream has reached it."""
     if torch.is_tensor(obj):
+        if obj.is_cuda:
+            target = torch.empty(obj.shape, dtype=obj.dtype, device="cpu", pin_memory=True)
+            return target.copy_(obj.detach(), non_blocking=True)
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {key: cpu_copy(value) for key, value in obj.items()}
@@ -169,72 +177,170 @@ def cpu_copy(obj):
     return obj
 
 
-class CheckpointWriter:
-    """Writes a folder's checkpoints in a background thread, one checkpoint at a time.
+def cuda_device(obj):
+    """The device of the first CUDA tensor in `obj` (dicts, lists, tuples), or None."""
+    if torch.is_tensor(obj):
+        return obj.device if obj.is_cuda else None
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) \
+        else ()
+    return next(filter(None, map(cuda_device, values)), None)
 
-    submit() returns at once (after waiting for the previous write, if it is still running).
-    An error of the thread (a full disk) is raised by the next submit() or by wait().
+
+@dataclass
+class Handover:
+    """One checkpoint handed to the writer: its files and its copy's progress."""
+    names: list
+    thread: threading.Thread = None
+    copied: threading.Event = field(default_factory=threading.Event)   # host copies made
+    device: torch.device = None          # CUDA: the copies run on a stream of this device ...
+    done: object = None                  # ... and this CUDA event marks their end
+    waited: bool = False                 # the training stream waits for `done`
+
+
+class CheckpointWriter:
+    """Writes a folder's checkpoints in the background, in the order they were handed over.
+
+    submit() returns at once. A copy thread per checkpoint copies its tensors to CPU memory (the
+    next optimizer step waits for that), then queues it for one writer thread. A checkpoint still
+    queued when a newer one names the same file is not written to that file (the newer one is):
+    when epochs are shorter than a write, model_latest.pth is written as often as the disk
+    allows and the loop never waits for it; a resume then starts from the newest complete file,
+    exactly as from any other. A failed write (a full disk) drops the queue and is raised on the
+    training thread: at the next optimizer step, submit() or wait().
     """
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
-        self.thread, self.error, self.names = None, None, []
-        self.copied = threading.Event()
-        self.copied.set()
-        self.hooks = []
+        self.lock = threading.Condition()    # the queue, in hand-over order
+        self.queue = []            # [sequence, [file names], CPU state] waiting, oldest first
+        self.sequence, self.queued, self.writing, self.error = 0, 0, [], None
+        self.failed = False        # after a failed write nothing more is written (order kept)
+        self.copies, self.thread = [], None      # the Handover of each copy; the writer thread
+        self.hook, self.hooked = None, None
 
     def submit(self, state, names, optimizer):
-        """Write the checkpoint dict `state` to each file of `names`. Its tensors are copied in
-        the thread before `optimizer`'s next step, which waits for that copy: anything else in
-        `state` that changes before that step must be a copy already."""
-        self.wait()
-        self.copied, self.names = threading.Event(), list(names)
-        self.hooks.append(optimizer.register_step_pre_hook(lambda *_: self.before_step()))
-        self.thread = threading.Thread(target=self.write, args=(state, self.names, self.copied),
-                                       name="checkpoint writer", daemon=True)
-        self.thread.start()
+        """Write the checkpoint dict `state` to each file of `names`, in that order. Its tensors
+        are copied in a thread before `optimizer`'s next step, which waits for that copy:
+        anything else in `state` that changes before that step must be a copy already."""
+        self.raise_error()
+        if optimizer is not self.hooked:                 # a new step's optimizer
+            if self.hook is not None:
+                self.hook.remove()
+            self.hook = optimizer.register_step_pre_hook(lambda *_: self.before_step())
+            self.hooked = optimizer
+        self.sequence += 1
+        handover = Handover(list(names), device=cuda_device(state))
+        ready = None
+        if handover.device is not None:          # the state as the training stream leaves it
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(handover.device))
+        handover.thread = threading.Thread(target=self.copy,
+                                           args=(state, handover, self.sequence, ready),
+                                           name="checkpoint copy", daemon=True)
+        self.copies = [copy for copy in self.copies if copy.thread.is_alive()] + [handover]
+        handover.thread.start()
 
-    def write(self, state, names, copied):
+    def copy(self, state, handover, sequence, ready):
+        """Copy thread: the state to CPU memory (CUDA tensors on a side stream, which the next
+        optimizer step waits for on the GPU), then into the queue (superseding the files a
+        queued checkpoint has not written yet), the writer started when idle."""
+        names, source = handover.names, state      # source: kept until the copies are done
         try:
             try:
-                state = cpu_copy(state)
+                if ready is None:
+                    state = cpu_copy(state)
+                else:
+                    side = torch.cuda.Stream(device=handover.device)
+                    side.wait_event(ready)
+                    with torch.cuda.stream(side):
+                        state = cpu_copy(state)
+                    handover.done = torch.cuda.Event()
+                    handover.done.record(side)
             finally:
-                copied.set()
-            data = torch_bytes(state)
-            del state
-            write_checkpoint_files(self.folder, names, data)
+                handover.copied.set()
+            if handover.done is not None:
+                handover.done.synchronize()
+            del source
+            with self.lock:                            # after every earlier hand-over
+                self.lock.wait_for(lambda: self.queued >= sequence - 1 or self.failed)
+                if self.failed:
+                    return
+                for entry in self.queue:
+                    entry[1] = [name for name in entry[1] if name not in names]
+                self.queue = [entry for entry in self.queue if entry[1]] + [
+                    [sequence, names, state]]
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self.write_queue,
+                                                   name="checkpoint writer", daemon=True)
+                    self.thread.start()
         except BaseException as err:           # handed to the training thread
-            self.error = err
+            self.error, self.failed = err, True
+        finally:
+            with self.lock:
+                self.queued = max(self.queued, sequence)
+                self.lock.notify_all()
+
+    def write_queue(self):
+        """Writer thread: the queued checkpoints, oldest first, until the queue is empty."""
+        while True:
+            with self.lock:
+                if not self.queue or self.failed:
+                    self.thread, self.writing = None, []
+                    return
+                _, self.writing, state = self.queue.pop(0)
+            try:
+                write_checkpoint_files(self.folder, self.writing, torch_bytes(state))
+            except BaseException as err:
+                with self.lock:
+                    if isinstance(err, OSError) and err.filename is None:
+                        err = OSError(err.errno, err.strerror,
+                                      os.path.join(self.folder, self.writing[0]))
+                    self.error, self.failed = err, True
+                    self.queue, self.thread, self.writing = [], None, []
+                return
+            del state
 
     def before_step(self):
-        """Before an optimizer step: wait until the tensors of the latest checkpoint are copied;
-        raise the error of a write that has failed (a full disk) at once."""
-        if not self.copied.is_set():
-            with timed("checkpoint wait"):
-                self.copied.wait()
-        if self.error is not None and not self.busy():
-            self.raise_error()
+        """Before an optimizer step: wait until every checkpoint's tensors are copied; raise
+        the error of a failed write at once."""
+        for copy in self.copies:
+            if not copy.copied.is_set():
+                with timed("checkpoint wait"):
+                    copy.copied.wait()
+            if copy.done is not None and not copy.waited:   # on the GPU, not on the host
+                torch.cuda.current_stream(copy.device).wait_event(copy.done)
+                copy.waited = True
+        self.raise_error()
+
+    @property
+    def names(self):
+        """The files being written or waiting to be."""
+        with self.lock:
+            names = self.writing + [name for entry in self.queue for name in entry[1]]
+        copying = [name for copy in self.copies if copy.thread.is_alive()
+                   for name in copy.names]
+        return list(dict.fromkeys(names + copying))
 
     def busy(self):
-        return self.thread is not None and self.thread.is_alive()
+        return self.thread is not None or any(copy.thread.is_alive() for copy in self.copies)
 
     def wait(self):
-        """Wait for the write in flight; raise its error, if it had one."""
-        if self.thread is not None:
-            if self.thread.is_alive():
+        """Wait until every handed-over checkpoint is written; raise a write's error."""
+        for copy in self.copies:
+            if copy.thread.is_alive():
                 with timed("checkpoint wait"):
-                    self.thread.join()
-            self.thread = None
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks = []
+                    copy.thread.join()
+        self.copies = []
+        writer = self.thread                  # no copy is left to start another one
+        if writer is not None:
+            with timed("checkpoint wait"):
+                writer.join()
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook, self.hooked = None, None
         self.raise_error()
 
     def raise_error(self):
         error, self.error = self.error, None
-        if error is None:
-            return
-        if isinstance(error, OSError) and error.filename is None and self.names:
-            raise OSError(error.errno, error.strerror,
-                          os.path.join(self.folder, self.names[0])) from error
-        raise error
+        if error is not None:
+            raise error

@@ -259,6 +259,26 @@ def test_flipped_checkpoint_is_refused_before_any_evaluation(data_dir, tmp_path,
     assert kept(folder_digest(save_dir)) == kept(before)         # nothing evaluated, nothing saved
 
 
+@pytest.mark.parametrize("record", [True, False])
+def test_truncated_last_step_checkpoint_is_found_before_step_0_is_evaluated(record, data_dir,
+                                                                           tmp_path, capsys):
+    """The final step's file cut in half: test mode names it before evaluating any step (with
+    the folder's sha256 record, and without it as for released checkpoints)."""
+    argv = argv_for(data_dir, tmp_path)
+    runner.main("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    last = os.path.join(save_dir, "model_step1_best_epoch.pth")
+    data = open(last, "rb").read()
+    open(last, "wb").write(data[:len(data) // 2])
+    if not record:
+        os.remove(os.path.join(save_dir, "checksums.json"))
+    code, err = run_main(argv + ["--test", "--checkpoint", save_dir], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and last in err
+    assert ("does not match the sha256" if record else "could not be read") in err
+    assert not [name for name in os.listdir(os.path.join(save_dir, "test"))
+                if name.startswith("test_")]                        # no step was scored
+
+
 # ----------------------------------------------------------------------------- full disk
 def fail_fsync_of(monkeypatch, fragment, nth):
     """From the nth fsync of a file whose path holds `fragment` on, fsync fails with ENOSPC."""

@@ -158,24 +158,28 @@ def test_writer_saves_the_state_of_the_epoch_end(tmp_path, monkeypatch, small_ar
     optimizer.step()                                       # Adam's state exists
     expected = {"model": {k: v.clone() for k, v in model.state_dict().items()},
                 "exp_avg": [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]}
-    real_copy, copying = checkpoint_files.cpu_copy, threading.Event()
+    real_copy, copying, order = checkpoint_files.cpu_copy, threading.Event(), []
 
-    def slow_copy(obj):
+    def slow_copy(obj):                          # the whole state, slowly (not each part)
+        if copying.is_set():
+            return real_copy(obj)
         copying.set()
         time.sleep(0.3)
-        return real_copy(obj)
+        copied = real_copy(obj)
+        order.append("copied")
+        return copied
 
     monkeypatch.setattr(checkpoint_files, "cpu_copy", slow_copy)
     writer = CheckpointWriter(tmp_path)
     state = checkpoints.training_state(model, optimizer, small_args(), 0, 0, [0.5, 0.0, 0.0],
                                        [{}], 1.0)
     writer.submit(state, ["model_latest.pth"], optimizer)
+    optimizer.register_step_pre_hook(lambda *_: order.append("step"))     # after the writer's
     assert copying.wait(5)
     optimizer.zero_grad()
     model(x + 1).pow(2).mean().backward()                  # running statistics move here
-    tic = time.perf_counter()
     optimizer.step()                                       # waits for the copy
-    assert time.perf_counter() - tic > 0.1
+    assert order == ["copied", "step"]
     writer.wait()
     saved = load_checkpoint(tmp_path / "model_latest.pth")
     for key, value in expected["model"].items():
@@ -193,20 +197,57 @@ def test_writer_error_reaches_the_training_thread_naming_the_file(tmp_path, monk
     monkeypatch.setattr(checkpoint_files, "atomic_write_bytes", full_disk)
     model = Net()
     optimizer = torch.optim.Adam(model.parameters())
-    writer = CheckpointWriter(tmp_path)
     for surfaces_in in ("wait", "optimizer step"):
+        writer = CheckpointWriter(tmp_path)
         writer.submit({"model_state_dict": model.state_dict()}, ["model_latest.pth"], optimizer)
         with pytest.raises(OSError) as info:
             if surfaces_in == "wait":
                 writer.wait()
             else:                                  # the next step after the failed write raises
-                writer.thread.join()
+                while writer.busy():
+                    time.sleep(0.01)
                 model(torch.randn(4, 8)).sum().backward()
                 optimizer.step()
         assert info.value.errno == errno.ENOSPC
         assert info.value.filename == str(tmp_path / "model_latest.pth")
-        writer.wait()                                          # reported once
+        writer.submit({"model_state_dict": model.state_dict()}, ["model_latest.pth"], optimizer)
+        writer.wait()                          # reported once; nothing is written after it
     assert not (tmp_path / "model_latest.pth").exists()
+
+
+def test_a_queued_checkpoint_is_superseded_file_by_file_in_order(tmp_path, monkeypatch):
+    """Epochs shorter than a write (slowed here): the loop never waits; a file a queued
+    checkpoint has not written yet gets the newer one's state instead; every write follows the
+    order of the hand-overs (a step's best before a later model_latest.pth)."""
+    real_write, written = checkpoint_files.write_checkpoint_files, []
+
+    def slow_write(folder, names, data):
+        time.sleep(0.3)
+        written.append((list(names), torch.load(io.BytesIO(data))["epoch"]))
+        return real_write(folder, names, data)
+
+    monkeypatch.setattr(checkpoint_files, "write_checkpoint_files", slow_write)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters())
+    writer = CheckpointWriter(tmp_path)
+    handed = [["model_step0_best_epoch.pth", "model_latest.pth"], ["model_latest.pth"],
+              ["model_step0_best_epoch.pth", "model_latest.pth"], ["model_latest.pth"],
+              ["model_step0_last_epoch.pth", "model_latest.pth"]]
+    tic = time.perf_counter()
+    for epoch, names in enumerate(handed):
+        writer.submit({"epoch": epoch, "model_state_dict": model.state_dict()}, names, optimizer)
+        writer.before_step()                  # the next step: waits for the copy only
+        time.sleep(0.05)
+    assert time.perf_counter() - tic < 0.3 * len(handed) / 2
+    writer.wait()
+    epochs = [epoch for _, epoch in written]
+    assert written[0] == (handed[0], 0) and epochs == sorted(epochs) and len(written) < 5
+    assert written[-1] == (["model_step0_last_epoch.pth", "model_latest.pth"], 4)
+    assert any(names == ["model_step0_best_epoch.pth"] or "model_step0_best_epoch.pth" in names
+               for names, epoch in written if epoch == 2)            # the newer best, once
+    for name, epoch in [("model_step0_best_epoch.pth", 2), ("model_latest.pth", 4),
+                        ("model_step0_last_epoch.pth", 4)]:
+        assert load_checkpoint(tmp_path / name)["epoch"] == epoch, name
 
 
 def test_cuda_generator_states_are_saved_and_restored(monkeypatch):
@@ -225,3 +266,58 @@ def test_cuda_generator_states_are_saved_and_restored(monkeypatch):
     assert len(restored) == 1 and len(restored[0]) == 1 and torch.equal(restored[0][0], fake[0])
     checkpoints.restore_rng_state(state, generator, cuda=False)       # a CPU resume ignores it
     assert len(restored) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_writer_copies_cuda_tensors_before_the_next_step_mutates_them(tmp_path):
+    """On a GPU the copies run on a side stream into pinned memory and the next optimizer step
+    waits for them on the GPU: the file holds the hand-over's weights and Adam state, though the
+    steps are issued at once."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.BatchNorm1d(512)).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.randn(64, 512, device="cuda")
+    model(x).square().mean().backward()
+    optimizer.step()
+    expected = {key: value.cpu() for key, value in model.state_dict().items()}
+    writer = CheckpointWriter(tmp_path)
+    state = {"epoch": 1, "model_state_dict": {
+        key: value.clone() if key.startswith("1.") else value
+        for key, value in model.state_dict().items()}, "optimizer": optimizer.state_dict()}
+    writer.submit(state, ["model_latest.pth"], optimizer)
+    for _ in range(3):                                     # issued without waiting on the host
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    writer.wait()
+    saved = load_checkpoint(tmp_path / "model_latest.pth")["model_state_dict"]
+    for key, value in expected.items():
+        assert torch.equal(saved[key], value), key
+
+
+def test_hand_over_order_is_kept_when_copies_finish_out_of_order(tmp_path, monkeypatch):
+    """The first checkpoint's copy is slow, the second's fast: the second waits for the first,
+    so its model_latest.pth is written last and the first's best file is written at all."""
+    real_copy, real_write, written = (checkpoint_files.cpu_copy,
+                                      checkpoint_files.write_checkpoint_files, [])
+
+    def copy(obj):
+        if isinstance(obj, dict) and obj.get("epoch") == 0:
+            time.sleep(0.5)
+        return real_copy(obj)
+
+    def write(folder, names, data):
+        written.append((list(names), torch.load(io.BytesIO(data))["epoch"]))
+        return real_write(folder, names, data)
+
+    monkeypatch.setattr(checkpoint_files, "cpu_copy", copy)
+    monkeypatch.setattr(checkpoint_files, "write_checkpoint_files", write)
+    optimizer = torch.optim.Adam(Net().parameters())
+    writer = CheckpointWriter(tmp_path)
+    writer.submit({"epoch": 0}, ["model_step0_best_epoch.pth", "model_latest.pth"], optimizer)
+    writer.submit({"epoch": 1}, ["model_latest.pth"], optimizer)
+    writer.wait()
+    assert written == [(["model_step0_best_epoch.pth"], 0), (["model_latest.pth"], 1)] or \
+        written == [(["model_step0_best_epoch.pth", "model_latest.pth"], 0),
+                    (["model_latest.pth"], 1)]
+    assert torch.load(tmp_path / "model_latest.pth", weights_only=True)["epoch"] == 1

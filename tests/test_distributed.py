@@ -129,6 +129,32 @@ def test_full_pipeline_under_torchrun_writes_from_one_process(data_dir, argv, tm
     assert state["step"] == 1 and len(state["rng_per_rank"]) == 2
 
 
+def test_each_rank_binds_its_gpu_and_leaves_the_group(monkeypatch, small_args):
+    """Under torchrun on GPUs (faked: no GPU here) rank r takes cuda:LOCAL_RANK, hands it to
+    init_process_group as device_id, and shutdown() destroys the group; --gpu is refused."""
+    from engine import distributed
+    calls = {}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)      # --gpu sets it: restored
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.setdefault("set", index))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: "init" in calls)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **options: calls.setdefault("init", (backend, options)))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: calls.setdefault("destroyed", True))
+    args = small_args("THUMOS", "--device", "cuda")
+    distributed.init_distributed(args)
+    assert (args.rank, args.world_size, args.is_main, args.device) == (1, 2, False, "cuda:1")
+    assert calls["set"] == 1
+    assert calls["init"] == ("nccl", {"device_id": torch.device("cuda:1")})
+    distributed.shutdown()
+    assert calls["destroyed"]
+    with pytest.raises(UserError, match="--gpu 0 cannot be used under torchrun"):
+        distributed.init_distributed(small_args("THUMOS", "--device", "cuda", "--gpu", "0"))
+
+
 # ----------------------------------------------------------------------------- torchrun's edges
 RECORDER = """
 import json, os, sys
