@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import (Range, UserError, atomic_write_text, parse_bool, parse_rate, show_value,
-                   source_comments)
+from options import (OneLineParser, Range, add_table_option, check_ranges, show_value,
+                     source_comments)
+from utils import UserError, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent
 CLASS_LIST_DIR = REPO_ROOT / "classes"
@@ -39,6 +40,10 @@ COMMON = dict(
     use_uncertainty=True,         # uncertainty head weighting the pseudo instance loss
     use_pseudo_instance_loss=True,  # pseudo instance loss in steps >= 1
     use_dynamic_sampling=True,    # dynamic segment sampling in steps >= 1
+    # float precision on CUDA (docs/running.md, On a GPU); a CPU run computes in float32 always
+    tf32=False,                   # matmuls in TF32 (PyTorch's default: off, strict float32)
+    cudnn_tf32=True,              # cuDNN convolutions in TF32 (PyTorch's default: on)
+    amp_dtype="bfloat16",         # autocast dtype under --amp (losses stay float32)
     # data pipeline
     skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
     feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
@@ -98,34 +103,19 @@ PRESETS = {
         oic_gamma_att=0.0,            # same, attention branch
     ),
     "ActivityNet": dict(
-        data_dir="data/ActivityNet13",
-        class_list="ActivityNet13.txt",
-        eval_subset="val",
-        epochs=100, epochs_per_step=50, num_steps=1,
-        weight_decay=1e-3,
-        sample_segments_num=150,
-        max_segments_num=100,
-        cls_threshold=0.10,
-        tiou_thresholds=np.arange(0.5, 1.0, 0.05),
-        num_tiou_for_average=10,
-        extra_average_ranges=[],
-        diagnosis_bins="DETAD",
-        synthetic_profile="ActivityNet13",
-        nms_thresh=0.90,
-        fg_topk_seg=2, bg_topk_seg=10,
+        data_dir="data/ActivityNet13", class_list="ActivityNet13.txt", eval_subset="val",
+        epochs=100, epochs_per_step=50, num_steps=1, weight_decay=1e-3,
+        sample_segments_num=150, max_segments_num=100, cls_threshold=0.10,
+        tiou_thresholds=np.arange(0.5, 1.0, 0.05), num_tiou_for_average=10,
+        extra_average_ranges=[], diagnosis_bins="DETAD", synthetic_profile="ActivityNet13",
+        nms_thresh=0.90, fg_topk_seg=2, bg_topk_seg=10,
         lamb_fg=5.0, lamb_bg=0.5, lamb_abg=0.5,
         delta=0.0, alpha=0.3, gamma=10.0, beta=0.2,
-        batch_size=64,
-        embed_dropout=True,
-        cas_thresh=[0.005, 0.01, 0.015, 0.02],
-        att_thresh=[0.005, 0.01, 0.015, 0.02],
-        pseudo_cas_thresh=np.arange(0.1, 0.305, 0.005),
-        pseudo_att_thresh=[],
-        fusion_cas_weight=0.7,
-        fusion_att_weight=0.3,
-        oic_lamb=0.15,
-        oic_gamma_cas=0.0,
-        oic_gamma_att=0.25,
+        batch_size=64, embed_dropout=True,
+        cas_thresh=[0.005, 0.01, 0.015, 0.02], att_thresh=[0.005, 0.01, 0.015, 0.02],
+        pseudo_cas_thresh=np.arange(0.1, 0.305, 0.005), pseudo_att_thresh=[],
+        fusion_cas_weight=0.7, fusion_att_weight=0.3,
+        oic_lamb=0.15, oic_gamma_cas=0.0, oic_gamma_att=0.25,
     ),
 }
 
@@ -133,28 +123,18 @@ PRESETS = {
 # synthetic_data.py) and schedules that run the whole multi-step pipeline in a few minutes on a
 # 2-core CPU. Each keeps its preset's shape: THUMOS base + 2 refinement steps, ActivityNet base +
 # 1 step (the ActivityNet preset's), with that preset's post-processing and loss weights.
-DEMO = dict(                    # THUMOS demo
-    # data_dir: data/synthetic_THUMOS14 (set in build_args)
-    outdir="demo",
-    feature_dim=256,
+DEMO = dict(                    # THUMOS demo (data_dir data/synthetic_THUMOS14, set in build_args)
+    outdir="demo", feature_dim=256,
     epochs=60, epochs_per_step=20, num_steps=2,
-    sample_segments_num=256,
-    batch_size=16,
-    eval_freq=5,
-    lr=1e-3,
+    sample_segments_num=256, batch_size=16, eval_freq=5, lr=1e-3,
 )
 DEMO_PRESETS = {
     "THUMOS": DEMO,
-    "ActivityNet": dict(
-        # data_dir: data/synthetic_ActivityNet13 (set in build_args)
+    "ActivityNet": dict(        # data_dir data/synthetic_ActivityNet13 (set in build_args)
         class_list="ActivityNet13_demo.txt",  # every 10th class of 200: enough videos per class
-        outdir="demo",
-        feature_dim=256,
+        outdir="demo", feature_dim=256,
         epochs=40, epochs_per_step=20, num_steps=1,
-        sample_segments_num=150,              # the preset's S
-        batch_size=16,
-        eval_freq=5,
-        lr=1e-3,
+        sample_segments_num=150, batch_size=16, eval_freq=5, lr=1e-3,
     ),
 }
 
@@ -171,7 +151,8 @@ SWITCHES = {
                 "per evaluation",
     "ignore_any_tiou": "with --diagnose: DETAD's released ignore rule (a prediction matched "
                        "outside a bin is ignored at every tIoU once it is at one)",
-    "amp": "bf16 autocast on GPU (changes numbers slightly; off by default)",
+    "amp": "autocast (amp_dtype, bf16) on GPU, losses in float32 (changes numbers slightly; "
+           "off by default)",
     "deterministic": "deterministic GPU kernels (torch.use_deterministic_algorithms, "
                      "cuBLAS/cuDNN settings)",
 }
@@ -235,36 +216,13 @@ class ConfigError(UserError):
     """A configuration problem the user can fix (bad key, bad value, missing class list)."""
 
 
-def _add_option(parser, key, default, help_text):
-    flags = [f"--{key}"] + ([SHORT_FLAGS[key]] if key in SHORT_FLAGS else [])
-    options = dict(help=help_text.replace("%", "%%"))
-    if key in RATE_KEYS:
-        parser.add_argument(*flags, type=parse_rate, metavar="FPS", **options)
-    elif isinstance(default, bool):
-        parser.add_argument(*flags, type=parse_bool, metavar="BOOL", **options)
-    elif isinstance(default, (list, tuple, np.ndarray)):
-        parser.add_argument(*flags, type=float, nargs="*", metavar="X", **options)
-    elif isinstance(default, int):
-        parser.add_argument(*flags, type=int, **options)
-    elif isinstance(default, float):
-        parser.add_argument(*flags, type=float, **options)
-    else:
-        parser.add_argument(*flags, type=str, **options)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one ConfigError line instead of a usage dump."""
-
-    def error(self, message):
-        raise ConfigError(f"{message} (see --help for every key of config.py)")
-
-
 def make_parser(dataset):
     defaults = {**COMMON, **PRESETS[dataset], **EXTRA_OPTIONS}
-    parser = _Parser(
+    parser = OneLineParser(
         prog=f"main_{dataset}.py", allow_abbrev=False, usage="%(prog)s [--KEY VALUE ...]",
         description=f"ASM-Loc on {dataset}. Any preset key of config.py can be overridden; each "
-                    f"key's description is its comment in config.py.")
+                    f"key's description is its comment in config.py.",
+        error_type=ConfigError, hint=" (see --help for every key of config.py)")
     for key, help_text in SWITCHES.items():
         parser.add_argument(f"--{key}", action="store_true", help=help_text)
     described = source_comments(__file__, ("COMMON", "PRESETS", "EXTRA_OPTIONS"))
@@ -272,8 +230,9 @@ def make_parser(dataset):
     for key, default in defaults.items():
         shown = f"default {show_value(default)}" + (
             f"; --demo {show_value(demo[key])}" if key in demo and demo[key] != default else "")
-        _add_option(parser, key, default,
-                    f"{described[key]} ({shown})" if key in described else f"({shown})")
+        add_table_option(parser, key, default,
+                         f"{described[key]} ({shown})" if key in described else f"({shown})",
+                         SHORT_FLAGS.get(key), rate=key in RATE_KEYS)
     for key in RETIRED_FLAGS:
         parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
     parser.set_defaults(**{key: None for key in [*defaults, *RETIRED_FLAGS]})
@@ -326,18 +285,6 @@ def run_folder_name(args):
     return f"{name}_{args.suffix}" if args.suffix else name
 
 
-def check_ranges(args):
-    """Every key of RANGES against its valid values: one ConfigError line naming the key."""
-    for key, valid in RANGES.items():
-        value = getattr(args, key)
-        if isinstance(value, (list, tuple, np.ndarray)):
-            bad = [x for x in np.asarray(value, dtype=object).reshape(-1) if not valid.holds(x)]
-            if bad:
-                raise ConfigError(f"--{key} values must each be {valid.text()}, got {bad[0]!r}")
-        elif not valid.holds(value):
-            raise ConfigError(f"--{key} must be {valid.text()}, got {value!r}")
-
-
 def _validate(args):
     if args.overwrite and not args.test:
         raise ConfigError("--overwrite is for test mode (--test); to start a training run over "
@@ -345,6 +292,10 @@ def _validate(args):
     if args.feature_dim % args.num_heads:
         raise ConfigError(f"--feature_dim {args.feature_dim} must be divisible by --num_heads "
                           f"{args.num_heads}")
+    if args.amp_dtype not in ("bfloat16",):
+        raise ConfigError(f"--amp_dtype {args.amp_dtype} is not supported: autocast runs in "
+                          f"bfloat16 (float16 would need loss scaling, which this code does not "
+                          f"do)")
     if len(args.tiou_thresholds) == 0:
         raise ConfigError("--tiou_thresholds needs at least one value")
     if args.dataset_name in ("", ".", "..") or set("/\\") & set(args.dataset_name):
@@ -356,7 +307,7 @@ def _validate(args):
 def derive(args):
     """Threshold lists as float64 arrays and the values that follow from other keys (after any
     change); the ranges are checked first."""
-    check_ranges(args)
+    check_ranges(args, RANGES, ConfigError)
     for key in ("tiou_thresholds", "cas_thresh", "att_thresh", "pseudo_cas_thresh",
                 "pseudo_att_thresh"):
         setattr(args, key, np.asarray(getattr(args, key), dtype=np.float64))

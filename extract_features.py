@@ -29,7 +29,8 @@ import torch
 
 from features.dataset_builder import build_dataset
 from features.extract import ExtractError, extract_videos
-from utils import parse_rate, run_cli
+from options import parse_rate
+from utils import run_cli
 
 
 def parse_args(argv):

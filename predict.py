@@ -27,7 +27,8 @@ from config import COMMON, DEFAULT_PRESET, PRESETS, build_args
 from engine.run_folder import CONFIG_NAME, adopt_trained_config, read_config, trained_dataset
 from eval.files import write_results_json
 from features.provenance import MISMATCH_START, extraction_time_base, snippet_time_warning
-from utils import UserError, atomic_write_text, parse_rate, run_cli
+from options import parse_rate
+from utils import UserError, atomic_write_text, run_cli
 
 EPILOG = """Any key of config.py is taken as well, as by the entry scripts (--nms_thresh 0.3,
 --cls_threshold 0.2, --device cpu, --debug, ...): `python main_THUMOS.py --help` lists them with
@@ -139,6 +140,13 @@ def run(argv):
     args = build_args(known.dataset or trained_dataset(known.checkpoint) or DEFAULT_PRESET, rest)
     for line in adopt_trained_config(args, rest):
         print(line)
+    from engine.precision import precision_mode
+    with precision_mode(args):                       # TF32 as the trained config states
+        return predict(known, args)
+
+
+def predict(known, args):
+    """The detections of predict.py's videos, written as --out says."""
     from engine.cascade import list_feature_files, load_cascade, new_video_dataset, run_cascade
     out = Path(known.out or f"predictions.{known.format}")
     models = load_cascade(args.checkpoint, args, "predict.py")

@@ -1,23 +1,15 @@
-"""Small shared helpers: one-line user errors, command-line value types, atomic file writes, a
-folder lock, one array helper.
+"""Small shared helpers: one-line user errors, atomic file writes, a folder lock, one array
+helper (command-line value types are in options.py).
 
 Nothing here knows the method; every other module may import it.
 """
-import argparse
-import ast
 import errno
-import functools
 import io
 import json
-import math
 import os
 import sys
 import tempfile
-import tokenize
 from collections.abc import Mapping
-from fractions import Fraction
-from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -30,120 +22,67 @@ class UserError(Exception):
     """
 
 
+class PeerStopped(Exception):
+    """Another process of a torchrun job stopped the run and reported why; this process exits
+    quietly with `status`."""
+
+    def __init__(self, status):
+        super().__init__(f"stopped by another process (exit status {status})")
+        self.status = status
+
+
+def launch_rank():
+    """This process's rank under torchrun (its RANK variable), 0 outside it."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
+
+
+def exit_status(err):
+    """The exit status run_cli gives an error: 2 for a user error or a full / read-only disk,
+    130 for Ctrl-C, 1 for anything else."""
+    if isinstance(err, PeerStopped):
+        return err.status
+    if isinstance(err, UserError) or (isinstance(err, OSError) and err.errno in DISK_ERRORS):
+        return 2
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
+
+
 def run_cli(function, argv, write_hint, interrupt_hint=None):
     """Run an entry point: a UserError, or a full / read-only disk, ends with one `error:` line
     and exit 2. --debug in argv shows the traceback instead; Ctrl-C prints interrupt_hint and
-    exits 130 when given."""
+    exits 130 when given. Under torchrun only rank 0 prints: the other ranks exit quietly with
+    the same status (a PeerStopped carries rank 0's)."""
+    quiet = launch_rank() != 0
     try:
         return function()
+    except PeerStopped as err:
+        if "--debug" in argv:
+            raise
+        sys.exit(err.status)
     except UserError as err:
         if "--debug" in argv:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
-        disk = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
-        if "--debug" in argv or err.errno not in disk:
+        if "--debug" in argv or err.errno not in DISK_ERRORS:
             raise
-        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
-              file=sys.stderr)
+        if not quiet:
+            print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
+                  file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if interrupt_hint is None:
             raise
-        print(interrupt_hint, file=sys.stderr)
+        if not quiet:
+            print(interrupt_hint, file=sys.stderr)
         sys.exit(130)
-
-
-# ----------------------------------------------------------------------------- values
-class Range(NamedTuple):
-    """Valid values of a numeric setting: finite, from low to high, each end closed unless
-    marked open."""
-    low: float
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            return False
-        return bool(math.isfinite(value)
-                    and (value > self.low if self.low_open else value >= self.low)
-                    and (value < self.high if self.high_open else value <= self.high))
-
-    def text(self):
-        if self.high == math.inf:
-            return "positive and finite" if self.low_open else f"at least {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
-
-
-def parse_bool(text):
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def parse_rate(text):
-    """A frame rate as a float: `25`, `29.97` or the exact ratio `30000/1001`."""
-    try:
-        value = float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a frame rate such as 25, 29.97 or 30000/1001, "
-                                         f"got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a frame rate must be positive, got {text!r}")
-    return value
-
-
-def format_rate(fps):
-    """A frame rate as parse_rate reads it back: 25, 29.97, or NTSC's exact 30000/1001."""
-    ntsc = round(float(fps) * 1001)
-    if ntsc % 1000 == 0 and math.isclose(ntsc / 1001, fps, rel_tol=1e-12) and ntsc % 1001:
-        return f"{ntsc}/1001"
-    return f"{float(fps):.10g}"
-
-
-def show_value(value):
-    """A setting as --help shows it: lists of more than six values by their ends and count."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple, np.ndarray)):
-        values = [f"{float(x):g}" for x in np.asarray(value, dtype=np.float64).reshape(-1)]
-        if len(values) > 6:
-            return f"{' '.join(values[:2])} ... {values[-1]}, {len(values)} values"
-        return " ".join(values) if values else "none"
-    return '""' if value == "" else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def source_comments(path, tables):
-    """{key: comment} of the `key=value,  # comment` lines (one key on the line) of the dict(...)
-    tables assigned to the names `tables` in the Python file `path`; the first comment wins."""
-    return dict(_source_comments(os.fspath(path), tuple(tables)))
-
-
-@functools.lru_cache(maxsize=8)
-def _source_comments(path, tables):
-    source = Path(path).read_text()
-    comments = {token.start[0]: token.string.lstrip("#").strip()
-                for token in tokenize.generate_tokens(io.StringIO(source).readline)
-                if token.type == tokenize.COMMENT}
-    keys_ending_on = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) in tables
-                                                for target in node.targets):
-            for call in ast.walk(node.value):
-                if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "dict":
-                    for keyword in call.keywords:
-                        keys_ending_on.setdefault(keyword.end_lineno, []).append(keyword.arg)
-    described = {}
-    for line in sorted(keys_ending_on):
-        if len(keys_ending_on[line]) == 1 and line in comments:
-            described.setdefault(keys_ending_on[line][0], comments[line])
-    return described
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -159,7 +98,11 @@ def _atomic_write(path, write_fn, binary):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".",
+                                        dir=folder)
+    except OSError as err:                                     # name the file, not the temporary
+        raise OSError(err.errno, err.strerror, path) from err
     os.chmod(tmp_path, 0o666 & ~_UMASK)      # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
@@ -170,7 +113,7 @@ def _atomic_write(path, write_fn, binary):
     except BaseException as err:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        if isinstance(err, OSError) and err.filename is None:   # say which file failed
+        if isinstance(err, OSError) and err.filename in (None, tmp_path):   # name the file
             raise OSError(err.errno, err.strerror, path) from err
         raise
     try:  # make the rename itself durable
@@ -195,9 +138,36 @@ def atomic_write_bytes(path, data):
     _atomic_write(path, lambda handle: handle.write(data), binary=True)
 
 
-def atomic_torch_save(obj, path):
+def torch_bytes(obj):
+    """torch.save's bytes of `obj`, serialized in memory: a full disk then fails in the plain
+    file write (an OSError naming the file) instead of inside torch's zip writer."""
     import torch      # lazily: eval/ and synthetic_data.py use this module without torch
-    _atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def atomic_torch_save(obj, path):
+    atomic_write_bytes(path, torch_bytes(obj))
+
+
+def append_text(path, text, durable=False):
+    """Append `text` to the file `path` (fsync'd when `durable`); an OSError names the file."""
+    append_bytes(path, text.encode(), durable)
+
+
+def append_bytes(path, data, durable=False):
+    """Append `data` to the file `path` (fsync'd when `durable`); an OSError names the file."""
+    try:
+        with open(path, "ab") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from err
+        raise
 
 
 def atomic_save_npz(path, arrays):

@@ -13,7 +13,9 @@ Parts, which add up to the run's wall time: start-up (interpreter start to the f
 imports, datasets, demo data check), training epochs (split into waiting for the loader,
 forward + loss, zero_grad + backward, optimizer step, the rest of the loop), evaluation passes
 (forward, proposals, loader, mAP, then the per-class reports), pseudo-proposal passes,
-checkpoint saves, and what no part covers (logging, TensorBoard, RNG states, step switches).
+checkpoint hand-overs to the background writer (a wait for the writer is "checkpoint wait",
+inside them or inside an optimizer step), and what no part covers (logging, TensorBoard, RNG
+states, step switches).
 On cuda the timer synchronises the device at the edges of every part, so the split is exact
 and the run slightly slower than without it.
 
@@ -155,8 +157,9 @@ def part_rows(timer, wall):
         ("  reports (tables, CSV, JSON)", S["eval reports"], None, "", False),
         ("pseudo-proposal passes", S["pseudo pass"], "pseudo forward",
          f"{N['pseudo pass']} passes, {videos['pseudo']} videos", True),
-        ("checkpoint saves", S["checkpoint save"], None,
-         f"{N['checkpoint save']} files (atomic + fsync)", True),
+        ("checkpoint hand-overs (written in the background)", S["checkpoint save"], None,
+         f"{N['checkpoint save']} epochs; the loop waited {S['checkpoint wait']:.2f} s for "
+         f"copies and writes", True),
     ]
     timed_total = sum(row[1] for row in rows if row[4])
     rows.append(("untimed (logging, TensorBoard, RNG, step switches)", wall - timed_total, None,

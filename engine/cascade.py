@@ -20,6 +20,7 @@ import torch
 
 from dataset import VideoDataset
 from engine import passes, reports
+from engine.checkpoint_files import verify_checkpoint
 from engine.checkpoints import cascade_paths, load_step_model
 from engine.record import run_protocol
 from eval.protocol import protocol_line
@@ -33,8 +34,11 @@ class InputError(UserError):
 
 # ----------------------------------------------------------------------------- the cascade
 def load_cascade(checkpoint_dir, args, needed_by="--test", mmap=True):
-    """Every step's model, loaded once: [model_0, ..., model_num_steps]."""
+    """Every step's model, loaded once (every file checked before any is loaded):
+    [model_0, ..., model_num_steps]."""
     paths = cascade_paths(checkpoint_dir, args, needed_by)
+    for path in paths:
+        verify_checkpoint(path)
     return [load_step_model(path, step, args, mmap) for step, path in enumerate(paths)]
 
 
@@ -68,7 +72,10 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
 def test_inputs(args):
     """What test mode reads, checked before it writes anything: (the cascade's checkpoint paths,
     the test set)."""
-    return cascade_paths(args.checkpoint, args, "--test"), VideoDataset(args, "test", "uniform")
+    paths = cascade_paths(args.checkpoint, args, "--test")
+    for path in paths:                  # every step's file, before any step is evaluated
+        verify_checkpoint(path)
+    return paths, VideoDataset(args, "test", "uniform")
 
 
 def test_cascade(args, inputs=None):

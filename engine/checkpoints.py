@@ -13,17 +13,12 @@ import numpy as np
 import torch
 
 from config import CLASS_LIST_DIR, PRESETS, load_class_names
+from engine.checkpoint_files import CheckpointError, verify_checkpoint
 from engine.steps import build_model_for_loading, model_kind
-from engine.timing import timed_calls
 from eval.files import write_results_json
-from utils import UserError, atomic_save_npz, atomic_torch_save
+from utils import UserError, atomic_save_npz
 
 LATEST = "model_latest.pth"
-
-
-class CheckpointError(UserError):
-    """A checkpoint file that is missing, unreadable, or does not fit the model being built."""
-
 
 # ----------------------------------------------------------------------------- names
 def step_file(step, kind):
@@ -55,28 +50,43 @@ def cascade_paths(folder, args, needed_by="--test"):
 
 # ----------------------------------------------------------------------------- writing
 def training_state(model, optimizer, args, step, epoch, best_mAP, rng_states, wall_s):
-    """The checkpoint dict after 0-based `epoch` of refinement step `step`."""
-    return {"epoch": epoch + 1, "model_state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "best_test_mAP": best_mAP[step],
+    """The checkpoint dict after 0-based `epoch` of refinement step `step`, for
+    checkpoint_files.CheckpointWriter: what the next epoch changes before its first optimizer
+    step is copied here (the model's buffers, e.g. BatchNorm statistics, move in every training
+    forward; the optimizer's per-parameter state dicts); the parameters and the optimizer's
+    tensors change only in that step, before which the writer has copied them."""
+    buffers = {name for name, _ in model.named_buffers()}
+    weights = {name: value.clone() if name in buffers else value
+               for name, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {key: dict(value) for key, value in optimizer_state["state"].items()}
+    return {"epoch": epoch + 1, "model_state_dict": weights,
+            "optimizer": optimizer_state, "best_test_mAP": best_mAP[step],
             "dataset": args.dataset, "model_kind": model_kind(step), "step": step,
             "best_mAP_per_step": list(best_mAP), "rng": rng_states[0],
             "rng_per_rank": rng_states, "wall_s": wall_s}
 
 
-@timed_calls("checkpoint save")
-def save(state, path):
-    atomic_torch_save(state, path)
+def uses_cuda(args):
+    """True when the run computes on a CUDA device (its generators are then checkpointed)."""
+    return args.device.startswith("cuda") and torch.cuda.is_available()
 
 
-def rng_state(generator):
-    """Every random state a resume restores: python, numpy, torch and the loader's generator."""
+def rng_state(generator, cuda=False):
+    """Every random state a resume restores: python, numpy, torch (CPU, and with `cuda` every
+    CUDA device's generator: dropout masks on the GPU) and the loader's generator."""
     numpy_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global generator, on purpose)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()     # weights_only-loadable
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
-            "loader": generator.get_state()}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+             "loader": generator.get_state()}
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def restore_rng_state(state, generator):
+def restore_rng_state(state, generator, cuda=False):
+    """Set what rng_state recorded (after set_seed, which seeds every device: a checkpoint
+    without CUDA states, or a CPU run, keeps that seed)."""
     python = state["python"]
     random.setstate(tuple(python) if isinstance(python, list) else python)
     numpy_state = {**state["numpy"], "state": dict(state["numpy"]["state"])}
@@ -84,6 +94,8 @@ def restore_rng_state(state, generator):
     np.random.set_state(numpy_state)  # noqa: NPY002 (the global generator, on purpose)
     torch.set_rng_state(state["torch"])
     generator.set_state(state["loader"])
+    if cuda and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def save_step_inputs(save_dir, step, results, weights):
@@ -130,6 +142,7 @@ def numpy_safe_globals():
 def load_checkpoint(path, map_location="cpu", mmap=False):
     """Read a released-format checkpoint {epoch, model_state_dict, optimizer, best_test_mAP, ...}
     with torch.load(weights_only=True); only numpy scalars are allow-listed (docs/method.md §14).
+    The file is checked first (checkpoint_files.verify_checkpoint).
 
     A bare state_dict (name -> tensor) is wrapped as {"model_state_dict": it}. mmap=True maps the
     file instead of reading it whole (inference: a training checkpoint's optimizer state, twice the
@@ -138,6 +151,7 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found; check --checkpoint or the run folder")
+    verify_checkpoint(path)                      # its recorded sha256, else its zip structure
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()):
             try:

@@ -6,33 +6,80 @@ Global-batch semantics: the shuffled order and each item's random sampling do no
 the number of processes, each process takes its slice of every global batch, and the loss is
 weighted so that DDP's gradient average equals the mean over the global batch.
 """
+import contextlib
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from utils import UserError
+from utils import PeerStopped, UserError, exit_status
 
 
 def init_distributed(args):
     """Set args.rank, args.world_size, args.is_main (and the CUDA device) from torchrun's
-    environment."""
+    environment and join the process group (its device given: NCCL binds it at once)."""
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args.rank = int(os.environ.get("RANK", "0"))
     args.is_main = args.rank == 0
     if args.world_size == 1:
         return args
+    if args.gpu != "":
+        raise UserError(f"--gpu {args.gpu} cannot be used under torchrun: each process takes the "
+                        f"GPU of its LOCAL_RANK; choose the GPUs with CUDA_VISIBLE_DEVICES=... "
+                        f"torchrun ...")
     if args.batch_size < args.world_size:
         raise UserError(f"--batch_size {args.batch_size} is smaller than the {args.world_size} "
                         f"processes")
+    options = {}
     if args.device.startswith("cuda"):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         args.device = f"cuda:{local_rank}"
+        options["device_id"] = torch.device(args.device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", **options)
     return args
+
+
+def shutdown():
+    """Leave the process group (at the end of a torchrun process, whatever ended it)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank0_decides():
+    """A block whose checks only rank 0 makes (run folder, lock, config, demo data): every rank
+    runs it, then learns whether rank 0 got through. When rank 0 stopped, the others raise
+    PeerStopped with its exit status (run_cli exits quietly with it) instead of failing in the
+    next collective operation with a traceback."""
+    if world_size() == 1:
+        yield
+        return
+    status = 0
+    try:
+        yield
+    except BaseException as err:
+        status = exit_status(err) or 1
+        raise
+    finally:
+        decision = [status]
+        dist.broadcast_object_list(decision, src=0)
+        if decision[0] and rank() != 0 and not status:
+            raise PeerStopped(decision[0])
+
+
+def peer_lost(err):
+    """True for the error a collective operation raises when another process of the job has
+    ended (torch.distributed's DistError; gloo's "Connection closed by peer" before that)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        phrase in text for phrase in ("connection closed by peer", "connection reset by peer",
+                                      "broken pipe", "socket closed"))
 
 
 def world_size():
@@ -52,20 +99,28 @@ class GlobalBatchSampler:
     """Shuffled global batches, identical on every process; yields this process's slice.
 
     Keys are (index, seed) so an item's random sampling does not depend on who loads it.
-    A process whose slice of the last batch is empty gets one item with loss weight 0
-    (`loss_weight`) so that it still takes part in the gradient all-reduce.
+    Every process gets at least one item of every global batch: when the last global batch
+    would have fewer items than processes, its items join the batch before it (at most one more
+    item per process; the only case where the batches differ from a single process's). So no
+    process trains on a stand-in item, which would enter SyncBatchNorm's statistics.
     """
 
     def __init__(self, num_items, batch_size, generator, rank=0, world_size=1):
+        if num_items < world_size:
+            raise UserError(f"the training set has {num_items} videos, fewer than the "
+                            f"{world_size} processes; use fewer processes")
         self.num_items, self.batch_size, self.generator = num_items, batch_size, generator
         self.rank, self.world_size = rank, world_size
 
     def __len__(self):
-        return (self.num_items + self.batch_size - 1) // self.batch_size
+        return len(self.global_sizes())
 
     def global_sizes(self):
-        return [min(self.batch_size, self.num_items - start)
-                for start in range(0, self.num_items, self.batch_size)]
+        sizes = [min(self.batch_size, self.num_items - start)
+                 for start in range(0, self.num_items, self.batch_size)]
+        if len(sizes) > 1 and sizes[-1] < self.world_size:        # batch_size >= world_size
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+        return sizes
 
     def loss_weight(self, batch_index):
         """Weight of this process's mean loss so that the DDP average is the global-batch mean."""
@@ -75,13 +130,13 @@ class GlobalBatchSampler:
     def __iter__(self):
         order = torch.randperm(self.num_items, generator=self.generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.num_items,), generator=self.generator).tolist()
-        for start in range(0, self.num_items, self.batch_size):
-            keys = list(zip(order[start:start + self.batch_size],
-                            seeds[start:start + self.batch_size]))
+        start = 0
+        for size in self.global_sizes():
+            keys = list(zip(order[start:start + size], seeds[start:start + size]))
+            start += size
             sizes = split_sizes(len(keys), self.world_size)
             offset = sum(sizes[:self.rank])
-            mine = keys[offset:offset + sizes[self.rank]]
-            yield mine if mine else keys[:1]
+            yield keys[offset:offset + sizes[self.rank]]
 
 
 def shard(num_items, split=True):

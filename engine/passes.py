@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import collate_fn
-from engine import distributed
+from engine import distributed, precision
 from engine.timing import timed, timed_calls, timed_items
 from eval import ANETDetection
 from eval.files import write_results_json
@@ -27,13 +27,14 @@ class TrainingDiverged(UserError):
 
 
 def forward(model, batch, args):
-    """Model outputs for a batch dict (bf16 autocast on GPU with --amp). Both model kinds take
-    the proposals; the base model ignores them."""
+    """Model outputs for a batch dict, in float32 (autocast on GPU with --amp, the outputs cast
+    back before any loss or proposal). Both model kinds take the proposals; the base model
+    ignores them."""
     features = batch["features"].to(args.device, non_blocking=True)               # (B, T, D)
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                        enabled=args.amp and args.device.startswith("cuda")):
-        return model(features, batch["proposal_bbox"].to(args.device),
-                     batch["proposal_count"].to(args.device))
+    with precision.autocast(args):
+        out = model(features, batch["proposal_bbox"].to(args.device),
+                    batch["proposal_count"].to(args.device))
+    return precision.float32_outputs(out)
 
 
 def progress(iterable, args, desc):

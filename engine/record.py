@@ -9,9 +9,10 @@ import platform
 import subprocess
 from pathlib import Path
 
+from engine.precision import describe_precision
 from eval.files import DataError, read_gt
 from eval.protocol import describe, range_averages
-from utils import atomic_write_json, atomic_write_text
+from utils import append_text, atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -75,10 +76,7 @@ class MetricsRecord:
         return kept
 
     def append(self, entry):
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_text(self.path, json.dumps(entry) + "\n", durable=True)
 
 
 def evaluation_of(entry):
@@ -144,7 +142,8 @@ def write_results(save_dir, entries, config_text, args, protocol, validation, wa
     results = {"dataset": args.dataset_name, "preset": args.dataset,
                "scored": bool(protocol["scored"]), "run_folder": save_dir, "epochs": args.epochs,
                "num_steps": args.num_steps, "config_sha256": config_sha256(config_text),
-               **environment(args), "wall_s": wall_s, "protocol": protocol,
+               **environment(args), "precision": describe_precision(args), "wall_s": wall_s,
+               "protocol": protocol,
                "validation": validation, "steps": summarize(entries)}
     if not protocol["scored"]:
         results["note"] = NOT_SCORED

@@ -3,12 +3,15 @@ TensorBoard scalars, diagnosis and plots of an evaluation. Formatting only: the 
 from the passes and the record."""
 import json
 import os
+import socket
+import struct
+import time
 
 from engine.passes import progress
 from engine.plots import plot_video
 from engine.timing import timed_calls
 from eval.tables import format_per_class_table, in_class_list_order, write_per_class_ap_csv
-from utils import atomic_write_text, jsonable
+from utils import append_bytes, append_text, atomic_write_text, jsonable
 
 
 class Logger:
@@ -27,28 +30,63 @@ class Logger:
         if console:
             print(message, flush=True)
         if self.log_path and file:
-            with open(self.log_path, "a") as handle:
-                handle.write(message + "\n")
+            append_text(self.log_path, message + "\n")
 
 
 class Scalars:
-    """TensorBoard scalars of a training run (tensorboard/ in the run folder; main process)."""
+    """TensorBoard scalars of a training run (tensorboard/ in the run folder; main process).
+
+    An event file (TFRecord framing of tensorboardX's Event protos) written on the calling
+    thread: no background thread, no exit hook. Events are appended every FLUSH_S seconds and
+    when closed, so a write error, such as a full disk, is an OSError naming the file, raised
+    here and nowhere else."""
+
+    FLUSH_S = 10.0
 
     def __init__(self, folder, enabled=True):
-        self.writer = None
+        self.path, self.pending, self.flushed = None, bytearray(), time.time()
         if enabled:
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
+            from tensorboardX.proto.event_pb2 import Event
+            self.path = os.path.join(folder, "tensorboard", f"events.out.tfevents."
+                                     f"{int(time.time())}.{socket.gethostname()}")
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.record(Event(wall_time=time.time(), file_version="brain.Event:2"))
+            self.flush()
+
+    def record(self, event):
+        from tensorboardX.record_writer import masked_crc32c
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self.pending += (header + struct.pack("<I", masked_crc32c(header)) + data
+                         + struct.pack("<I", masked_crc32c(data)))
 
     def add(self, values, epoch):
         """values {tag: number}, all at `epoch`."""
-        if self.writer:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, epoch)
+        if self.path is None:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+        for tag, value in values.items():
+            self.record(Event(summary=scalar(tag, value), step=epoch, wall_time=time.time()))
+        if time.time() - self.flushed >= self.FLUSH_S:
+            self.flush()
 
-    def close(self):
-        if self.writer:
-            self.writer.close()
+    def flush(self):
+        if self.pending:
+            append_bytes(self.path, bytes(self.pending), durable=True)
+            self.pending.clear()
+        self.flushed = time.time()
+
+    def close(self, quiet=False):
+        """Write what is pending (quiet: after another error, a second one is not raised)."""
+        try:
+            if self.path is not None:
+                self.flush()
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            self.path = None
 
 
 # ----------------------------------------------------------------------------- lines

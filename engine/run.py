@@ -11,9 +11,9 @@ import sys
 
 from config import build_args, save_config
 from engine import cascade, distributed, record, reports, run_folder, training
-from engine.precision import deterministic_mode
+from engine.precision import deterministic_mode, precision_mode
 from engine.seeding import set_seed
-from utils import RunFolderLock, run_cli
+from utils import PeerStopped, RunFolderLock, run_cli
 
 
 def main(dataset, argv=None):
@@ -31,7 +31,14 @@ def run(dataset, argv):
     keep_freed_memory()           # reuse freed activation buffers instead of page-faulting them
     args = build_args(dataset, argv)
     with deterministic_mode(args.deterministic):   # before CUDA starts: cuBLAS reads it once
-        return run_training_or_test(distributed.init_distributed(args), argv)
+        try:
+            return run_training_or_test(distributed.init_distributed(args), argv)
+        except Exception as err:
+            if not args.is_main and distributed.peer_lost(err):    # rank 0 stopped, and says why
+                raise PeerStopped(2) from err
+            raise
+        finally:
+            distributed.shutdown()
 
 
 def run_training_or_test(args, argv):
@@ -48,41 +55,58 @@ def run_training_or_test(args, argv):
         args.log_path = os.path.join(args.save_dir, "log.txt")
         notes.append(f"test mode writes its results, log and plots to {args.save_dir}")
     set_seed(args.seed + args.rank)   # per-process dropout masks; DDP broadcasts rank 0's weights
-    if args.demo and args.is_main:
-        from synthetic_data import ensure_demo_dataset
-        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
-    inputs = cascade.test_inputs(args) if args.test else training.RunData.of_run(args)
     lock, guard = RunFolderLock(args.save_dir), run_folder.StartGuard(args)
     try:
-        finished = None
-        if args.is_main:
-            guard.made = run_folder.check_writable(args.save_dir)
-            lock.acquire(write_pid=False)
-            notes += run_folder.check_run_folder(args)        # raises before anything is written
-            finished = None if args.test else record.finished_results(args)
-            if finished is None:
-                lock.write_pid()
-                log = reports.Logger(args.log_path)
-                for line in notes:
-                    log(line)
-                # a user's dataset: its name is shown; a preset's: in log.txt only
-                log(reports.dataset_line(args), console=args.dataset_name != args.dataset)
-                save_config(args, os.path.join(args.save_dir, "config.json"))
-        finished = distributed.all_gather_list(finished)[0]   # after rank 0 made the folder
+        inputs = finished = None
+        with distributed.rank0_decides():       # under torchrun its error stops every rank
+            if args.is_main:
+                inputs, finished = start_run_folder(args, lock, guard, notes)
+        if not args.is_main:                    # after rank 0 made the demo data
+            inputs = read_inputs(args)
+        finished = distributed.all_gather_list(finished)[0]
         if finished is not None:
             lines, best = reports.finished_run_lines(finished, args)
             if args.is_main:
                 print("\n".join(notes + lines), flush=True)
             return best
-        if args.test:
-            return cascade.test_cascade(args, inputs)
-        return training.train(args, inputs)
+        with precision_mode(args):              # TF32 as the (trained) config states
+            if args.test:
+                return cascade.test_cascade(args, inputs)
+            return training.train(args, inputs)
     except BaseException:
         if args.is_main:
             guard.undo()
         raise
     finally:
         lock.release()
+
+
+def read_inputs(args):
+    """What the run reads (checked before anything is written): test mode's checkpoints and
+    test set, or training's data."""
+    return cascade.test_inputs(args) if args.test else training.RunData.of_run(args)
+
+
+def start_run_folder(args, lock, guard, notes):
+    """Rank 0's start: the demo data, the inputs, the run folder's lock and identity check, then
+    the notes and config.json; returns (the inputs, results.json of a finished run or None)."""
+    if args.demo:
+        from synthetic_data import ensure_demo_dataset
+        args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
+    inputs = read_inputs(args)
+    guard.made = run_folder.check_writable(args.save_dir)
+    lock.acquire(write_pid=False)
+    notes += run_folder.check_run_folder(args)                # raises before anything is written
+    finished = None if args.test else record.finished_results(args)
+    if finished is None:
+        lock.write_pid()
+        log = reports.Logger(args.log_path)
+        for line in notes:
+            log(line)
+        # a user's dataset: its name is shown; a preset's: in log.txt only
+        log(reports.dataset_line(args), console=args.dataset_name != args.dataset)
+        save_config(args, os.path.join(args.save_dir, "config.json"))
+    return inputs, finished
 
 
 # ----------------------------------------------------------------------------- process memory

@@ -6,7 +6,9 @@ results. Each line calls a part with one home: the schedule (refinement.py), the
 step (steps.py), the passes (passes.py), checkpoints and resume (checkpoints.py), the record
 (record.py) and the reports (reports.py).
 """
+import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -17,7 +19,9 @@ from torch.utils.data import DataLoader
 from config import config_text
 from dataset import VideoDataset, collate_fn
 from engine import checkpoints, distributed, heldout, passes, record, refinement, reports, steps
+from engine.checkpoint_files import CheckpointWriter
 from engine.seeding import make_generator, seed_worker
+from engine.timing import timed
 from eval import protocol
 
 
@@ -26,6 +30,12 @@ def train(args, data=None):
     the best average mAP of each step. data: the run's RunData (RunData.of_run), when built
     already."""
     run = Run(args)                                          # log, record, generators, clock
+    with run.closing():                     # on an error: wait for the checkpoint write, close
+        return run_epochs(run, args, data)
+
+
+def run_epochs(run, args, data=None):
+    """train() after its Run: data, resume, the epoch loop, the results."""
     data = data or RunData.of_run(args)                      # train / test / full (/ held-out)
     heldout.save_held_out(args, data.held_out)
     run.protocol = record.run_protocol(args, data.test)
@@ -42,7 +52,7 @@ def train(args, data=None):
             improved = evaluate(run, data, parts, epoch, stats)
         else:
             run.log(reports.train_line(parts.step, epoch, stats, parts.lr), console=False)
-        save_checkpoints(run, parts, epoch, improved)
+        save_checkpoints(run, parts, epoch, improved)      # written in the background
         if refinement.is_step_end(epoch, args):
             run.show_step_table(parts.step)
     return run.finish(data.held_out)
@@ -71,6 +81,24 @@ class Run:
         self.best_mAP = [float("-inf")] * (args.num_steps + 1)
         self.last_table = None          # (epoch, per-class AP text) of the step's last evaluation
         self.scalars = reports.Scalars(args.save_dir, enabled=args.is_main)
+        self.writer = CheckpointWriter(args.save_dir) if args.is_main else None
+
+    @contextlib.contextmanager
+    def closing(self):
+        """On an error or Ctrl-C: wait for the checkpoint write in flight (saying so on Ctrl-C;
+        a second error of that write, e.g. the disk still full, is not reported), close the
+        TensorBoard file; the first error is what the user sees."""
+        try:
+            yield
+        except BaseException as err:
+            if self.writer is not None:
+                if self.writer.busy() and isinstance(err, KeyboardInterrupt):
+                    print(f"waiting for the checkpoint write ({', '.join(self.writer.names)}) "
+                          f"to finish ...", file=sys.stderr, flush=True)
+                with contextlib.suppress(Exception):
+                    self.writer.wait()
+            self.scalars.close(quiet=True)
+            raise
 
     def wall_s(self):
         """Training wall time so far, resumed runs included."""
@@ -108,6 +136,8 @@ class Run:
     def finish(self, held_out):
         """The closing lines and results.json; returns the best average mAP per step."""
         args = self.args
+        if self.writer is not None:
+            self.writer.wait()                  # the last checkpoints are on disk
         self.scalars.close()
         final = os.path.join(args.save_dir, checkpoints.step_file(args.num_steps, "best"))
         self.log(reports.best_per_step_line(self.best_mAP, final) if self.protocol["scored"]
@@ -228,7 +258,7 @@ def resume_or_start(run, data):
     if "rng" in state and not args.reset_epoch:
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         mine = per_rank[args.rank] if len(per_rank) == args.world_size else state["rng"]
-        checkpoints.restore_rng_state(mine, run.generator)
+        checkpoints.restore_rng_state(mine, run.generator, cuda=checkpoints.uses_cuda(args))
     run.log(f"resumed from {path}: step {step}, next epoch {start_epoch}")
     return parts, start_epoch
 
@@ -275,15 +305,17 @@ def evaluate(run, data, parts, epoch, stats):
 
 def save_checkpoints(run, parts, epoch, improved):
     """model_latest.pth after every epoch; the step's best and last epochs under their released
-    names. Every process's RNG state goes in, so a resume continues bit for bit."""
+    names. Every process's RNG state goes in, so a resume continues bit for bit. Written by the
+    run's CheckpointWriter in the background; the state is taken here."""
     args, step = run.args, parts.step
-    rng_states = distributed.all_gather_list(checkpoints.rng_state(run.generator))
+    rng_states = distributed.all_gather_list(
+        checkpoints.rng_state(run.generator, cuda=checkpoints.uses_cuda(args)))
     if not args.is_main:
         return
-    state = checkpoints.training_state(parts.model, parts.optimizer, args, step, epoch,
-                                       run.best_mAP, rng_states, run.wall_s())
-    names = ([checkpoints.step_file(step, "best")] if improved else []) + \
-        ([checkpoints.step_file(step, "last")]
-         if refinement.is_last_epoch_of_step(epoch, step, args) else []) + [checkpoints.LATEST]
-    for name in names:
-        checkpoints.save(state, os.path.join(args.save_dir, name))
+    with timed("checkpoint save"):              # the hand-over; the writing runs in a thread
+        state = checkpoints.training_state(parts.model, parts.optimizer, args, step, epoch,
+                                           run.best_mAP, rng_states, run.wall_s())
+        names = ([checkpoints.step_file(step, "best")] if improved else []) + \
+            ([checkpoints.step_file(step, "last")]
+             if refinement.is_last_epoch_of_step(epoch, step, args) else []) + [checkpoints.LATEST]
+        run.writer.submit(state, names, parts.optimizer)

@@ -5,7 +5,7 @@ import math
 import os
 import warnings
 
-from utils import format_rate
+from options import format_rate
 
 CONFIG_NAME = "extract_config.json"
 MISMATCH_START = "features in .* were extracted at"     # how extraction_mismatch's line starts

@@ -1,13 +1,18 @@
 """Every kind of bad input ends in exit code 2 and one clear line naming the file or key (no
 traceback)."""
 import errno
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import predict
 from config import build_args
 from engine import passes
 from engine import run as runner
@@ -199,6 +204,182 @@ def test_unreadable_latest_checkpoint_falls_back_to_step_file(data_dir, tmp_path
     open(os.path.join(save_dir, "model_latest.pth"), "wb").write(b"garbage")
     runner.main("THUMOS", argv)
     out = capsys.readouterr().out
-    assert "model_latest.pth could not be read" in out and "falling back to" in out
+    # the folder's checksums.json records the file: the garbage fails its sha256
+    assert "model_latest.pth does not match the sha256 recorded" in out and "falling back to" in out
     assert torch.load(os.path.join(save_dir, "model_latest.pth"),
                       weights_only=False)["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+def flip_bytes(path, count=49):
+    """Invert `count` bytes in the middle of a file (inside its largest tensor)."""
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    open(path, "wb").write(bytes(data))
+
+
+def folder_digest(folder):
+    """{relative path: sha256} of every file under `folder`."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_flipped_checkpoint_is_refused_before_any_evaluation(data_dir, tmp_path, capsys):
+    """49 bytes flipped in model_step0_last_epoch.pth (two tensors change by < 1e-6 as floats):
+    --test, predict.py and a resume stop with one line naming the file, before evaluating or
+    writing anything."""
+    argv = argv_for(data_dir, tmp_path)
+    runner.main("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    damaged = os.path.join(save_dir, "model_step0_last_epoch.pth")
+    flip_bytes(damaged)
+    code, err = run_main(argv + ["--test", "--checkpoint", save_dir], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"checkpoint {damaged} does not match the sha256 recorded in checksums.json" in err
+    assert not os.path.exists(os.path.join(save_dir, "test"))    # checked before the folder
+    out = tmp_path / "pred.json"
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--checkpoint", save_dir, "--features", str(data_dir / "test"),
+                      "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and damaged in err
+    assert not out.exists()
+    # resume (of a run not finished yet): a damaged model_latest.pth falls back to the step
+    # files, which are damaged too
+    os.remove(os.path.join(save_dir, "results.json"))
+    flip_bytes(os.path.join(save_dir, "model_latest.pth"))
+    before = folder_digest(save_dir)
+    code, err = run_main(argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and damaged in err
+    assert "does not match the sha256" in err
+    def kept(digests):        # the log and a TensorBoard file are opened before the resume
+        return {k: v for k, v in digests.items()
+                if k != "log.txt" and not k.startswith("tensorboard")}
+    assert kept(folder_digest(save_dir)) == kept(before)         # nothing evaluated, nothing saved
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_truncated_last_step_checkpoint_is_found_before_step_0_is_evaluated(record, data_dir,
+                                                                           tmp_path, capsys):
+    """The final step's file cut in half: test mode names it before evaluating any step (with
+    the folder's sha256 record, and without it as for released checkpoints)."""
+    argv = argv_for(data_dir, tmp_path)
+    runner.main("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    last = os.path.join(save_dir, "model_step1_best_epoch.pth")
+    data = open(last, "rb").read()
+    open(last, "wb").write(data[:len(data) // 2])
+    if not record:
+        os.remove(os.path.join(save_dir, "checksums.json"))
+    code, err = run_main(argv + ["--test", "--checkpoint", save_dir], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and last in err
+    assert ("does not match the sha256" if record else "could not be read") in err
+    assert not os.path.exists(os.path.join(save_dir, "test"))    # checked before the folder
+
+
+# ----------------------------------------------------------------------------- full disk
+def fail_fsync_of(monkeypatch, fragment, nth):
+    """From the nth fsync of a file whose path holds `fragment` on, fsync fails with ENOSPC."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell which file is synced")
+    real, seen = os.fsync, []
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if fragment in target:
+            seen.append(target)
+            if len(seen) >= nth:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def latest_weights(save_dir):
+    return torch.load(os.path.join(save_dir, "model_latest.pth"),
+                      weights_only=False)["model_state_dict"]
+
+
+@pytest.mark.parametrize("fragment, nth", [("model_latest.pth", 2), ("metrics.jsonl", 2),
+                                           ("tfevents", 2), ("results.json", 1)])
+def test_full_disk_is_one_line_and_the_rerun_resumes_exactly(fragment, nth, data_dir, tmp_path,
+                                                             capsys, monkeypatch):
+    """A write that fails with ENOSPC (a checkpoint in the background writer, the record, the
+    TensorBoard file, the results) ends the run with one line naming that file; the earlier
+    checkpoints stay intact, and the rerun after space is freed ends as an uninterrupted run."""
+    from engine.checkpoint_files import verify_checkpoint
+    reference = argv_for(data_dir, tmp_path / "reference", "--epochs", "3",
+                         "--epochs_per_step", "2")
+    runner.main("THUMOS", reference)
+    capsys.readouterr()
+    argv = argv_for(data_dir, tmp_path, "--epochs", "3", "--epochs_per_step", "2")
+    with monkeypatch.context() as patch:
+        fail_fsync_of(patch, fragment, nth)
+        code, err = run_main(argv, capsys)
+    save_dir = build_args("THUMOS", argv).save_dir
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: cannot write ") and fragment in err
+    assert "No space left on device" in err and "Traceback" not in err
+    # a run stopped before its first checkpoint removes the folder it made
+    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
+    assert not [name for name in names if name.startswith(".tmp_")]
+    for name in names:
+        if name.endswith(".pth"):
+            verify_checkpoint(os.path.join(save_dir, name))       # every checkpoint intact
+    runner.main("THUMOS", argv)                                   # space freed: resume
+    expected = latest_weights(build_args("THUMOS", reference).save_dir)
+    for key, value in latest_weights(save_dir).items():
+        assert torch.equal(value, expected[key]), key
+
+
+TMPFS = r"""
+mount -t tmpfs -o size=20m tmpfs "$MNT" || exit 77
+head -c "$FILL" /dev/zero > "$MNT/filler" 2>/dev/null
+"$PY" -c "$MAIN" "$@" > "$OUT/first.out" 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"
+ls -a "$RUN" > "$OUT/first.ls"
+rm -f "$MNT/filler"
+"$PY" -c "$MAIN" "$@" > "$OUT/second.out" 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"
+cp "$RUN/model_latest.pth" "$OUT/"
+"""
+
+
+@pytest.mark.slow
+def test_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(data_dir, tmp_path, repo_root):
+    """A 20 MB tmpfs as --checkpoint_root, filled up to 400 KB (in a mount namespace of its own:
+    skipped where mounting is not allowed; the run's second step then fails to save): one error
+    line; after freeing the space, the rerun resumes and ends with the uninterrupted run's
+    weights."""
+    free_kb = 400
+    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux's unshare to mount a tmpfs")
+    mount_point, out = tmp_path / "tmpfs", tmp_path / "out"
+    mount_point.mkdir()
+    out.mkdir()
+    argv = argv_for(data_dir, mount_point, "--epochs", "3", "--epochs_per_step", "2")
+    env = {**os.environ, "MNT": str(mount_point), "OUT": str(out), "PY": sys.executable,
+           "FILL": str(20 * 2**20 - free_kb * 2**10), "TQDM_DISABLE": "1",
+           "RUN": build_args("THUMOS", argv).save_dir, "OMP_NUM_THREADS": "1",
+           "MAIN": f"import sys; sys.path.insert(0, {str(repo_root)!r}); "
+                   f"from engine.run import main; main('THUMOS', sys.argv[1:])"}
+    namespace = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    done = subprocess.run([*namespace, "bash", "-c", TMPFS, "tmpfs", *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode == 77 or not (out / "first.rc").exists():
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[-200:]}")
+    first = (out / "first.err").read_text().strip().splitlines()
+    assert (out / "first.rc").read_text().strip() == "2", first
+    assert len(first) == 1 and first[0].startswith("error: cannot write "), first
+    assert "No space left on device" in first[0]
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
+    left = (out / "first.ls").read_text().split()
+    assert not [name for name in left if name.startswith(".tmp_")], left
+    assert ("resumed from" in (out / "second.out").read_text()) == ("model_latest.pth" in left)
+    reference = argv_for(data_dir, tmp_path / "reference", "--epochs", "3",
+                         "--epochs_per_step", "2")          # the same thread count: a process
+    subprocess.run([sys.executable, "-c", env["MAIN"], *reference], env=env, check=True,
+                   capture_output=True, timeout=600)
+    expected = latest_weights(build_args("THUMOS", reference).save_dir)
+    got = torch.load(out / "model_latest.pth", weights_only=False)["model_state_dict"]
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key

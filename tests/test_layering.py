@@ -10,7 +10,7 @@ from config import REPO_ROOT
 
 # From the bottom: a module may import from its own layer and the layers below it.
 LAYERS = [
-    ["utils"],
+    ["utils", "options"],
     ["config"],
     ["sampling", "proposals", "model", "losses"],
     ["eval"],                                               # package

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -109,3 +110,54 @@ def test_test_mode_names_missing_step_file(tiny_data, tiny_argv, tmp_path, capsy
                                                                  str(tmp_path)])
     assert exc.value.code == 2
     assert "model_step0_last_epoch.pth" in capsys.readouterr().err
+
+
+def test_ctrl_c_waits_for_the_checkpoint_write_and_says_so(tiny_data, tiny_argv, tmp_path,
+                                                           monkeypatch, capsys):
+    """Ctrl-C while the background writer writes (slowed down here): one line says the run
+    waits, the checkpoint is complete and recorded, no temporary is left."""
+    from engine import checkpoint_files
+    real_write, writing = checkpoint_files.write_checkpoint_files, []
+
+    def slow_write(folder, names, data):
+        writing.append(list(names))
+        time.sleep(0.5)
+        return real_write(folder, names, data)
+
+    original = passes.train_one_epoch
+
+    def interrupt_second_epoch(model, loss, optimizer, loader, args, step, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(model, loss, optimizer, loader, args, step, epoch)
+
+    monkeypatch.setattr(checkpoint_files, "write_checkpoint_files", slow_write)
+    monkeypatch.setattr(passes, "train_one_epoch", interrupt_second_epoch)
+    argv = tiny_argv(tiny_data, tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        runner.main("THUMOS", argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 130 and writing
+    assert err[0].startswith("waiting for the checkpoint write (") and "model_latest.pth" in err[0]
+    assert err[1].startswith("interrupted: rerun the same command to resume")
+    save_dir = build_args("THUMOS", argv).save_dir
+    assert not [name for name in os.listdir(save_dir) if name.startswith(".tmp_")]
+    checkpoint_files.verify_checkpoint(os.path.join(save_dir, "model_latest.pth"))
+    assert final_state(save_dir)["epoch"] == 1
+
+
+def test_precision_settings_are_recorded(tiny_data, tiny_argv, tmp_path):
+    """config.json holds the precision keys, results.json what they mean on the run's device
+    (a CPU run: float32 everywhere, whatever the TF32 keys say), and the process's TF32 flags are
+    back to what they were."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    argv = tiny_argv(tiny_data, tmp_path, "--tf32", "true", "--amp", epochs=2, num_steps=0)
+    runner.run("THUMOS", argv)
+    save_dir = build_args("THUMOS", argv).save_dir
+    config = json.load(open(os.path.join(save_dir, "config.json")))
+    assert (config["tf32"], config["cudnn_tf32"], config["amp"], config["amp_dtype"]) == \
+        (True, True, True, "bfloat16")
+    results = json.load(open(os.path.join(save_dir, "results.json")))
+    assert results["precision"] == {"device": "cpu", "autocast": "off", "matmul": "float32",
+                                     "cudnn_conv": "float32", "loss": "float32"}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
