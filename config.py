@@ -39,7 +39,11 @@ COMMON = dict(
     use_dynamic_sampling=True,    # dynamic segment sampling in steps >= 1
     # data pipeline
     skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
-    feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
+    feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off: read from disk)
+    # GPU memory for the features of all videos when they fit feature_cache_gb (else pinned host
+    # memory): training batches and evaluation inputs are then gathered where the model runs
+    resident_features_gb=8.0,
+    eval_batch_rows=12000,        # evaluation passes: padded rows per forward (videos x length)
     # run folder / logging
     outdir="default",             # run folder name under checkpoints/{dataset}/
     suffix="",                    # appended to the run folder name
@@ -181,7 +185,10 @@ RETIRED_FLAGS = {
 NON_RESULT_KEYS = (
     # what is written besides the results, and how fast
     "visualize", "visualize_videos", "diagnose", "debug", "result_path", "feature_cache_gb",
-    "skip_data_checks",
+    "skip_data_checks", "resident_features_gb",
+    # how many videos share an evaluation forward: outputs differ in float32 rounding only, as
+    # across devices
+    "eval_batch_rows",
     # where the run folder is (the folder itself is what is compared)
     "outdir", "suffix", "checkpoint_root", "save_dir", "log_path",
     # how this command starts, not what the run is (--demo sets preset keys, which are compared)
@@ -267,7 +274,7 @@ def run_folder_name(args):
 
 
 def _validate(args):
-    positive = ["batch_size", "epochs", "epochs_per_step", "sample_segments_num",
+    positive = ["batch_size", "epochs", "epochs_per_step", "sample_segments_num", "eval_batch_rows",
                 "max_segments_num", "feature_dim", "test_upgrade_scale", "fg_topk_seg",
                 "bg_topk_seg", "eval_freq", "frames_per_sec", "segment_frames_num", "num_heads"]
     for key in positive:

@@ -22,6 +22,7 @@ from dataset import VideoDataset
 from engine import passes, reports
 from engine.checkpoints import cascade_paths, load_step_model
 from engine.record import run_protocol
+from engine.store import FeatureStore, store_of
 from eval.protocol import protocol_line
 from utils import UserError
 
@@ -49,6 +50,8 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
     """
     results = weights = None
     detections, outputs = {}, {}
+    if store_of(dataset) is None:               # the features once, where the model runs
+        FeatureStore.build([dataset], args)
     for step, model in enumerate(models):
         dataset.set_proposals(results, weights)
         if not isinstance(model, torch.nn.Module):

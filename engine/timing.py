@@ -23,7 +23,9 @@ def set_timer(timer):
 
 def timed(part, **context):
     """Context manager: a named part of a run ("train forward", "eval pass", ...).
-    context: what a timer may look at (a forward's model, batch, step and args)."""
+    context: what a timer may look at (a forward's model, batch, step and args; background=True
+    for a part that runs in a worker thread, concurrently with the parts of the main thread, so
+    a timer adding parts up to the wall time leaves it out)."""
     return _UNTIMED if _timer is None else _timer(part, context)
 
 

@@ -15,9 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from config import config_text
-from dataset import VideoDataset, collate_fn
-from engine import checkpoints, distributed, heldout, passes, record, refinement, reports, steps
-from engine.seeding import make_generator, seed_worker
+from dataset import VideoDataset
+from engine import (batches, checkpoints, distributed, heldout, passes, record, refinement,
+                    reports, steps)
+from engine.seeding import make_generator
+from engine.store import FeatureStore
 from eval import protocol
 
 
@@ -27,6 +29,8 @@ def train(args):
     run = Run(args)                                          # log, record, generators, clock
     data = RunData(args, heldout.held_out_for_run(args))     # train / test / full (/ held-out)
     run.protocol = record.run_protocol(args, data.test)
+    if data.store is not None:
+        run.log(data.store.describe(), console=False)
     parts, start_epoch = resume_or_start(run, data)          # step 0, or from model_latest.pth
     run.start_record(start_epoch, data.held_out)
     for epoch in range(start_epoch, args.epochs):
@@ -148,6 +152,8 @@ class RunData:
         self.test = VideoDataset(args, "test", "uniform")
         self.full = VideoDataset(args, "full", "uniform", held_out=held_out)
         self.val = VideoDataset(args, "val", "uniform", held_out=held_out) if held_out else None
+        # every video's features held once where the model runs (None: read from disk)
+        self.store = FeatureStore.build([self.train, self.test, self.full, self.val], args)
 
     def set_proposals(self, results, weights):
         for dataset in (self.train, self.test, self.full, self.val):
@@ -179,10 +185,7 @@ def start_step(run, data, step, results, weights):
     # a new loader per step: persistent workers hold a copy of the dataset and its proposals
     sampler = distributed.GlobalBatchSampler(len(data.train), args.batch_size, run.generator,
                                              args.rank, args.world_size)
-    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=args.num_workers,
-                        collate_fn=collate_fn, worker_init_fn=seed_worker,
-                        generator=run.worker_seeds, pin_memory=args.device.startswith("cuda"),
-                        persistent_workers=args.num_workers > 0)
+    loader = batches.training_loader(data.train, sampler, args, run.worker_seeds)
     return StepParts(step, model, distributed.wrap_model(model, args),
                      steps.build_optimizer(args, model), steps.build_loss(args, step), loader)
 
