@@ -7,7 +7,8 @@ uniform(dynamic(x)) with the previous step's pseudo proposals after that. One fo
 step's detections (evaluation thresholds) and, for k < num_steps, its pseudo proposals and dynamic
 weights for step k+1. A test video's inputs at every step depend only on its own proposals (its
 label set is the labels in them, docs/method.md §8, §9), so the cascade of one video, or of a folder
-of new videos, is replayed alone and exactly as test mode does.
+of new videos, is replayed alone as test mode does (up to float32 rounding: which videos share a
+forward changes the last bits of the outputs, engine/passes.py inference_pass).
 
 Used by test mode (engine/run.py), predict.py and users (`localize`).
 """

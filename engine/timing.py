@@ -1,9 +1,10 @@
 """Named parts of a run: the seam through which benchmarks time the engine without patching it.
 
 The engine wraps each part ("train data", "train forward", "train backward", "train optimizer",
-"eval pass", "pseudo pass", "checkpoint save", ...) in `timed(part)`; a benchmark installs a
-timer with `set_timer` (bench/profile_run.py, bench/bench_pipeline.py). With no timer a part
-costs one check. Finer detail (per kernel, per batch) is torch.profiler's job.
+"eval pass", "eval data", "eval forward", "eval outputs", "eval proposals", "pseudo pass",
+"checkpoint save", ...) in `timed(part)`; a benchmark installs a timer with `set_timer`
+(bench/profile_run.py, bench/bench_pipeline.py). With no timer a part costs one check. Finer
+detail (per kernel, per batch) is torch.profiler's job.
 """
 import contextlib
 import functools
