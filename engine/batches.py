@@ -99,7 +99,7 @@ def gather_batch(store, plans, shape):
         return store.gather(first, shape)
     rows = store.gather(first, (len(first.a), shape[-1]))
     out = store.cpu_buffer(len(second.a)) if rows.device.type == "cpu" else None
-    return gather(rows, second, out=out).view(shape)
+    return gather(rows, second, out=out, finite=store.finite).view(shape)
 
 
 # ----------------------------------------------------------------------------- training

@@ -163,8 +163,9 @@ def test_buckets_sorted_under_budget():
 
 
 # ----------------------------------------------------------------------------- the gather
+@pytest.mark.parametrize("finite", [False, True])
 @pytest.mark.parametrize("T", [1, 2, 7, 40])
-def test_gather_equals_lerp_rows_and_loop(T):
+def test_gather_equals_lerp_rows_and_loop(T, finite):
     rng = np.random.default_rng(T)
     x = rng.standard_normal((T, 16)).astype(np.float32)
     x[0, :3] = [-0.0, 0.0, -0.0]                    # signed zeros survive the copies
@@ -172,7 +173,7 @@ def test_gather_equals_lerp_rows_and_loop(T):
                           np.arange(T) + 1e-12, np.linspace(0, T - 1, 37)])
     source = torch.from_numpy(np.concatenate([rng.standard_normal((3, 16)), x]).astype(np.float32))
     plan = RowPlan.lerp(T, pos).shifted(3)          # x sits at rows 3.. of the source
-    out = gather(source, plan)
+    out = gather(source, plan, finite=finite)
     assert torch.equal(bits(out), bits(torch.from_numpy(lerp_rows(x, pos))))
     if T > 1:
         np.testing.assert_allclose(out.numpy(), lerp_loop(x, pos), rtol=0,
@@ -200,4 +201,18 @@ def test_cpu_chunks_do_not_change_rows(monkeypatch):
     expected = bits(torch.from_numpy(lerp_rows(x.numpy(), pos)))
     for rows in (1, 7, 64, 1000):
         monkeypatch.setattr("engine.store.CPU_CHUNK_ROWS", rows)
-        assert torch.equal(bits(gather(x, plan)), expected)
+        for finite in (False, True):
+            assert torch.equal(bits(gather(x, plan, finite=finite)), expected)
+
+
+def test_non_finite_features_are_copied_exactly():
+    """With an inf or NaN in the store, rows on grid nodes are still plain copies (the
+    whole-chunk interpolation, x * 1 + x * 0, would turn inf into NaN)."""
+    x = np.array([[1.0, np.inf], [-0.0, 2.0], [np.nan, 3.0]], dtype=np.float32)
+    source = torch.from_numpy(x)
+    plan = RowPlan.lerp(3, [0.0, 1.0, 0.5, 2.0])
+    store = FeatureStore(torch.cat([source, torch.zeros(1, 2)]), {"v": 0}, {"v": 3}, "cpu")
+    assert not store.finite
+    out = store.gather(plan, (4, 2))
+    assert torch.equal(bits(out), bits(torch.from_numpy(lerp_rows(x, [0.0, 1.0, 0.5, 2.0]))))
+    assert out[0, 1] == float("inf") and torch.isnan(out[3, 0])
