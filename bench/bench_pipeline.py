@@ -248,7 +248,7 @@ def part_epoch(args, device, max_iters, sets, kept):
     rows, epoch_time = [], {}
     for step, kind in ((0, "base"), (1, "full")):
         data = sets[kind]["train"]
-        for source in ("store", "disk"):
+        for source in ("disk", "store"):        # the default path second: warm kernels
             with contextlib.ExitStack() as stack:
                 if source == "disk":
                     stack.enter_context(disk_only(sets))
@@ -266,15 +266,15 @@ def part_epoch(args, device, max_iters, sets, kept):
                  "opt": s["train optimizer"]}          # forward = forward + loss (one part)
             outside = 100 * (epoch - t["fwd"] - t["bwd"]) / epoch
             rows.append([kind, source, f"{len(loader)}/{len(loader.loader)}", t["data"],
-                         t["fwd"], t["bwd"], t["opt"], epoch - sum(t.values()), epoch,
-                         f"{outside:.1f}%"])
+                         s.get("train gather", 0.0), t["fwd"], t["bwd"], t["opt"],
+                         epoch - sum(t.values()), epoch, f"{outside:.1f}%"])
     table(f"(2) one epoch: {len(data)} videos at real THUMOS lengths, D={args.feature_dim}, "
           f"B={args.batch_size}; full = step 1 with stand-in proposals and dynamic sampling; "
           f"store = the resident features (default), disk = feature_cache_gb 0 (DataLoader, "
           f"num_workers={args.num_workers}); s per epoch (iters < all: that prefix timed, then "
           f"scaled by videos)",
-          ["model", "features", "iters", "data", "fwd+loss", "zero_grad+bwd", "optimizer",
-           "other", "epoch", "outside fwd/bwd"], rows)
+          ["model", "features", "iters", "data", "of it gather", "fwd+loss", "zero_grad+bwd",
+           "optimizer", "other", "epoch", "outside fwd/bwd"], rows)
     return epoch_time
 
 
@@ -290,31 +290,34 @@ def part_batches(args, device, sets):
         loader = batches.training_loader(data, sampler_of(data, args), args, None)
         source = loader.store.rows
         floor_out = torch.empty_like(source[:args.batch_size * args.sample_segments_num])
-        ms = defaultdict(float)
-        batch_keys = list(loader.batch_sampler)
-        for keys_ in batch_keys:
-            sync(device)
-            tic = time.perf_counter()
-            plan, index = loader.plan(keys_)
-            ms["plan"] += time.perf_counter() - tic
-            tic = time.perf_counter()
-            features = batches.gather_batch(loader.store, plan, (len(index), -1, args.feature_dim))
-            sync(device)
-            ms["gather"] += time.perf_counter() - tic
-            rows_n = features.shape[0] * features.shape[1]
-            tic = time.perf_counter()
-            floor_out[:rows_n].copy_(source[:rows_n])
-            sync(device)
-            ms["floor"] += time.perf_counter() - tic
-            tic = time.perf_counter()
-            targets = loader.targets.select(index)
-            sync(device)
-            ms["targets"] += time.perf_counter() - tic
-            tic = time.perf_counter()
-            if kind == "full":                   # the base model's forward needs no layout
-                proposal_layout(targets["proposal_bbox"].numpy(),
-                                targets["proposal_count"].numpy(), features.shape[1])
-            ms["layout"] += time.perf_counter() - tic
+        batch_keys, start = list(loader.batch_sampler), 0
+        for warm in (True, False):       # an untimed epoch first: buffers paged in, kernels warm
+            ms = defaultdict(float)
+            for keys_ in batch_keys:
+                sync(device)
+                tic = time.perf_counter()
+                plan, index = loader.plan(keys_)
+                ms["plan"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                features = batches.gather_batch(loader.store, plan,
+                                                (len(index), -1, args.feature_dim))
+                sync(device)
+                ms["gather"] += time.perf_counter() - tic
+                rows_n = features.shape[0] * features.shape[1]
+                start = (start + rows_n) % (len(source) - rows_n)   # from memory, not cache
+                tic = time.perf_counter()
+                floor_out[:rows_n].copy_(source[start:start + rows_n])
+                sync(device)
+                ms["floor"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                targets = loader.targets.select(index)
+                sync(device)
+                ms["targets"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                if kind == "full":                   # the base model's forward needs no layout
+                    proposal_layout(targets["proposal_bbox"].numpy(),
+                                    targets["proposal_count"].numpy(), features.shape[1])
+                ms["layout"] += time.perf_counter() - tic
         n = len(batch_keys)
         per = {key: 1000 * value / n for key, value in ms.items()}
         keys[kind] = {"host_ms": per["plan"] + per["layout"], "plan_ms": per["plan"],
@@ -323,7 +326,8 @@ def part_batches(args, device, sets):
         rows.append([kind, str(n), per["plan"], per["layout"], per["plan"] + per["layout"],
                      per["gather"], per["floor"], f"{per['gather'] / per['floor']:.2f}x",
                      per["targets"]])
-    table(f"(2b) training batches from the store, one whole epoch, no model; ms per batch of "
+    table(f"(2b) training batches from the store, one whole epoch after an untimed one, no model; "
+          f"ms per batch of "
           f"{args.batch_size} x {args.sample_segments_num} x {args.feature_dim}; host: plan + "
           f"layout; device: gather, targets (here the device is {device})",
           ["targets", "batches", "host plan", "host layout", "host total", "gather",
@@ -345,11 +349,13 @@ def part_batches(args, device, sets):
 def part_eval(args, device, n_videos, sets):
     """(3) engine.passes.predict_proposals over a prefix of the test set (evaluation) and of the
     full set (pseudo proposals), batched, from the store, then score_results / the dynamic
-    weights at full size. Host time per video = the pass minus its forwards: batches (plan,
-    gather), output copies, the main loop, and the wait for the proposals of the last batch
-    (nothing overlaps it; once per pass, so spread over all the pass's videos); the proposals
-    of the other batches run in the worker thread during the next forward and are reported
-    apart (worker ms/video: on this CPU they share the cores with the forward)."""
+    weights at full size. Host time per video = the pass minus its forwards and minus the
+    gathers of the batches (device work when the features are on the GPU; reported apart):
+    the batches' plans and output copies per video, plus what a pass spends once (start, the
+    main loop, the wait for the proposals of the last batch, which nothing overlaps) spread
+    over all the pass's videos. The proposals of the other batches run in the worker thread
+    during the next forward and are reported apart (worker ms/video: on this CPU they share
+    the cores with the forward)."""
     rows, cost, host = [], {}, {}
     for step, kind in ((0, "base"), (1, "full")):
         model = new_step(args, step)[0]
@@ -367,10 +373,10 @@ def part_eval(args, device, n_videos, sets):
                                                       which == "pseudo", which)
                 wall = time.perf_counter() - tic
             part = {key: timer.seconds[f"{which} {key}"] for key in
-                    ("forward", "data", "outputs", "proposals", "proposals (worker)")}
+                    ("forward", "data", "gather", "outputs", "proposals", "proposals (worker)")}
             forwards = timer.calls[f"{which} forward"]
-            tail = part["proposals"]                        # once per pass
-            per_video = (wall - part["forward"] - tail) / n + tail / len(data)
+            tail = wall - part["forward"] - part["data"] - part["outputs"]   # once per pass
+            per_video = (part["data"] - part["gather"] + part["outputs"]) / n + tail / len(data)
             scale = len(data) / n
             total = (wall - tail) * scale + tail
             results = {vid: results[prefix.video_names[i % n]]
@@ -385,22 +391,27 @@ def part_eval(args, device, n_videos, sets):
             cost[(kind, which)] = total + last
             if which == "eval":
                 host[kind] = {"host_ms_per_video": 1000 * per_video,
-                              "data_ms_per_video": 1000 * part["data"] / n,
+                              "gather_ms_per_video": 1000 * part["gather"] / n,
+                              "plan_ms_per_video": 1000 * (part["data"] - part["gather"]) / n,
                               "outputs_ms_per_video": 1000 * part["outputs"] / n,
-                              "final_wait_ms_per_pass": 1000 * tail,
+                              "once_per_pass_ms": 1000 * tail,
+                              "final_wait_ms_per_pass": 1000 * part["proposals"],
                               "worker_proposals_ms_per_video": 1000 * part["proposals (worker)"]
                               / n, "forwards": forwards, "videos": n}
             rows.append([kind, which, f"{n}/{len(data)}", f"{n / forwards:.1f}",
-                         part["forward"] * scale, part["data"] * scale, part["outputs"] * scale,
-                         1000 * part["proposals (worker)"] / n, 1000 * tail, 1000 * per_video,
+                         part["forward"] * scale, part["gather"] * scale,
+                         (part["data"] - part["gather"]) * scale, part["outputs"] * scale,
+                         1000 * part["proposals (worker)"] / n, 1000 * part["proposals"],
+                         1000 * tail, 1000 * per_video,
                          last, total + last])
     table("(3) evaluation pass (test set) and pseudo-proposal pass (full set), batched, uniform "
           "sampling, untrained weights; s per pass (videos < all: that prefix timed, then "
           "scaled); worker = proposal ms per video in the worker thread (overlapping the next "
-          "forward); wait = ms per pass waiting for the last batch's proposals; host = ms per "
-          "video outside the forward; last = mAP + JSON, or dynamic weights",
-          ["model", "pass", "videos", "videos/fwd", "forward", "data", "outputs", "worker ms",
-           "wait ms", "host ms", "last", "pass"], rows)
+          "forward); wait = ms per pass waiting for the last batch's proposals; once = ms per "
+          "pass outside the batches (wait included); host = ms per video outside the forward and "
+          "the gather; last = mAP + JSON, or dynamic weights",
+          ["model", "pass", "videos", "videos/fwd", "forward", "gather", "plan", "outputs",
+           "worker ms", "wait ms", "once ms", "host ms", "last", "pass"], rows)
     return cost, host
 
 
@@ -485,9 +496,12 @@ KEYS = {
     "train_gather_copy_floor_ms": "one plain copy of the same bytes on the same device",
     "checkpoint_wait_s_per_epoch": "time the training loop spends in "
     "engine.training.save_checkpoints per epoch, full model",
-    "eval_host_ms_per_video": "per evaluated video, the pass minus its forwards (batches, output "
-    "copies, main loop; the last batch's proposal wait spread over the 210 videos); the larger "
-    "of base and full; proposals overlapping the next forward are not counted",
+    "eval_host_ms_per_video": "per evaluated video, the pass minus its forwards and its gathers "
+    "(device work with resident features: detail.eval.*.gather_ms_per_video): plans and output "
+    "copies per video, and what a pass spends once (start, main loop, the last batch's "
+    "proposal wait) spread over the 210 videos; the "
+    "larger of base and full; proposals overlapping the next forward (in the worker thread) "
+    "are not counted: detail.eval.*.worker_proposals_ms_per_video",
     "forward_videos_per_batch": "mean videos per evaluation forward over the 210 test videos",
     "schedule_estimate_h": "the 800-epoch THUMOS schedule from the measured parts",
 }

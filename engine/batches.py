@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from engine.seeding import make_generator
+from engine.timing import timed
 from engine.store import RowPlan, gather, store_of
 from eval.files import DataError
 from sampling import dynamic_positions, random_plan, uniform_plan
@@ -45,15 +46,16 @@ def timeline(data, vid, T):
     return cum, pos, len(pos)
 
 
-def item_plan(data, vid, rng=None):
+def item_plan(data, vid, rng=None, line=None):
     """VideoDataset._sample of one item as plans: (first level over the video's T rows, second
     level over the first level's rows or None, cum, timeline length). The second level is the
-    dynamic-then-float-plan case, whose intermediate rows are rounded to float32 first."""
+    dynamic-then-float-plan case, whose intermediate rows are rounded to float32 first.
+    line: the video's timeline(), when already known."""
     T, S = data.vid_len(vid), data.num_samples
 
     def plan_fn(n):
         return random_plan(n, S, rng) if data.sampling == "random" else uniform_plan(n, S)
-    cum, pos, length = timeline(data, vid, T)
+    cum, pos, length = line or timeline(data, vid, T)
     if cum is None:
         return RowPlan.of_plan(T, plan_fn(T)), None, None, T
     if T == 1:                                      # two copies of the one row, then the plan
@@ -70,26 +72,37 @@ def batch_plan(store, data, items, rows_per_item=None):
     i * R ... with R = rows_per_item (padded with the store's zero row) or its own length (then
     every item has the same)."""
     two_level = any(second is not None for _, _, second in items)
-    firsts, seconds, done = [], [], 0              # done: first-level rows planned so far
+    firsts, sources, outputs = [], [], []          # first level: plans and their offsets
+    seconds, second_sources, second_outputs = [], [], []
+    done = 0                                       # first-level rows planned so far
     for i, (vid, first, second) in enumerate(items):
         length = len((first if second is None else second).a)
         rows = rows_per_item or length
         pad = rows - length
-        firsts.append(first.shifted(store.rows_of(data, vid), done))
+        firsts.append(first)
+        sources.append(store.rows_of(data, vid))
+        outputs.append(done)
         if not two_level:
             if pad:
                 firsts.append(RowPlan.copies(np.full(pad, store.zero_row)))
+                sources.append(0)
+                outputs.append(0)
             done += rows
             continue
-        if second is None:                          # its first level is already its output
-            second = RowPlan.copies(np.arange(length))
-        seconds.append(second.shifted(done, i * rows))
+        seconds.append(RowPlan.copies(np.arange(length)) if second is None else second)
+        second_sources.append(done)
+        second_outputs.append(i * rows)
         done += len(first.a)
-        if pad:
+        if pad:                                     # one zero row, copied into the padding
             firsts.append(RowPlan.copies([store.zero_row]))
+            sources.append(0)
+            outputs.append(0)
             seconds.append(RowPlan.copies(np.full(pad, done)))
+            second_sources.append(0)
+            second_outputs.append(0)
             done += 1
-    return RowPlan.concat(firsts), (RowPlan.concat(seconds) if two_level else None)
+    return (RowPlan.concat(firsts, sources, outputs),
+            RowPlan.concat(seconds, second_sources, second_outputs) if two_level else None)
 
 
 def gather_batch(store, plans, shape):
@@ -126,9 +139,14 @@ class ResidentTargets:
     def select(self, index):
         """The targets of videos `index` (a host list) as the batch dict's entries."""
         where = torch.tensor(index, dtype=torch.int64)
-        on_device = where.to(self.label_mask.device, non_blocking=True)
-        mask = self.label_mask.index_select(0, on_device).float()              # (B, S, C+1)
-        pil = mask / mask.sum(dim=2, keepdim=True).clamp(min=1e-6)
+        if self.label_mask.device.type == "cpu":          # numpy: one thread, no barrier waits
+            mask = np.take(self.label_mask.numpy(), index, axis=0).astype(np.float32)
+            pil = torch.from_numpy(mask / np.maximum(mask.sum(axis=2, keepdims=True), 1e-6))
+            on_device = where
+        else:
+            on_device = where.to(self.label_mask.device, non_blocking=True)
+            mask = self.label_mask.index_select(0, on_device).float()          # (B, S, C+1)
+            pil = mask / mask.sum(dim=2, keepdim=True).clamp(min=1e-6)
         return {"video_label": self.video_label.index_select(0, on_device),
                 "proposal_bbox": self.bbox.index_select(0, where),
                 "proposal_count": self.count.index_select(0, where),
@@ -143,6 +161,8 @@ class ResidentBatches:
     def __init__(self, data, store, batch_sampler):
         self.data, self.store, self.batch_sampler = data, store, batch_sampler
         self.targets = ResidentTargets(data, store.device if store.on_device else "cpu")
+        self.lines = {}             # video index -> its timeline (the step's dynamic weights)
+        self.fixed = {}             # video index -> its plans when they draw no random number
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -152,17 +172,29 @@ class ResidentBatches:
             yield self.batch(keys)
 
     def plan(self, keys):
-        """Host work of a batch: each item's sampling plan (its own generator), as store rows."""
+        """Host work of a batch: each item's sampling plan (its own generator), as store rows.
+        A video whose sampling draws nothing (at most S rows to sample: interpolated or all
+        taken) has the same plan at every epoch of the step: it is planned once."""
         data, items = self.data, []
         for index, seed in keys:
             vid = data.video_names[index]
-            first, second, _, _ = item_plan(data, vid, np.random.default_rng(seed))
+            if index in self.fixed:
+                items.append((vid, *self.fixed[index]))
+                continue
+            if index not in self.lines:
+                self.lines[index] = timeline(data, vid, data.vid_len(vid))
+            rng = np.random.default_rng(seed)
+            state = rng.bit_generator.state
+            first, second, _, _ = item_plan(data, vid, rng, self.lines[index])
+            if rng.bit_generator.state == state:
+                self.fixed[index] = (first, second)
             items.append((vid, first, second))
         return batch_plan(self.store, data, items), [index for index, _ in keys]
 
     def batch(self, keys, plan=None):
         (rows, index), data = plan or self.plan(keys), self.data
-        features = gather_batch(self.store, rows, (len(index), data.num_samples, -1))
+        with timed("train gather"):
+            features = gather_batch(self.store, rows, (len(index), data.num_samples, -1))
         batch = self.targets.select(index)
         if not self.store.on_device:                     # labels gathered on the host: copy once
             batch = {key: value.to(self.store.device, non_blocking=True)
@@ -216,10 +248,11 @@ def buckets(lengths, max_rows):
     return out + ([current] if current else [])
 
 
-def eval_batches(data, indices, args):
+def eval_batches(data, indices, args, phase="eval"):
     """Batches of the videos `indices` of a uniformly sampled dataset, padded and bucketed by
     length: dicts with features (B, L, D), lengths (B,), the attention proposals, vid_name,
-    vid_len and cum (the proposals' timeline)."""
+    vid_len and cum (the proposals' timeline). The gather from the store is the named part
+    "{phase} gather"."""
     store = store_of(data)
     items = [eval_item(data, data.video_names[i]) for i in indices]
     groups = buckets([item[5] for item in items], args.eval_batch_rows)
@@ -235,8 +268,9 @@ def eval_batches(data, indices, args):
         vids = [data.video_names[indices[position]] for position in group]
         plans = batch_plan(store, data, [(vid, item[0], item[1])
                                          for vid, item in zip(vids, chosen)], length)
-        yield {"vid_name": vids,
-               "features": gather_batch(store, plans, (len(group), length, -1)),
+        with timed(f"{phase} gather"):
+            features = gather_batch(store, plans, (len(group), length, -1))
+        yield {"vid_name": vids, "features": features,
                "lengths": torch.tensor([item[5] for item in chosen]),
                "proposal_bbox": torch.from_numpy(np.stack([item[3] for item in chosen])),
                "proposal_count": torch.tensor([item[4] for item in chosen]),

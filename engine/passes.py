@@ -126,7 +126,8 @@ def inference_pass(model, dataset, args, step, detect=True, pseudo=False, keep_o
 
     bar = progress(None, args, desc or f"step {step}", total=len(indices))
     with ThreadPoolExecutor(max_workers=1) as worker:
-        for batch in timed_items(batches.eval_batches(dataset, indices, args), f"{phase} data"):
+        for batch in timed_items(batches.eval_batches(dataset, indices, args, phase),
+                                 f"{phase} data"):
             with timed(f"{phase} forward", model=model, batch=batch, step=step, args=args):
                 out = forward(model, batch, args)
             with timed(f"{phase} outputs"):

@@ -26,8 +26,6 @@ CPU_CHUNK_ROWS = 32     # rows per step of the CPU gather: the interpolation's t
 SAFE_MAGNITUDE = 1e37   # below it, rows stay finite through two interpolations (each at most 3x)
 CPU_BUFFERS = 3         # batches gathered on the CPU reuse these buffers in turn (see FeatureStore)
 _STORES = weakref.WeakKeyDictionary()       # dataset -> the FeatureStore holding its videos
-
-
 _NO_ROWS, _NO_WEIGHTS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
 
 
@@ -52,8 +50,8 @@ class RowPlan(NamedTuple):
             return cls.copies(np.zeros(len(pos), dtype=np.int64))
         node = np.rint(pos)
         on_node = (np.abs(pos - node) < 1e-9) & (node >= 0) & (node <= T - 1)   # as lerp_rows
-        a = np.clip(np.floor(pos), 0, T - 2).astype(np.int64)
-        a[on_node] = node[on_node]
+        a = np.where(on_node, node, np.minimum(np.maximum(np.floor(pos), 0), T - 2))
+        a = a.astype(np.int64)                                   # whole numbers: exact
         between = np.flatnonzero(~on_node)
         f = (pos[between] - a[between]).astype(np.float32)
         return cls(a, between, a[between] + 1, 1 - f, f)
@@ -63,75 +61,87 @@ class RowPlan(NamedTuple):
         """sampling.apply_plan: integer plans are copies, float plans interpolate."""
         return cls.copies(plan) if plan.dtype.kind in "iu" else cls.lerp(T, plan)
 
-    def shifted(self, offset, out_offset=0):
-        """Source rows moved by `offset`, output rows by `out_offset` (a video inside a batch)."""
-        return RowPlan(self.a + offset, self.between + out_offset, self.b + offset, self.w0, self.f)
-
     def mapped(self, rows):
         """Source indices looked up in `rows` (a plan over rows of another plan)."""
         rows = np.asarray(rows, dtype=np.int64)
         return self._replace(a=rows[self.a], b=rows[self.b])
 
     @classmethod
-    def concat(cls, plans):
-        return cls(*(np.concatenate([getattr(p, key) for p in plans]) for key in cls._fields))
+    def concat(cls, plans, sources=None, outputs=None):
+        """One plan of several; plan i's source rows moved by sources[i], its output rows by
+        outputs[i] (default 0)."""
+        def joined(key, offsets):
+            parts = [getattr(plan, key) for plan in plans]
+            out = np.concatenate(parts)
+            if offsets is not None:
+                out += np.repeat(np.asarray(offsets, dtype=out.dtype), [len(x) for x in parts])
+            return out
+        return cls(joined("a", sources), joined("between", outputs), joined("b", sources),
+                   joined("w0", None), joined("f", None))
 
 
 def gather(source, plan, out=None, finite=False):
     """The rows of `plan` from source (N_src, D) -> (N, D) float32 on source's device (into `out`
-    when given). On the CPU in chunks of CPU_CHUNK_ROWS rows (the interpolation's temporaries
-    stay in cache); elsewhere one call per op, the plan sent in two copies.
+    when given). On a GPU, one call per op (the plan sent in two copies); on the CPU with numpy,
+    in chunks of CPU_CHUNK_ROWS rows, so that the interpolation's temporaries stay in the core's
+    cache and no op waits for a second thread (torch's CPU ops split across threads, whose
+    barrier costs milliseconds when the other core is busy).
 
     finite: every value of `source` is finite. A row on a grid node may then go through the
     interpolation as x * 1 + x * 0, which is x bit for bit (signed zeros included), so whole
     chunks are interpolated without selecting their interpolated rows first."""
     N, n, D = len(plan.a), len(plan.between), source.shape[1]
-    device = source.device
-    out = torch.empty(N, D, dtype=source.dtype, device=device) if out is None else out
-    if n == 0:
-        return torch.index_select(source, 0, to_device(plan.a, device), out=out)
-    if not finite:
-        return _gather_selected(source, plan, out)
-    b = plan.a.copy()
-    b[plan.between] = plan.b
-    weights = np.zeros((N, 2), dtype=np.float32)                            # (w0, f) per row
-    weights[:, 0] = 1
-    weights[plan.between] = np.stack([plan.w0, plan.f], axis=1)
-    ints, weights = to_device(np.concatenate([plan.a, b]), device), to_device(weights, device)
-    a, b = ints[:N], ints[N:]
-    step = CPU_CHUNK_ROWS if device.type == "cpu" else N
-    cuts = np.searchsorted(plan.between, np.arange(0, N + step, step))
-    other = torch.empty(min(step, N), D, dtype=source.dtype, device=device)
-    for k, start in enumerate(range(0, N, step)):
-        rows = slice(start, start + step)
-        chunk = torch.index_select(source, 0, a[rows], out=out[rows])
-        if cuts[k + 1] > cuts[k]:                                # some rows interpolate
-            part = torch.index_select(source, 0, b[rows], out=other[:len(chunk)])
-            chunk.mul_(weights[rows, 0:1])
-            part.mul_(weights[rows, 1:2])
-            chunk.add_(part)
-    return out
-
-
-def _gather_selected(source, plan, out):
-    """gather() for any source: the interpolated rows selected, computed and put back."""
-    N, n = len(plan.a), len(plan.between)
-    ints = to_device(np.concatenate([plan.a, plan.between, plan.b]), source.device)
-    a, between, b = ints[:N], ints[N:N + n], ints[N + n:]
-    weights = to_device(np.stack([plan.w0, plan.f], axis=1), source.device)     # (n, 2)
-    w0, f = weights[:, 0:1], weights[:, 1:2]
-    if source.device.type != "cpu":
-        torch.index_select(source, 0, a, out=out)
-        _interpolate(out, source, between, b, w0, f)
+    out = torch.empty(N, D, dtype=source.dtype, device=source.device) if out is None else out
+    b, weights = plan.a, np.ones((N, 2), dtype=np.float32)          # per row: b, (w0, f)
+    if n:
+        b = plan.a.copy()
+        b[plan.between] = plan.b
+        weights[:, 1] = 0
+        weights[plan.between] = np.stack([plan.w0, plan.f], axis=1)
+    if source.device.type == "cpu":
+        _gather_cpu(source.numpy(), plan, b, weights, out.numpy(), finite)
         return out
-    cuts = np.searchsorted(plan.between, np.arange(0, N + CPU_CHUNK_ROWS, CPU_CHUNK_ROWS))
-    for k, start in enumerate(range(0, N, CPU_CHUNK_ROWS)):
-        chunk = torch.index_select(source, 0, a[start:start + CPU_CHUNK_ROWS],
-                                   out=out[start:start + CPU_CHUNK_ROWS])
-        lo, hi = int(cuts[k]), int(cuts[k + 1])
-        if hi > lo:
-            _interpolate(chunk, source, between[lo:hi] - start, b[lo:hi], w0[lo:hi], f[lo:hi])
+    ints = to_device(np.concatenate([plan.a, b]), source.device)
+    torch.index_select(source, 0, ints[:N], out=out)
+    if n:
+        weights = to_device(weights, source.device)
+        if not finite:           # only the interpolated rows: a copy stays a copy for inf / NaN
+            between = to_device(plan.between, source.device)
+            rows = out.index_select(0, between)
+            other = source.index_select(0, ints[N:].index_select(0, between))
+            rows.mul_(weights.index_select(0, between)[:, 0:1])
+            other.mul_(weights.index_select(0, between)[:, 1:2])
+            out.index_copy_(0, between, rows.add_(other))
+        else:
+            other = source.index_select(0, ints[N:])
+            out.mul_(weights[:, 0:1])
+            other.mul_(weights[:, 1:2])
+            out.add_(other)
     return out
+
+
+def _gather_cpu(source, plan, b, weights, out, finite):
+    """gather() on the host, numpy arrays: out[i] = source[a[i]] * w0[i] + source[b[i]] * f[i]
+    on the chunks that hold interpolated rows: on the whole chunk when `finite` and at least a
+    quarter of it interpolates, else on those rows only."""
+    N = len(plan.a)
+    cuts = np.searchsorted(plan.between, np.arange(0, N + CPU_CHUNK_ROWS, CPU_CHUNK_ROWS))
+    other = np.empty((min(CPU_CHUNK_ROWS, N), source.shape[1]), dtype=source.dtype)
+    for k, start in enumerate(range(0, N, CPU_CHUNK_ROWS)):
+        rows = slice(start, start + CPU_CHUNK_ROWS)
+        chunk = out[rows]
+        np.take(source, plan.a[rows], axis=0, out=chunk, mode="clip")
+        if cuts[k + 1] == cuts[k]:                                  # copies only
+            continue
+        if finite and 4 * (cuts[k + 1] - cuts[k]) >= len(chunk):    # mostly interpolated
+            part = np.take(source, b[rows], axis=0, out=other[:len(chunk)], mode="clip")
+            np.multiply(chunk, weights[rows, 0:1], out=chunk)
+            np.multiply(part, weights[rows, 1:2], out=part)
+            np.add(chunk, part, out=chunk)
+        else:
+            local = plan.between[cuts[k]:cuts[k + 1]] - start
+            chunk[local] = (chunk[local] * weights[rows][local, 0:1]
+                            + source[b[rows][local]] * weights[rows][local, 1:2])
 
 
 def to_device(array, device):
@@ -140,16 +150,6 @@ def to_device(array, device):
     if device.type == "cpu":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)
-
-
-def _interpolate(out, source, between, b, w0, f):
-    """out[between] = out[between] * w0 + source[b] * f, three roundings as in lerp_rows."""
-    rows = out.index_select(0, between)
-    rows.mul_(w0)
-    other = source.index_select(0, b)
-    other.mul_(f)
-    rows.add_(other)
-    out.index_copy_(0, between, rows)
 
 
 # ----------------------------------------------------------------------------- the store

@@ -2,9 +2,11 @@
 
 The engine wraps each part ("train data", "train forward", "train backward", "train optimizer",
 "eval pass", "eval data", "eval forward", "eval outputs", "eval proposals", "pseudo pass",
-"checkpoint save", ...) in `timed(part)`; a benchmark installs a timer with `set_timer`
-(bench/profile_run.py, bench/bench_pipeline.py). With no timer a part costs one check. Finer
-detail (per kernel, per batch) is torch.profiler's job.
+"checkpoint save", ...) in `timed(part)`; some parts hold finer ones ("train gather" and "eval
+gather" inside "train data" and "eval data": the gather of the batch where the features are).
+A benchmark installs a timer with `set_timer` (bench/profile_run.py, bench/bench_pipeline.py).
+With no timer a part costs one check. Finer detail (per kernel, per batch) is torch.profiler's
+job.
 """
 import contextlib
 import functools

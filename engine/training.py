@@ -29,8 +29,9 @@ def train(args):
     run = Run(args)                                          # log, record, generators, clock
     data = RunData(args, heldout.held_out_for_run(args))     # train / test / full (/ held-out)
     run.protocol = record.run_protocol(args, data.test)
-    if data.store is not None:
-        run.log(data.store.describe(), console=False)
+    run.log(data.store.describe() if data.store is not None else
+            f"features read from disk at every epoch (feature_cache_gb {args.feature_cache_gb}: "
+            f"0, or less than the videos need)", console=False)
     parts, start_epoch = resume_or_start(run, data)          # step 0, or from model_latest.pth
     run.start_record(start_epoch, data.held_out)
     for epoch in range(start_epoch, args.epochs):

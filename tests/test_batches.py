@@ -4,6 +4,7 @@ a demo-shaped epoch (base step; full step with pseudo proposals and dynamic weig
 ActivityNet presets; one-snippet and short videos); the gather's arithmetic against
 sampling.lerp_rows, a loop oracle and a hand case; evaluation batches (padded, bucketed by length)
 against the items, from the store and from the DataLoader."""
+import itertools
 import json
 
 import numpy as np
@@ -77,18 +78,20 @@ def pseudo_proposals(full, root, seed=1):
 
 
 def compare_epoch(args, train, seed):
-    """Every batch of one epoch through ResidentBatches vs the DataLoader path's collate_fn."""
+    """Every batch of two epochs of a step (the second reuses the plans that draw nothing)
+    through ResidentBatches vs the DataLoader path's collate_fn."""
     store = store_of(train)
     sampler = GlobalBatchSampler(len(train), args.batch_size, make_generator(seed))
     state = sampler.generator.get_state()
-    keys = list(sampler)                           # the same keys, then the same draws again
+    keys = list(sampler) + list(sampler)           # the same keys, then the same draws again
     sampler.generator.set_state(state)
     resident = batches.ResidentBatches(train, store, sampler)
     seen = 0
-    for batch_keys, batch in zip(keys, resident, strict=True):
+    # each batch checked before the next is gathered (CPU batches reuse a few buffers)
+    for batch_keys, batch in zip(keys, itertools.chain(resident, resident), strict=True):
         assert_same_batch(batch, ds.collate_fn([train[key] for key in batch_keys]))
         seen += len(batch_keys)
-    assert seen == len(train)
+    assert seen == 2 * len(train) and 0 < len(resident.fixed) < len(train)
 
 
 def test_training_batches_equal_items(demo_like):
@@ -172,7 +175,7 @@ def test_gather_equals_lerp_rows_and_loop(T, finite):
     pos = np.concatenate([rng.uniform(-1.5, T + 0.5, 50), np.arange(T, dtype=np.float64),
                           np.arange(T) + 1e-12, np.linspace(0, T - 1, 37)])
     source = torch.from_numpy(np.concatenate([rng.standard_normal((3, 16)), x]).astype(np.float32))
-    plan = RowPlan.lerp(T, pos).shifted(3)          # x sits at rows 3.. of the source
+    plan = RowPlan.concat([RowPlan.lerp(T, pos)], sources=[3])   # x: rows 3.. of the source
     out = gather(source, plan, finite=finite)
     assert torch.equal(bits(out), bits(torch.from_numpy(lerp_rows(x, pos))))
     if T > 1:
@@ -195,14 +198,17 @@ def test_gather_hand_case():
 def test_cpu_chunks_do_not_change_rows(monkeypatch):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((50, 8)).astype(np.float32))
-    pos = rng.uniform(0, 49, 300)
-    pos[::3] = np.rint(pos[::3])                        # copies between the interpolated rows
-    plan = RowPlan.lerp(50, pos)
-    expected = bits(torch.from_numpy(lerp_rows(x.numpy(), pos)))
-    for rows in (1, 7, 64, 1000):
-        monkeypatch.setattr("engine.store.CPU_CHUNK_ROWS", rows)
-        for finite in (False, True):
-            assert torch.equal(bits(gather(x, plan, finite=finite)), expected)
+    dense = rng.uniform(0, 49, 300)
+    dense[::3] = np.rint(dense[::3])                    # copies between the interpolated rows
+    sparse = np.rint(dense)
+    sparse[::10] += 0.25                                # chunks that mostly copy
+    for pos in (dense, sparse):
+        plan = RowPlan.lerp(50, pos)
+        expected = bits(torch.from_numpy(lerp_rows(x.numpy(), pos)))
+        for rows in (1, 7, 64, 1000):
+            monkeypatch.setattr("engine.store.CPU_CHUNK_ROWS", rows)
+            for finite in (False, True):
+                assert torch.equal(bits(gather(x, plan, finite=finite)), expected)
 
 
 def test_non_finite_features_are_copied_exactly():
