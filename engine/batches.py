@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from engine.seeding import make_generator
 from engine.timing import timed
-from engine.store import RowPlan, gather, store_of
+from engine.store import RowPlan, store_of
 from eval.files import DataError
 from sampling import dynamic_positions, random_plan, uniform_plan
 
@@ -67,52 +67,46 @@ def item_plan(data, vid, rng=None, line=None):
 
 
 def batch_plan(store, data, items, rows_per_item=None):
-    """Plans of a batch of items [(vid, first, second)] as global plans: (first level over the
-    store's rows, second level over the first level's rows or None). Item i fills output rows
-    i * R ... with R = rows_per_item (padded with the store's zero row) or its own length (then
-    every item has the same)."""
-    two_level = any(second is not None for _, _, second in items)
-    firsts, sources, outputs = [], [], []          # first level: plans and their offsets
-    seconds, second_sources, second_outputs = [], [], []
-    done = 0                                       # first-level rows planned so far
+    """Plans of a batch of items [(vid, first, second)] over the store's rows: (pre, final).
+    final gives the batch's rows, item i at rows i * R ... with R = rows_per_item (padded with
+    the store's zero row) or its own length (then every item has the same). pre (None when
+    there is none) gives the interpolated intermediate rows of the two-level items, computed
+    first into the store's scratch rows: final reads those there, and reads the intermediate
+    rows that are copies straight from the video's rows."""
+    finals, sources, outputs = [], [], []
+    pres, pre_sources, pre_outputs, scratch = [], [], [], 0
     for i, (vid, first, second) in enumerate(items):
+        offset = store.rows_of(data, vid)
         length = len((first if second is None else second).a)
         rows = rows_per_item or length
-        pad = rows - length
-        firsts.append(first)
-        sources.append(store.rows_of(data, vid))
-        outputs.append(done)
-        if not two_level:
-            if pad:
-                firsts.append(RowPlan.copies(np.full(pad, store.zero_row)))
-                sources.append(0)
-                outputs.append(0)
-            done += rows
-            continue
-        seconds.append(RowPlan.copies(np.arange(length)) if second is None else second)
-        second_sources.append(done)
-        second_outputs.append(i * rows)
-        done += len(first.a)
-        if pad:                                     # one zero row, copied into the padding
-            firsts.append(RowPlan.copies([store.zero_row]))
+        if second is None:
+            finals.append(first)
+            sources.append(offset)
+        else:
+            k = len(first.between)
+            pres.append(RowPlan(first.a[first.between], np.arange(k), first.b, first.w0, first.f))
+            pre_sources.append(offset)
+            pre_outputs.append(scratch)
+            where = first.a + offset                       # intermediate j: a row of the video
+            where[first.between] = store.scratch_start + scratch + np.arange(k)  # or a computed one
+            scratch += k
+            finals.append(second.mapped(where))
+            sources.append(0)
+        outputs.append(i * rows)
+        if rows > length:
+            finals.append(RowPlan.copies(np.full(rows - length, store.zero_row)))
             sources.append(0)
             outputs.append(0)
-            seconds.append(RowPlan.copies(np.full(pad, done)))
-            second_sources.append(0)
-            second_outputs.append(0)
-            done += 1
-    return (RowPlan.concat(firsts, sources, outputs),
-            RowPlan.concat(seconds, second_sources, second_outputs) if two_level else None)
+    pre = RowPlan.concat(pres, pre_sources, pre_outputs) if pres else None
+    return pre, RowPlan.concat(finals, sources, outputs)
 
 
 def gather_batch(store, plans, shape):
-    """The features of a batch plan (first, second) as a tensor of `shape` on the device."""
-    first, second = plans
-    if second is None:
-        return store.gather(first, shape)
-    rows = store.gather(first, (len(first.a), shape[-1]))
-    out = store.cpu_buffer(len(second.a)) if rows.device.type == "cpu" else None
-    return gather(rows, second, out=out, finite=store.finite).view(shape)
+    """The features of a batch plan (pre, final) as a tensor of `shape` on the device."""
+    pre, final = plans
+    if pre is not None:
+        store.fill_scratch(pre)
+    return store.gather(final, shape)
 
 
 # ----------------------------------------------------------------------------- training

@@ -154,20 +154,24 @@ def to_device(array, device):
 
 # ----------------------------------------------------------------------------- the store
 class FeatureStore:
-    """Every row of a set of videos in one float32 tensor (N + 1, D): video `key` has rows
-    offset[key] ... offset[key] + length[key] - 1; row N is zeros (padding).
+    """Every row of a set of videos in one float32 tensor (N + 1 + scratch, D): video `key` has
+    rows offset[key] ... offset[key] + length[key] - 1; row N is zeros (padding); the scratch
+    rows after it hold a training batch's interpolated intermediate rows (engine/batches.py
+    batch_plan), so that a batch is gathered from one tensor.
 
     On the CPU, gathered batches reuse CPU_BUFFERS buffers in turn: a fresh tensor of a THUMOS
     batch (98 MB) is page-faulted in by the kernel at every batch, which costs more than the
     gather itself. A batch's tensors stay valid until the next batch has been gathered (the
     training loop and the inference pass use each batch before asking for the next)."""
 
-    def __init__(self, rows, offset, length, device):
+    def __init__(self, rows, offset, length, device, scratch=0):
         self.rows, self.offset, self.length = rows, offset, length
         self.device = torch.device(device)          # where batches are used
-        self.zero_row = rows.shape[0] - 1
+        self.zero_row = rows.shape[0] - 1 - scratch
+        self.scratch_start, self.scratch = self.zero_row + 1, scratch
         self.buffers, self.turn = [torch.empty(0)] * CPU_BUFFERS, 0
-        low, high = torch.aminmax(rows)                 # NaN: both NaN, the test below fails
+        # NaN: both NaN, the test below fails
+        low, high = torch.aminmax(rows[:self.scratch_start])
         self.finite = bool(-SAFE_MAGNITUDE < low.item() <= high.item() < SAFE_MAGNITUDE)
 
     @property
@@ -183,8 +187,8 @@ class FeatureStore:
     def describe(self):
         where = ("on " + str(self.rows.device) if self.on_device else
                  "in pinned host memory" if self.rows.is_pinned() else "in host memory")
-        return (f"resident features: {len(self.offset)} videos, {self.rows.shape[0] - 1} rows, "
-                f"{self.nbytes / 2**30:.2f} GB {where}")
+        return (f"resident features: {len(self.offset)} videos, {self.zero_row} rows (and "
+                f"{self.scratch} scratch rows), {self.nbytes / 2**30:.2f} GB {where}")
 
     @classmethod
     def build(cls, datasets, args):
@@ -203,7 +207,9 @@ class FeatureStore:
             return None
         cuda = str(args.device).startswith("cuda")
         on_gpu = cuda and total * dim * 4 <= float(args.resident_features_gb) * 2**30
-        host = torch.empty(total + 1, dim, dtype=torch.float32, pin_memory=cuda and not on_gpu)
+        scratch = args.batch_size * args.sample_segments_num      # a batch's intermediate rows
+        host = torch.empty(total + 1 + scratch, dim, dtype=torch.float32,
+                           pin_memory=cuda and not on_gpu)
         offset, length, start = {}, {}, 0
         for key, (data, vid) in sources.items():
             x = np.asarray(data.features(vid), dtype=np.float32)
@@ -215,7 +221,8 @@ class FeatureStore:
             view = host.numpy()
             ds.replace_cached({key: view[offset[key]:offset[key] + length[key]]
                                for key in offset})
-        store = cls(host.to(args.device) if on_gpu else host, offset, length, args.device)
+        store = cls(host.to(args.device) if on_gpu else host, offset, length, args.device,
+                    scratch)
         register(datasets, store)
         return store
 
@@ -232,6 +239,14 @@ class FeatureStore:
         out = gather(self.rows, plan, out=pinned, finite=self.finite).view(shape)
         return out.to(self.device, non_blocking=True)
 
+    def fill_scratch(self, plan):
+        """The rows of `plan` (over the video rows) into the first scratch rows."""
+        if len(plan.a) > self.scratch:
+            raise ValueError(f"{len(plan.a)} intermediate rows do not fit the store's "
+                             f"{self.scratch} scratch rows")
+        start = self.scratch_start
+        gather(self.rows[:start], plan, out=self.rows[start:start + len(plan.a)],
+               finite=self.finite)
 
     def cpu_buffer(self, num_rows):
         """The next of the reused CPU buffers, as (num_rows, D) (grown when too small)."""
