@@ -10,18 +10,16 @@ The full model has two exact ways to compute segment attention:
   attention, as the released code does;
 - fast (default): only snippets inside some proposal are projected and attend to each other
   (others get zero attention output, so conv_out gives them just its bias), packed per video or
-  per run of proposal-joined snippets, whichever is cheaper (packing.py `intra_packing`; given
-  a `layout` computed on the host, the forward makes no host sync), and inter-segment
-  attention runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its
-  batch statistics are unchanged; outputs and gradients equal the dense path up to rounding.
+  per run of proposal-joined snippets, whichever is cheaper (`intra_packing`; given the
+  `layout` engine/layout.py computes on the host, no host sync), and inter-segment attention
+  runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its batch
+  statistics are unchanged; outputs and gradients equal the dense path up to rounding.
 """
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from packing import intra_packing, proposal_layout
 
 
 class ModelOutput(NamedTuple):
@@ -153,7 +151,7 @@ class IntraSegmentAttention(AttentionBlock):
     def forward_fast(self, x, membership, layout=None):
         """Same result, projecting the covered snippets only and attending among them in the
         packing of `intra_packing` (per video, or per run of snippets that proposals join);
-        `layout` (packing.ProposalLayout, on x's device) gives that packing without a host sync."""
+        `layout` (engine/layout.py, on x's device) gives that packing without a host sync."""
         B, T, D = x.shape
         K = membership.shape[2]
         rows = x.reshape(B * T, D)                                      # (B*T, D)
@@ -186,6 +184,53 @@ class IntraSegmentAttention(AttentionBlock):
         out_rows = att.new_zeros(B * T, D).index_copy(0, sel, att)
         out_rows = out_rows + self.conv_out.bias                        # conv_out(0) = bias outside
         return (rows + self.bn(out_rows)).view(B, T, D)                 # (B, T, D)
+
+
+def intra_packing(membership, covered, sel, packing="auto"):
+    """Where each covered snippet goes for intra-segment attention: slot (n,) into a packed
+    buffer, and groups [(first slot, rows, row length)], each one attention call over
+    (rows, row length) padded with empty slots.
+
+    Two snippets can only attend to each other if a proposal joins them, directly or through a
+    chain of overlapping proposals: the covered snippets split into runs (maximal intervals in
+    which neighbours share a proposal) that never attend across. "video" packs each video's
+    covered snippets into one row (B rows of the largest count N, cost B N^2); "run" gives every
+    run a row of its own, grouped by length class (lengths in (2^(j-1), 2^j] share a group padded
+    to the group's longest), cost sum rows x length^2. "auto" takes the cheaper by that cost;
+    runs win when proposals are short and scattered (real THUMOS videos), videos win when one
+    proposal spans most of each video. Both give the same attention up to rounding.
+    """
+    B, T, K = membership.shape
+    device = sel.device
+    n = sel.numel()                                    # 0: one empty group (no NaN, zero gradients)
+    n_max = int(covered.sum(dim=1).max())                               # N
+    video_cost = B * n_max ** 2
+    if packing != "video" and n:
+        # (B, T-1) t-1 and t share a proposal
+        joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)
+        starts = covered.clone()
+        starts[:, 1:] &= ~joined                                     # (B, T) first snippet of a run
+        # (n,) run of each covered snippet
+        run = starts.reshape(-1).cumsum(0).index_select(0, sel) - 1
+        lengths = torch.bincount(run)                                   # (R,)
+        # (n,) inside its run
+        position = torch.arange(n, device=device) - (lengths.cumsum(0) - lengths)[run]
+        length_class = torch.ceil(torch.log2(lengths.double())).long()  # (R,) 0 for length 1
+        classes = torch.unique(length_class).tolist()
+        by_class = [(length_class == j).nonzero().squeeze(1) for j in classes]
+        longest = [int(lengths[ids].max()) for ids in by_class]
+        run_cost = sum(len(ids) * length ** 2 for ids, length in zip(by_class, longest))
+        if packing == "run" or (packing == "auto" and run_cost < video_cost):
+            row_of_run = torch.empty_like(lengths)               # (R,) first slot of each run's row
+            groups, offset = [], 0
+            for ids, length in zip(by_class, longest):
+                row_of_run[ids] = offset + torch.arange(len(ids), device=device) * length
+                groups.append((offset, len(ids), length))
+                offset += len(ids) * length
+            return row_of_run[run] + position, groups
+    # (n,) position in its video
+    rank = (covered.cumsum(dim=1) - 1).reshape(-1).index_select(0, sel)
+    return (sel // T) * n_max + rank, [(0, B, n_max)]
 
 
 class InterSegmentAttention(AttentionBlock):
@@ -292,10 +337,6 @@ class ASMLocBase(nn.Module):
         works per row, and top-k pooling takes each video's own rows (topk_mean)."""
         return self.heads(self.embed(features), lengths)
 
-    def proposal_layout(self, proposal_bbox, proposal_count, T):
-        """The host-computed layout `forward` takes (None: the base model needs none)."""
-        return None
-
 
 class ASMLoc(ASMLocBase):
     """Full model: intra- and inter-segment attention between embedding and heads, plus the
@@ -323,21 +364,13 @@ class ASMLoc(ASMLocBase):
                    use_inter_attention=args.use_inter_attention,
                    use_uncertainty=args.use_uncertainty)
 
-    def proposal_layout(self, proposal_bbox, proposal_count, T):
-        """packing.ProposalLayout of host proposal_bbox (B, K, 2) / proposal_count (B,) tensors
-        for T rows, for the fast path (None for the dense one)."""
-        if not self.fast_attention:
-            return None
-        packing = self.MHSA_Intra.packing if self.MHSA_Intra is not None else "video"
-        return proposal_layout(proposal_bbox.numpy(), proposal_count.numpy(), T, packing)
-
     def forward(self, features, proposal_bbox=None, proposal_count=None, lengths=None,
                 layout=None):
         """features (B, T, D), proposal_bbox (B, K, 2) long, proposal_count (B,) long.
         Missing proposals mean an empty proposal set (the attention blocks then add only
         BN(bias) terms). lengths: see ASMLocBase.forward (a proposal never reaches a video's
-        padding: its end is at most the video's last row). layout: proposal_layout of the same
-        proposals, on the device (no host sync), or None."""
+        padding: its end is at most the video's last row). layout: engine/layout.py's layout
+        of the same proposals, on the device (no host sync), or None."""
         B, T, _ = features.shape
         if proposal_bbox is None:
             proposal_bbox = torch.zeros(B, 1, 2, dtype=torch.long, device=features.device)

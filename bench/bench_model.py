@@ -18,8 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 from losses import ASMLocLoss  # noqa: E402
-from model import ASMLoc, proposal_membership  # noqa: E402
-from packing import intra_packing  # noqa: E402
+from model import ASMLoc, intra_packing, proposal_membership  # noqa: E402
 
 
 def loop_masks(proposal_bbox, proposal_count, T):

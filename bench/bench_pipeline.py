@@ -33,9 +33,9 @@ import dataset as ds  # noqa: E402
 from bench_model import random_proposals, sync  # noqa: E402
 from config import build_args  # noqa: E402
 from engine import batches, passes, refinement, steps, store, timing  # noqa: E402
+from engine.layout import proposal_layout  # noqa: E402
 from engine.distributed import GlobalBatchSampler  # noqa: E402
 from engine.seeding import make_generator, set_seed  # noqa: E402
-from packing import proposal_layout  # noqa: E402
 from synthetic_data import generate_synthetic_dataset  # noqa: E402
 
 REAL_GT = REPO.parent / "shared" / "data" / "THUMOS14"   # real gt.json and split lists (lengths)

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from engine import batches, distributed
+from engine.layout import model_layout
 from engine.timing import timed, timed_calls, timed_items
 from eval import ANETDetection
 from eval.files import write_results_json
@@ -34,7 +35,7 @@ def forward(model, batch, args):
     bbox, count = batch["proposal_bbox"], batch["proposal_count"]
     layout = None
     if bbox.device.type == "cpu":
-        layout = getattr(model, "module", model).proposal_layout(bbox, count, features.shape[1])
+        layout = model_layout(model, bbox, count, features.shape[1])
     lengths = batch.get("lengths")
     if lengths is not None and bool((lengths == features.shape[1]).all()):
         lengths = None                                           # host tensor: no padding, no sync

@@ -12,7 +12,7 @@ from config import REPO_ROOT
 LAYERS = [
     ["utils"],
     ["config"],
-    ["sampling", "proposals", "packing", "model", "losses"],
+    ["sampling", "proposals", "model", "losses"],
     ["eval"],                                               # package
     ["features"],                                           # package
     ["dataset", "synthetic_data"],

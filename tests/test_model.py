@@ -9,8 +9,8 @@ import torch
 
 import config
 from losses import ASMLocLoss
-from model import ASMLoc, ASMLocBase, attention_masks, proposal_membership, segment_attention
-from packing import intra_packing
+from model import (ASMLoc, ASMLocBase, attention_masks, intra_packing, proposal_membership,
+                   segment_attention)
 from oracles.model_loop import loop_attention, loop_masks, loop_runs, masked_attention
 
 

@@ -12,7 +12,7 @@ import torch
 from engine import passes
 from engine import run as runner
 from engine import steps
-from packing import proposal_layout
+from engine.layout import model_layout, proposal_layout
 
 EPS = float(np.finfo(np.float32).eps)
 
@@ -61,7 +61,7 @@ def test_padded_batch_equals_batch_one(dataset, step, small_args):
     lengths_t = torch.tensor(lengths)
     with torch.no_grad():
         batched = model(features, bbox, count, lengths=lengths_t,
-                        layout=model.proposal_layout(bbox, count, L))
+                        layout=model_layout(model, bbox, count, L))
         for i, (x, b, c) in enumerate(items):
             alone = model(x[None], b[None], c[None])
             T = len(x)

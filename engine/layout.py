@@ -1,16 +1,30 @@
-"""Where the full model's segment attention puts each snippet (docs/method.md §4-5): the packing
-of intra-segment attention and the number of proposals inter-segment attention runs over.
+"""The full model's proposal layout computed on the host (docs/method.md §4-5): where
+intra-segment attention packs each snippet, and how many proposals inter-segment attention runs
+over.
 
-`intra_packing` computes the packing on the device from the membership tensor; sizing the packed
-buffers then needs the data on the host (a few syncs per forward). `proposal_layout` computes the
-same packing, and the proposal count, on the host from the host copies of proposal_bbox and
-proposal_count (which come from the host anyway: the dataset's targets), so a forward given the
-layout makes no host sync. Both give the same slots and groups (tests/test_model.py).
+model.py:intra_packing computes the packing on the device from the membership tensor; sizing the
+packed buffers then needs the data on the host (a few syncs per forward). `proposal_layout`
+computes the same packing, and the proposal count, on the host from the host copies of
+proposal_bbox and proposal_count (which come from the host anyway: the dataset's targets), so a
+forward given the layout makes no host sync. Both give the same slots and groups
+(tests/test_layout.py).
 """
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+
+def model_layout(model, proposal_bbox, proposal_count, T):
+    """The layout `model`'s forward takes for host proposal_bbox (B, K, 2) / proposal_count (B,)
+    tensors and T rows: a ProposalLayout for the full model's fast path, else None (the base
+    model and the dense path need none). A DDP wrapper is looked through."""
+    model = getattr(model, "module", model)
+    if not getattr(model, "fast_attention", False):
+        return None
+    intra = getattr(model, "MHSA_Intra", None)
+    packing = intra.packing if intra is not None else "video"
+    return proposal_layout(proposal_bbox.numpy(), proposal_count.numpy(), T, packing)
 
 
 class ProposalLayout(NamedTuple):
@@ -23,53 +37,6 @@ class ProposalLayout(NamedTuple):
     def to(self, device):
         return self._replace(sel=self.sel.to(device, non_blocking=True),
                              slot=self.slot.to(device, non_blocking=True))
-
-
-def intra_packing(membership, covered, sel, packing="auto"):
-    """Where each covered snippet goes for intra-segment attention: slot (n,) into a packed
-    buffer, and groups [(first slot, rows, row length)], each one attention call over
-    (rows, row length) padded with empty slots.
-
-    Two snippets can only attend to each other if a proposal joins them, directly or through a
-    chain of overlapping proposals: the covered snippets split into runs (maximal intervals in
-    which neighbours share a proposal) that never attend across. "video" packs each video's
-    covered snippets into one row (B rows of the largest count N, cost B N^2); "run" gives every
-    run a row of its own, grouped by length class (lengths in (2^(j-1), 2^j] share a group padded
-    to the group's longest), cost sum rows x length^2. "auto" takes the cheaper by that cost;
-    runs win when proposals are short and scattered (real THUMOS videos), videos win when one
-    proposal spans most of each video. Both give the same attention up to rounding.
-    """
-    B, T, K = membership.shape
-    device = sel.device
-    n = sel.numel()                                    # 0: one empty group (no NaN, zero gradients)
-    n_max = int(covered.sum(dim=1).max())                               # N
-    video_cost = B * n_max ** 2
-    if packing != "video" and n:
-        # (B, T-1) t-1 and t share a proposal
-        joined = (membership[:, 1:] & membership[:, :-1]).any(dim=2)
-        starts = covered.clone()
-        starts[:, 1:] &= ~joined                                     # (B, T) first snippet of a run
-        # (n,) run of each covered snippet
-        run = starts.reshape(-1).cumsum(0).index_select(0, sel) - 1
-        lengths = torch.bincount(run)                                   # (R,)
-        # (n,) inside its run
-        position = torch.arange(n, device=device) - (lengths.cumsum(0) - lengths)[run]
-        length_class = torch.ceil(torch.log2(lengths.double())).long()  # (R,) 0 for length 1
-        classes = torch.unique(length_class).tolist()
-        by_class = [(length_class == j).nonzero().squeeze(1) for j in classes]
-        longest = [int(lengths[ids].max()) for ids in by_class]
-        run_cost = sum(len(ids) * length ** 2 for ids, length in zip(by_class, longest))
-        if packing == "run" or (packing == "auto" and run_cost < video_cost):
-            row_of_run = torch.empty_like(lengths)               # (R,) first slot of each run's row
-            groups, offset = [], 0
-            for ids, length in zip(by_class, longest):
-                row_of_run[ids] = offset + torch.arange(len(ids), device=device) * length
-                groups.append((offset, len(ids), length))
-                offset += len(ids) * length
-            return row_of_run[run] + position, groups
-    # (n,) position in its video
-    rank = (covered.cumsum(dim=1) - 1).reshape(-1).index_select(0, sel)
-    return (sel // T) * n_max + rank, [(0, B, n_max)]
 
 
 def proposal_layout(proposal_bbox, proposal_count, T, packing="auto"):

@@ -1,12 +1,13 @@
-"""packing.py: the host layout (proposal_layout, interval arithmetic on the proposals' host copy)
-equals the device packing (intra_packing on the membership tensor) and the proposal count the
-inter-segment attention reads, for every packing, on random and hand-made proposals."""
+"""engine/layout.py: the host layout (proposal_layout, interval arithmetic on the proposals'
+host copy) equals the device packing (model.py's intra_packing on the membership tensor) and the
+proposal count the inter-segment attention reads, for every packing, on random and hand-made
+proposals."""
 import numpy as np
 import pytest
 import torch
 
-from model import proposal_membership
-from packing import intra_packing, proposal_layout
+from engine.layout import proposal_layout
+from model import intra_packing, proposal_membership
 
 
 def device_layout(bbox, count, T, packing):
