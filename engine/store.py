@@ -13,7 +13,9 @@ features go on the GPU when they also fit `resident_features_gb`, else in pinned
 host memory, shared with dataset.py's cache. `feature_cache_gb` 0, or a dataset larger than it,
 keeps the disk reads of the DataLoader path.
 """
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +27,8 @@ CPU_CHUNK_ROWS = 32     # rows per step of the CPU gather: the interpolation's t
 #                         the core's cache (memory-bound otherwise: 5 passes instead of about 1.5)
 SAFE_MAGNITUDE = 1e37   # below it, rows stay finite through two interpolations (each at most 3x)
 CPU_BUFFERS = 3         # batches gathered on the CPU reuse these buffers in turn (see FeatureStore)
+CPU_GATHER_THREADS = 4  # at most this many threads gather on the host (torch's thread count)
+_POOL = None            # their pool (CPU_GATHER_THREADS - 1 threads besides the caller's)
 _STORES = weakref.WeakKeyDictionary()       # dataset -> the FeatureStore holding its videos
 _NO_ROWS, _NO_WEIGHTS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
 
@@ -123,25 +127,55 @@ def gather(source, plan, out=None, finite=False):
 def _gather_cpu(source, plan, b, weights, out, finite):
     """gather() on the host, numpy arrays: out[i] = source[a[i]] * w0[i] + source[b[i]] * f[i]
     on the chunks that hold interpolated rows: on the whole chunk when `finite` and at least a
-    quarter of it interpolates, else on those rows only."""
+    quarter of it interpolates, else on those rows only. The chunks are shared out among
+    torch's CPU thread count (at most CPU_GATHER_THREADS) Python threads: numpy computes
+    without the GIL, and no thread ever waits on another before the end."""
     N = len(plan.a)
     cuts = np.searchsorted(plan.between, np.arange(0, N + CPU_CHUNK_ROWS, CPU_CHUNK_ROWS))
-    other = np.empty((min(CPU_CHUNK_ROWS, N), source.shape[1]), dtype=source.dtype)
-    for k, start in enumerate(range(0, N, CPU_CHUNK_ROWS)):
-        rows = slice(start, start + CPU_CHUNK_ROWS)
-        chunk = out[rows]
-        np.take(source, plan.a[rows], axis=0, out=chunk, mode="clip")
-        if cuts[k + 1] == cuts[k]:                                  # copies only
-            continue
-        if finite and 4 * (cuts[k + 1] - cuts[k]) >= len(chunk):    # mostly interpolated
-            part = np.take(source, b[rows], axis=0, out=other[:len(chunk)], mode="clip")
-            np.multiply(chunk, weights[rows, 0:1], out=chunk)
-            np.multiply(part, weights[rows, 1:2], out=part)
-            np.add(chunk, part, out=chunk)
-        else:
-            local = plan.between[cuts[k]:cuts[k + 1]] - start
-            chunk[local] = (chunk[local] * weights[rows][local, 0:1]
-                            + source[b[rows][local]] * weights[rows][local, 1:2])
+    starts = list(range(0, N, CPU_CHUNK_ROWS))
+
+    def run(ks):
+        other = np.empty((min(CPU_CHUNK_ROWS, N), source.shape[1]), dtype=source.dtype)
+        for k in ks:
+            rows = slice(starts[k], starts[k] + CPU_CHUNK_ROWS)
+            chunk = out[rows]
+            np.take(source, plan.a[rows], axis=0, out=chunk, mode="clip")
+            if cuts[k + 1] == cuts[k]:                              # copies only
+                continue
+            if finite and 4 * (cuts[k + 1] - cuts[k]) >= len(chunk):    # mostly interpolated
+                part = np.take(source, b[rows], axis=0, out=other[:len(chunk)], mode="clip")
+                np.multiply(chunk, weights[rows, 0:1], out=chunk)
+                np.multiply(part, weights[rows, 1:2], out=part)
+                np.add(chunk, part, out=chunk)
+            else:
+                local = plan.between[cuts[k]:cuts[k + 1]] - starts[k]
+                chunk[local] = (chunk[local] * weights[rows][local, 0:1]
+                                + source[b[rows][local]] * weights[rows][local, 1:2])
+    threads = max(1, min(torch.get_num_threads(), CPU_GATHER_THREADS, len(starts) // 8))
+    if threads == 1:
+        return run(range(len(starts)))
+    parts = np.array_split(np.arange(len(starts)), threads)
+    for done in [_gather_pool().submit(run, part) for part in parts[1:]] + [run(parts[0])]:
+        if done is not None:
+            done.result()
+
+
+def _gather_pool():
+    """The gather's thread pool, made at its first use (none at import)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(CPU_GATHER_THREADS - 1, thread_name_prefix="gather")
+    return _POOL
+
+
+def _forget_pool():
+    """In a forked child (a DataLoader worker) the parent's pool threads do not exist: the
+    child makes its own pool if it ever gathers, instead of queueing work nobody runs."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def to_device(array, device):

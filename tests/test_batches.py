@@ -6,6 +6,8 @@ sampling.lerp_rows, a loop oracle and a hand case; evaluation batches (padded, b
 against the items, from the store and from the DataLoader."""
 import itertools
 import json
+import multiprocessing
+import threading
 
 import numpy as np
 import pytest
@@ -209,6 +211,37 @@ def test_cpu_chunks_do_not_change_rows(monkeypatch):
             monkeypatch.setattr("engine.store.CPU_CHUNK_ROWS", rows)
             for finite in (False, True):
                 assert torch.equal(bits(gather(x, plan, finite=finite)), expected)
+
+
+def threaded_case(seed=0):
+    """A source and a plan long enough for the CPU gather to share its chunks out (rows of
+    interpolation and of copies mixed), with lerp_rows's bits."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    pos = rng.uniform(0, 299, 4000)
+    pos[::3] = np.rint(pos[::3])
+    return torch.from_numpy(x), RowPlan.lerp(300, pos), bits(torch.from_numpy(lerp_rows(x, pos)))
+
+
+def threaded_gather_matches(seed):
+    x, plan, expected = threaded_case(seed)
+    return all(torch.equal(bits(gather(x, plan, finite=finite)), expected)
+               for finite in (False, True))
+
+
+def test_threaded_cpu_gather_equals_one_thread(monkeypatch):
+    """The CPU gather's chunks shared out among threads give the one-thread bits, also in a
+    forked child (a DataLoader worker) after the parent's pool has run."""
+    monkeypatch.setattr("engine.store.CPU_CHUNK_ROWS", 4)       # 1000 chunks: every thread works
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    x, plan, expected = threaded_case()
+    for threads in (1, 2, 4):
+        monkeypatch.setattr("engine.store.CPU_GATHER_THREADS", threads)
+        for finite in (False, True):
+            assert torch.equal(bits(gather(x, plan, finite=finite)), expected), (threads, finite)
+    assert any(t.name.startswith("gather") for t in threading.enumerate())  # the pool ran
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(threaded_gather_matches, (0,)).get(timeout=120)
 
 
 def test_non_finite_features_are_copied_exactly():
