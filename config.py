@@ -46,7 +46,11 @@ COMMON = dict(
     amp_dtype="bfloat16",         # autocast dtype under --amp (losses stay float32)
     # data pipeline
     skip_data_checks=False,       # skip per-file feature checks (once a dataset has passed)
-    feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off)
+    feature_cache_gb=4.0,         # in-memory feature cache budget (0 = off: read from disk)
+    # GPU memory for the features of all videos when they fit feature_cache_gb (else pinned host
+    # memory): training batches and evaluation inputs are then gathered where the model runs
+    resident_features_gb=8.0,
+    eval_batch_rows=12000,        # evaluation passes: padded rows per forward (videos x length)
     # run folder / logging
     dataset_name="",              # names checkpoints/{dataset_name}/, logs ("": resolve_dataset)
     outdir="default",             # run folder name under checkpoints/{dataset_name}/
@@ -179,7 +183,10 @@ RETIRED_FLAGS = {
 NON_RESULT_KEYS = (
     # what is written besides the results, and how fast
     "visualize", "visualize_videos", "diagnose", "debug", "result_path", "feature_cache_gb",
-    "skip_data_checks",
+    "skip_data_checks", "resident_features_gb",
+    # how many videos share an evaluation forward: outputs differ in float32 rounding only, as
+    # across devices
+    "eval_batch_rows",
     # where the run folder is (the folder itself is what is compared)
     "outdir", "suffix", "checkpoint_root", "save_dir", "log_path", "dataset_name",
     "class_list_file",            # where class_names (compared: contents and order) were read
@@ -200,7 +207,8 @@ UNIT, FRACTION = Range(0, 1), Range(0, 1, high_open=True)
 RANGES = dict(
     seed=Range(0, 2**32 - 1), feature_dim=COUNT, dropout=FRACTION, frames_per_sec=POSITIVE,
     segment_frames_num=COUNT, test_upgrade_scale=COUNT, num_heads=COUNT, eval_freq=COUNT,
-    num_workers=AT_LEAST_0, lr=POSITIVE, feature_cache_gb=AT_LEAST_0, visualize_videos=AT_LEAST_0,
+    num_workers=AT_LEAST_0, lr=POSITIVE, feature_cache_gb=AT_LEAST_0,
+    resident_features_gb=AT_LEAST_0, eval_batch_rows=COUNT, visualize_videos=AT_LEAST_0,
     epochs=COUNT, epochs_per_step=COUNT, num_steps=AT_LEAST_0, weight_decay=AT_LEAST_0,
     sample_segments_num=COUNT, max_segments_num=COUNT, cls_threshold=UNIT, tiou_thresholds=UNIT,
     num_tiou_for_average=COUNT, extra_average_ranges=UNIT, nms_thresh=UNIT, fg_topk_seg=COUNT,

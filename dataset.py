@@ -39,6 +39,14 @@ def clear_feature_cache():
     _CHECKED.clear()
 
 
+def replace_cached(arrays):
+    """Swap cached arrays {path: array} for the given equal ones (views of a feature store, so
+    that the features are held once); paths not in the cache are left out."""
+    for path, array in arrays.items():
+        if path in _CACHE:
+            _CACHE[path] = array
+
+
 def _cache_put(path, array, budget_gb):
     if budget_gb > 0 and _CACHE_BYTES[0] + array.nbytes <= budget_gb * 2**30:
         _CACHE[path] = array
@@ -190,6 +198,10 @@ class VideoDataset(Dataset):
     def vid_len(self, vid):
         return self._lens[vid] if vid in self._lens else self._open(vid).shape[0]
 
+    def features(self, vid):
+        """The video's (T_vid, D) float32 features: the cached array, or a memmap."""
+        return self._open(vid)
+
     @property
     def vid_lens(self):
         """vid → T_vid for every video of the phase (headers are read on first use with
@@ -269,13 +281,26 @@ class VideoDataset(Dataset):
         vid = self.video_names[idx]
         x = self._open(vid)
         feats, cum, timeline = self._sample(vid, x, rng)
-        out_len = feats.shape[0]
+        bbox, count, pil = self.item_targets(vid, feats.shape[0], timeline, cum)
+        return {"vid_name": vid,
+                "features": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+                "video_label": torch.from_numpy(self.video_labels[vid]), "vid_len": x.shape[0],
+                "proposal_bbox": torch.from_numpy(bbox),
+                "proposal_count": torch.tensor(count, dtype=torch.int64),
+                "pseudo_instance_label": torch.from_numpy(pil), "cum": cum}
+
+    def item_targets(self, vid, out_len, timeline, cum, labels=True):
+        """The targets of an item of `out_len` sampled rows whose timeline has `timeline` rows
+        (T_vid, or the dynamic timeline's length): (attention proposal bbox (K, 2) int64, their
+        count, pseudo instance label (out_len, C+1) float32, None without `labels`). They depend
+        on the video, out_len and the dynamic weights only, not on the random draw."""
         scale = self.r * out_len / timeline
         props = self._proposals.get(vid)
-        C, K = len(self.class_names), self.max_proposals
-        bbox, count = np.zeros((K, 2), dtype=np.int64), 0
-        pil = np.zeros((out_len, C + 1), dtype=np.float32)
-        pil[:, C] = 1.0
+        C, K, T = len(self.class_names), self.max_proposals, self.vid_len(vid)
+        bbox, count, pil = np.zeros((K, 2), dtype=np.int64), 0, None
+        if labels:
+            pil = np.zeros((out_len, C + 1), dtype=np.float32)
+            pil[:, C] = 1.0
         if props is not None:
             label_set = self.label_set(vid, props)
             chosen = select_labels(props, label_set)
@@ -283,15 +308,23 @@ class VideoDataset(Dataset):
                 # class-list order where the released code iterates a Python set (docs/method.md §8)
                 ordered = [name for name in self.class_names if name in label_set]
                 bbox, count = attention_proposal_bbox(chosen, scale, out_len, self.delta, K, cum,
-                                                      x.shape[0], self.r, labels=ordered)
-            pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale,
-                                        out_len, cum, x.shape[0], self.r)
-        return {"vid_name": vid,
-                "features": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
-                "video_label": torch.from_numpy(self.video_labels[vid]), "vid_len": x.shape[0],
-                "proposal_bbox": torch.from_numpy(bbox),
-                "proposal_count": torch.tensor(count, dtype=torch.int64),
-                "pseudo_instance_label": torch.from_numpy(pil), "cum": cum}
+                                                      T, self.r, labels=ordered)
+            if labels:
+                pil = pseudo_instance_label(props, self.gt_labels[vid], self.class_names, scale,
+                                            out_len, cum, T, self.r)
+        return bbox, count, pil
+
+
+def stack(tensors):
+    """torch.stack; in a DataLoader worker straight into shared memory (the batch then crosses
+    to the main process without another copy), as torch's default collate does."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(sum(t.numel() for t in tensors),
+                                                      device=first.device)
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def collate_fn(items):
@@ -300,7 +333,7 @@ def collate_fn(items):
     if len(lengths) > 1:
         raise ValueError(f"cannot batch videos of different sampled lengths {sorted(lengths)}; "
                          f"use batch_size 1")
-    batch = {key: torch.stack([item[key] for item in items]) for key in
+    batch = {key: stack([item[key] for item in items]) for key in
              ("features", "video_label", "proposal_bbox", "proposal_count",
               "pseudo_instance_label")}
     batch["vid_len"] = torch.tensor([item["vid_len"] for item in items], dtype=torch.int64)

@@ -10,9 +10,10 @@ The full model has two exact ways to compute segment attention:
   attention, as the released code does;
 - fast (default): only snippets inside some proposal are projected and attend to each other
   (others get zero attention output, so conv_out gives them just its bias), packed per video or
-  per run of proposal-joined snippets, whichever is cheaper (`intra_packing`), and inter-segment
-  attention runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its
-  batch statistics are unchanged; outputs and gradients equal the dense path up to rounding.
+  per run of proposal-joined snippets, whichever is cheaper (`intra_packing`; given the
+  `layout` engine/layout.py computes on the host, no host sync), and inter-segment attention
+  runs over the valid proposals only. BatchNorm still sees all B x T snippets, so its batch
+  statistics are unchanged; outputs and gradients equal the dense path up to rounding.
 """
 from typing import NamedTuple, Optional
 
@@ -36,10 +37,22 @@ def conv1x1(x, conv, bias=True):
     return F.linear(x, conv.weight[..., 0], conv.bias if bias else None)
 
 
-def topk_mean(x, divisor):
-    """Mean of the top max(T // divisor, 1) values along T, per class; x (B, T, C+1)."""
-    k = max(x.shape[1] // divisor, 1)
-    return x.topk(k, dim=1).values.mean(dim=1)                          # (B, C+1)
+def topk_mean(x, divisor, lengths=None):
+    """Mean of the top max(T // divisor, 1) values along T, per class; x (B, T, C+1).
+
+    lengths (B,) int64 on x's device: video b has only its first lengths[b] rows (the rest is
+    padding of a batch of videos of different lengths): its own k = max(lengths[b] // divisor, 1)
+    over its own rows. None: every video has all T rows."""
+    B, T, _ = x.shape
+    if lengths is None:
+        k = max(T // divisor, 1)
+        return x.topk(k, dim=1).values.mean(dim=1)                      # (B, C+1)
+    k = torch.clamp(lengths // divisor, min=1)                          # (B,)
+    rows = torch.arange(T, device=x.device)
+    top = x.masked_fill((rows[None, :] >= lengths[:, None])[..., None], float("-inf"))
+    top = top.topk(max(T // divisor, 1), dim=1).values                  # (B, k_T, C+1)
+    top = top.masked_fill((rows[None, :top.shape[1]] >= k[:, None])[..., None], 0.0)
+    return top.sum(dim=1) / k[:, None].to(x.dtype)                      # (B, C+1)
 
 
 # ----------------------------------------------------------------------------- proposal masks
@@ -135,15 +148,19 @@ class IntraSegmentAttention(AttentionBlock):
         y = xc + self.bn(self.conv_out(self.dense_attend(xc, intra_mask)))
         return y.transpose(1, 2)                                        # (B, T, D)
 
-    def forward_fast(self, x, membership):
+    def forward_fast(self, x, membership, layout=None):
         """Same result, projecting the covered snippets only and attending among them in the
-        packing of `intra_packing` (per video, or per run of snippets that proposals join)."""
+        packing of `intra_packing` (per video, or per run of snippets that proposals join);
+        `layout` (engine/layout.py, on x's device) gives that packing without a host sync."""
         B, T, D = x.shape
         K = membership.shape[2]
         rows = x.reshape(B * T, D)                                      # (B*T, D)
-        covered = membership.any(dim=2)                                 # (B, T)
-        sel = covered.reshape(-1).nonzero().squeeze(1)                  # (n,) covered row indices
-        slot, groups = intra_packing(membership, covered, sel, self.packing)
+        if layout is not None:
+            sel, slot, groups = layout.sel, layout.slot, layout.groups
+        else:
+            covered = membership.any(dim=2)                             # (B, T)
+            sel = covered.reshape(-1).nonzero().squeeze(1)              # (n,) covered row indices
+            slot, groups = intra_packing(membership, covered, sel, self.packing)
         covered_rows = rows.index_select(0, sel)                        # (n, D)
         total = groups[-1][0] + groups[-1][1] * groups[-1][2]           # slots in the packed buffer
 
@@ -236,11 +253,13 @@ class InterSegmentAttention(AttentionBlock):
         spread = att @ row.transpose(1, 2)                              # (B, D, T)
         return (xc + self.bn(self.conv_out(spread))).transpose(1, 2)    # (B, T, D)
 
-    def forward_fast(self, x, membership, valid):
-        """Same result over the first max(count) proposals, with conv_out applied per proposal
-        before spreading (linear, so it commutes with the spread; its bias is added after)."""
+    def forward_fast(self, x, membership, valid, k_max=None):
+        """Same result over the first k_max = max(count) proposals (given, or read from `valid`
+        with a host sync), with conv_out applied per proposal before spreading (linear, so it
+        commutes with the spread; its bias is added after)."""
         B, T, D = x.shape
-        k_max = int(valid.sum(dim=1).max()) if valid.numel() else 0     # K'; 0 gives empty tensors
+        if k_max is None:                                               # K'; 0: empty tensors
+            k_max = int(valid.sum(dim=1).max()) if valid.numel() else 0
         col, row = self.pooling(membership[:, :, :k_max], x.dtype)      # (B, T, K')
         segments = col.transpose(1, 2) @ x                              # (B, K', D)
         q, k, v = self.qkv_rows(segments)                               # 3 x (B, h, K', dh)
@@ -292,9 +311,9 @@ class ASMLocBase(nn.Module):
     def head_input(self, emb):
         return self.dropout(emb) if self.embed_dropout else emb
 
-    def heads(self, emb):
+    def heads(self, emb, lengths=None):
         """Attention, snippet dropout, classifier, top-k pooling (docs/method.md §3-5) ->
-        ModelOutput."""
+        ModelOutput. lengths: see topk_mean (rows past a video's length are padding)."""
         emb = emb.contiguous()  # dropout masks follow memory order: same layout on every path
         B, T, _ = emb.shape
         temp_att = torch.softmax(conv1x1(self.head_input(emb), self.att_branch), dim=2)  # (B, T, 2)
@@ -302,17 +321,21 @@ class ASMLocBase(nn.Module):
         cas_logits = self.snippet_cls(self.dropout(emb * select))       # (B, T, C+1)
         fg = cas_logits * temp_att[:, :, 0:1]                           # (B, T, C+1)
         bg = cas_logits * temp_att[:, :, 1:2]
-        fg_cls = torch.softmax(topk_mean(fg, self.fg_topk_seg), dim=1)  # (B, C+1)
-        bg_cls = torch.softmax(topk_mean(bg, self.bg_topk_seg), dim=1)
+        fg_cls = torch.softmax(topk_mean(fg, self.fg_topk_seg, lengths), dim=1)  # (B, C+1)
+        bg_cls = torch.softmax(topk_mean(bg, self.bg_topk_seg, lengths), dim=1)
         uncertainty = None
         if self.uncertainty_branch is not None:
             uncertainty = conv1x1(self.head_input(emb), self.uncertainty_branch)  # (B, T, 1)
         return ModelOutput(fg_cls, bg_cls, temp_att, torch.softmax(cas_logits, dim=2),
                            torch.softmax(fg, dim=2), torch.softmax(bg, dim=2), uncertainty)
 
-    def forward(self, features, proposal_bbox=None, proposal_count=None):
-        """features (B, T, D); proposals are ignored by the base model."""
-        return self.heads(self.embed(features))
+    def forward(self, features, proposal_bbox=None, proposal_count=None, lengths=None,
+                layout=None):
+        """features (B, T, D); proposals (and their layout) are ignored by the base model.
+        lengths (B,) int64: rows past a video's length are zero padding (batched evaluation):
+        the embedding convolution's own zero padding sees the same zeros, every other layer
+        works per row, and top-k pooling takes each video's own rows (topk_mean)."""
+        return self.heads(self.embed(features), lengths)
 
 
 class ASMLoc(ASMLocBase):
@@ -341,10 +364,13 @@ class ASMLoc(ASMLocBase):
                    use_inter_attention=args.use_inter_attention,
                    use_uncertainty=args.use_uncertainty)
 
-    def forward(self, features, proposal_bbox=None, proposal_count=None):
+    def forward(self, features, proposal_bbox=None, proposal_count=None, lengths=None,
+                layout=None):
         """features (B, T, D), proposal_bbox (B, K, 2) long, proposal_count (B,) long.
         Missing proposals mean an empty proposal set (the attention blocks then add only
-        BN(bias) terms)."""
+        BN(bias) terms). lengths: see ASMLocBase.forward (a proposal never reaches a video's
+        padding: its end is at most the video's last row). layout: engine/layout.py's layout
+        of the same proposals, on the device (no host sync), or None."""
         B, T, _ = features.shape
         if proposal_bbox is None:
             proposal_bbox = torch.zeros(B, 1, 2, dtype=torch.long, device=features.device)
@@ -353,14 +379,15 @@ class ASMLoc(ASMLocBase):
         if self.fast_attention:
             emb = self.embed(features)                                  # (B, T, D)
             if self.MHSA_Intra is not None:
-                emb = self.MHSA_Intra.forward_fast(emb, membership)
+                emb = self.MHSA_Intra.forward_fast(emb, membership, layout)
             if self.MHSA_Inter is not None:
-                emb = self.MHSA_Inter.forward_fast(emb, membership, valid)
-            return self.heads(emb)
+                emb = self.MHSA_Inter.forward_fast(emb, membership, valid,
+                                                   None if layout is None else layout.k_max)
+            return self.heads(emb, lengths)
         intra, inter = attention_masks(membership, valid)
-        return self.forward_masks(features, membership, intra, inter)
+        return self.forward_masks(features, membership, intra, inter, lengths)
 
-    def forward_masks(self, features, membership, intra_mask, inter_mask):
+    def forward_masks(self, features, membership, intra_mask, inter_mask, lengths=None):
         """Dense released-style forward from explicit masks (the oracle for the fast path):
         membership P (B, T, K), intra_mask (B, T, T), inter_mask (B, K, K)."""
         emb = self.embed(features)                                      # (B, T, D)
@@ -368,5 +395,5 @@ class ASMLoc(ASMLocBase):
             emb = self.MHSA_Intra.forward_dense(emb, intra_mask)
         if self.MHSA_Inter is not None:
             emb = self.MHSA_Inter.forward_dense(emb, membership, inter_mask)
-        return self.heads(emb)
+        return self.heads(emb, lengths)
 

@@ -8,7 +8,8 @@
 PATH is one (T, D) float .npy file or a folder of them (one per video, named VID.npy); with
 --videos, a video file or folder whose two-stream I3D features are extracted first
 (features/extract.py) into OUT_features/, where a later run finds them. The cascade is replayed
-exactly as test mode does (engine/cascade.py); no gt.json or split file is needed. The config is
+as test mode does (engine/cascade.py; equal up to float32 rounding, which depends on the videos
+sharing a forward); no gt.json or split file is needed. The config is
 the run's (RUN_FOLDER/config.json: dataset, feature_dim, fps, snippet frames, thresholds, ...); any
 key can be overridden as in the entry scripts (`--nms_thresh 0.3`, ...), and each override is
 printed. Without config.json (released checkpoints) config.py is used: pass the flags the run was

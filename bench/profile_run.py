@@ -21,9 +21,10 @@ and the run slightly slower than without it.
 
 The floor of a part is its FLOPs over the measured rate of one large float32 matmul on the
 device: FLOPs of the matmuls, convolutions and attention are counted with torch's
-FlopCounterMode on the first batch of each refinement step and on one video per pass kind and
-step, then scaled by the run's counts. FlopCounterMode does not count the CPU's fused
-attention kernels, so they get the formula 4 B h Nq Nk dh (forward), twice that (backward).
+FlopCounterMode on the first batch of each refinement step and on the first forward (a batch of
+videos) per pass kind and step, then scaled by the run's counts (iterations, videos).
+FlopCounterMode does not count the CPU's fused attention kernels, so they get the formula
+4 B h Nq Nk dh (forward), twice that (backward).
 """
 import argparse
 import contextlib
@@ -68,7 +69,8 @@ class PartTimer:
         if part.endswith(" forward"):
             key = (part.split()[0], context["step"])
             self.samples.setdefault(key, context)
-            self.forwards[key] += 1
+            # iterations of training; videos of a pass (several per forward)
+            self.forwards[key] += 1 if key[0] == "train" else len(context["batch"]["vid_name"])
         self.sync()
         tic = time.perf_counter()
         try:
@@ -109,10 +111,10 @@ def floors(timer, rate):
     for (phase, step), forwards in timer.forwards.items():
         sample = timer.samples[(phase, step)]
         model, batch, args = (sample[key] for key in ("model", "batch", "args"))
-        if phase != "train":
+        if phase != "train":                    # per video: the sample forward's mean
             with torch.no_grad():
                 flops = flops_of(lambda: passes.forward(model, batch, args))
-            out[f"{phase} forward"] += forwards * flops / rate
+            out[f"{phase} forward"] += forwards * flops / len(batch["vid_name"]) / rate
             continue
         loss_fn = steps.build_loss(args, step)
         label = batch["video_label"].to(args.device)

@@ -7,7 +7,8 @@ uniform(dynamic(x)) with the previous step's pseudo proposals after that. One fo
 step's detections (evaluation thresholds) and, for k < num_steps, its pseudo proposals and dynamic
 weights for step k+1. A test video's inputs at every step depend only on its own proposals (its
 label set is the labels in them, docs/method.md §8, §9), so the cascade of one video, or of a folder
-of new videos, is replayed alone and exactly as test mode does.
+of new videos, is replayed alone as test mode does (up to float32 rounding: which videos share a
+forward changes the last bits of the outputs, engine/passes.py inference_pass).
 
 Used by test mode (engine/run.py), predict.py and users (`localize`).
 """
@@ -23,6 +24,7 @@ from engine import passes, reports
 from engine.checkpoint_files import verify_checkpoint
 from engine.checkpoints import cascade_paths, load_step_model
 from engine.record import run_protocol
+from engine.store import FeatureStore, store_of
 from eval.protocol import protocol_line
 from utils import UserError
 
@@ -53,6 +55,8 @@ def run_cascade(models, dataset, args, on_step=None, keep_outputs=False):
     """
     results = weights = None
     detections, outputs = {}, {}
+    if store_of(dataset) is None:               # the features once, where the model runs
+        FeatureStore.build([dataset], args)
     for step, model in enumerate(models):
         dataset.set_proposals(results, weights)
         if not isinstance(model, torch.nn.Module):

@@ -1,6 +1,6 @@
 """The passes over a dataset: one training epoch, the inference pass (detections and / or
-pseudo proposals from one forward per video), evaluation (inference + scoring) and the
-pseudo-proposal pass between refinement steps (docs/method.md §10, §11).
+pseudo proposals from batched forwards), evaluation (inference + scoring) and the pseudo-proposal
+pass between refinement steps (docs/method.md §10, §11).
 
 Under torchrun every pass works on this process's share and the results are gathered
 (engine/distributed.py). Each pass is a named part of the run (engine/timing.py).
@@ -8,13 +8,13 @@ Under torchrun every pass works on this process's share and the results are gath
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataset import collate_fn
-from engine import distributed, precision
+from engine import batches, distributed, precision
+from engine.layout import model_layout
 from engine.timing import timed, timed_calls, timed_items
 from eval import ANETDetection
 from eval.files import write_results_json
@@ -29,16 +29,28 @@ class TrainingDiverged(UserError):
 def forward(model, batch, args):
     """Model outputs for a batch dict, in float32 (autocast on GPU with --amp, the outputs cast
     back before any loss or proposal). Both model kinds take the proposals; the base model
-    ignores them."""
+    ignores them. The proposals' layout is computed on the host from their host copies (no host
+    sync in the forward); `lengths` (padded evaluation batches) is passed when some video is
+    shorter than the batch."""
     features = batch["features"].to(args.device, non_blocking=True)               # (B, T, D)
+    bbox, count = batch["proposal_bbox"], batch["proposal_count"]
+    layout = None
+    if bbox.device.type == "cpu":
+        layout = model_layout(model, bbox, count, features.shape[1])
+    lengths = batch.get("lengths")
+    if lengths is not None and bool((lengths == features.shape[1]).all()):
+        lengths = None                                           # host tensor: no padding, no sync
     with precision.autocast(args):
-        out = model(features, batch["proposal_bbox"].to(args.device),
-                    batch["proposal_count"].to(args.device))
+        out = model(features, bbox.to(args.device, non_blocking=True),
+                    count.to(args.device, non_blocking=True),
+                    lengths=None if lengths is None else lengths.to(args.device),
+                    layout=None if layout is None else layout.to(args.device))
     return precision.float32_outputs(out)
 
 
-def progress(iterable, args, desc):
-    return tqdm(iterable, desc=desc, leave=False, disable=None if args.is_main else True)
+def progress(iterable, args, desc, total=None):
+    return tqdm(iterable, desc=desc, total=total, leave=False,
+                disable=None if args.is_main else True)
 
 
 @timed_calls("train epoch")
@@ -89,42 +101,65 @@ def train_one_epoch(model, loss_fn, optimizer, loader, args, step, epoch):
 @torch.no_grad()
 def inference_pass(model, dataset, args, step, detect=True, pseudo=False, keep_outputs=False,
                    desc=None):
-    """One forward pass per video of `dataset` (batch 1), each video's outputs turned into
-    proposals.
+    """The forward passes over `dataset` (several videos per forward, engine/batches.py
+    eval_batches), each video's outputs turned into proposals in a worker thread while the next
+    batch runs.
 
     detect / pseudo: the evaluation-threshold detections / the pseudo proposals
     (docs/method.md §11), both from the same forward. Returns (detections {vid: [...]} or None,
     pseudo proposals or None, raw outputs {vid: ...} for plots or {}), in dataset order on every
-    process (under torchrun each process runs its share and the results are gathered).
+    process (under torchrun each process runs its share and the results are gathered). No random
+    draw: the pass leaves every generator of the training as it was.
     """
     model.eval()
     indices = distributed.shard(len(dataset), split=args.distributed_eval)
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False,
-                        num_workers=args.num_workers, collate_fn=collate_fn,
-                        pin_memory=args.device.startswith("cuda"))
-    settings = {False: ProposalSettings.from_config(args, pseudo=False),
-                True: ProposalSettings.from_config(args, pseudo=True)}
-    detections, proposals, outputs = {}, {}, {}
+    settings = {kind: ProposalSettings.from_config(args, pseudo=kind) for kind in (False, True)}
+    wanted = [kind for kind, on in ((False, detect), (True, pseudo)) if on]
     phase = "pseudo" if pseudo and not detect else "eval"
-    for batch in timed_items(progress(loader, args, desc or f"step {step}"), f"{phase} data"):
-        with timed(f"{phase} forward", model=model, batch=batch, step=step, args=args):
-            out = forward(model, batch, args)
-        vid, vid_len, cum = batch["vid_name"][0], int(batch["vid_len"][0]), batch["cum"][0]
-        fg_cls, temp_att, fg_cas = (t[0].float().cpu().numpy()
-                                    for t in (out.fg_cls, out.temp_att, out.fg_cas))
-        with timed(f"{phase} proposals"):
-            for kind, wanted, into in ((False, detect, detections), (True, pseudo, proposals)):
-                if wanted:
-                    into[vid] = proposals_from_outputs(fg_cls, temp_att, fg_cas, vid_len,
-                                                       settings[kind], cum)
-        if keep_outputs:
-            outputs[vid] = {"fg_cas": fg_cas, "temp_att": temp_att, "vid_len": vid_len, "cum": cum}
+    found, outputs, pending = {False: {}, True: {}}, {}, []
+
+    def video_proposals(batch, fg_cls, temp_att, fg_cas):          # the worker thread
+        with timed(f"{phase} proposals (worker)", background=True):
+            return [(vid, kind, proposals_from_outputs(
+                fg_cls[i], temp_att[i, :length], fg_cas[i, :length], int(batch["vid_len"][i]),
+                settings[kind], batch["cum"][i]))
+                for i, (vid, length) in enumerate(zip(batch["vid_name"], lengths_of(batch)))
+                for kind in wanted]
+
+    bar = progress(None, args, desc or f"step {step}", total=len(indices))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        for batch in timed_items(batches.eval_batches(dataset, indices, args, phase),
+                                 f"{phase} data"):
+            with timed(f"{phase} forward", model=model, batch=batch, step=step, args=args):
+                out = forward(model, batch, args)
+            with timed(f"{phase} outputs"):
+                fg_cls, temp_att, fg_cas = (t.float().cpu().numpy()
+                                            for t in (out.fg_cls, out.temp_att, out.fg_cas))
+            pending.append(worker.submit(video_proposals, batch, fg_cls, temp_att, fg_cas))
+            bar.update(len(batch["vid_name"]))
+            if keep_outputs:
+                for i, (vid, length) in enumerate(zip(batch["vid_name"], lengths_of(batch))):
+                    outputs[vid] = {"fg_cas": fg_cas[i, :length], "temp_att": temp_att[i, :length],
+                                    "vid_len": int(batch["vid_len"][i]), "cum": batch["cum"][i]}
+        with timed(f"{phase} proposals"):                  # what the worker has left to do
+            for future in pending:
+                for vid, kind, proposals in future.result():
+                    found[kind][vid] = proposals
+    bar.close()
 
     def in_order(local):                       # dataset order: ties in later sorts break the same
         merged = distributed.all_gather_dict(local)
         return {vid: merged[vid] for vid in dataset.video_names}
-    return (in_order(detections) if detect else None, in_order(proposals) if pseudo else None,
+    return (in_order(found[False]) if detect else None, in_order(found[True]) if pseudo else None,
             in_order(outputs) if keep_outputs else {})
+
+
+def lengths_of(batch):
+    """Each video's own rows of a (possibly padded) batch."""
+    lengths = batch.get("lengths")
+    if lengths is None:
+        return [batch["features"].shape[1]] * len(batch["vid_name"])
+    return lengths.tolist()
 
 
 def predict_proposals(model, dataset, args, step, pseudo, desc):

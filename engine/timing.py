@@ -1,9 +1,12 @@
 """Named parts of a run: the seam through which benchmarks time the engine without patching it.
 
 The engine wraps each part ("train data", "train forward", "train backward", "train optimizer",
-"eval pass", "pseudo pass", "checkpoint save", ...) in `timed(part)`; a benchmark installs a
-timer with `set_timer` (bench/profile_run.py, bench/bench_pipeline.py). With no timer a part
-costs one check. Finer detail (per kernel, per batch) is torch.profiler's job.
+"eval pass", "eval data", "eval forward", "eval outputs", "eval proposals", "pseudo pass",
+"checkpoint save", ...) in `timed(part)`; some parts hold finer ones ("train gather" and "eval
+gather" inside "train data" and "eval data": the gather of the batch where the features are).
+A benchmark installs a timer with `set_timer` (bench/profile_run.py, bench/bench_pipeline.py).
+With no timer a part costs one check. Finer detail (per kernel, per batch) is torch.profiler's
+job.
 """
 import contextlib
 import functools
@@ -23,7 +26,9 @@ def set_timer(timer):
 
 def timed(part, **context):
     """Context manager: a named part of a run ("train forward", "eval pass", ...).
-    context: what a timer may look at (a forward's model, batch, step and args)."""
+    context: what a timer may look at (a forward's model, batch, step and args; background=True
+    for a part that runs in a worker thread, concurrently with the parts of the main thread, so
+    a timer adding parts up to the wall time leaves it out)."""
     return _UNTIMED if _timer is None else _timer(part, context)
 
 

@@ -17,10 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from config import config_text
-from dataset import VideoDataset, collate_fn
-from engine import checkpoints, distributed, heldout, passes, record, refinement, reports, steps
+from dataset import VideoDataset
+from engine import (batches, checkpoints, distributed, heldout, passes, record, refinement,
+                    reports, steps)
 from engine.checkpoint_files import CheckpointWriter
-from engine.seeding import make_generator, seed_worker
+from engine.seeding import make_generator
+from engine.store import FeatureStore
 from engine.timing import timed
 from eval import protocol
 
@@ -39,6 +41,9 @@ def run_epochs(run, args, data=None):
     data = data or RunData.of_run(args)                      # train / test / full (/ held-out)
     heldout.save_held_out(args, data.held_out)
     run.protocol = record.run_protocol(args, data.test)
+    run.log(data.store.describe() if data.store is not None else
+            f"features read from disk at every epoch (feature_cache_gb {args.feature_cache_gb}: "
+            f"0, or less than the videos need)", console=False)
     parts, start_epoch = resume_or_start(run, data)          # step 0, or from model_latest.pth
     run.start_record(start_epoch, data.held_out)
     for epoch in range(start_epoch, args.epochs):
@@ -181,6 +186,8 @@ class RunData:
         self.test = VideoDataset(args, "test", "uniform")
         self.full = VideoDataset(args, "full", "uniform", held_out=held_out)
         self.val = VideoDataset(args, "val", "uniform", held_out=held_out) if held_out else None
+        # every video's features held once where the model runs (None: read from disk)
+        self.store = FeatureStore.build([self.train, self.test, self.full, self.val], args)
 
     @classmethod
     def of_run(cls, args):
@@ -217,10 +224,7 @@ def start_step(run, data, step, results, weights):
     # a new loader per step: persistent workers hold a copy of the dataset and its proposals
     sampler = distributed.GlobalBatchSampler(len(data.train), args.batch_size, run.generator,
                                              args.rank, args.world_size)
-    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=args.num_workers,
-                        collate_fn=collate_fn, worker_init_fn=seed_worker,
-                        generator=run.worker_seeds, pin_memory=args.device.startswith("cuda"),
-                        persistent_workers=args.num_workers > 0)
+    loader = batches.training_loader(data.train, sampler, args, run.worker_seeds)
     return StepParts(step, model, distributed.wrap_model(model, args),
                      steps.build_optimizer(args, model), steps.build_loss(args, step), loader)
 

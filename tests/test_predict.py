@@ -44,6 +44,16 @@ def predict_args(save_dir, extra=()):
                                                "--data_dir", "missing", *extra])
 
 
+def assert_same_detections(got, want):
+    """The same detections (labels, order) with scores and times equal up to float32 rounding:
+    a video evaluated in another batch of videos than test mode's gets its outputs from another
+    forward shape (engine/passes.py inference_pass)."""
+    assert [d["label"] for d in got] == [d["label"] for d in want]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose([a["score"], *a["segment"]], [b["score"], *b["segment"]],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def run_predict(argv, cwd):
     return subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), *argv], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
@@ -73,11 +83,12 @@ def test_predict_one_file_and_csv(trained, tmp_path):
     assert rows[0] == "video,label,score,start,end"
     expected = trained["expected"][vid]
     assert len(rows) == 1 + len(expected)
-    for row, det in zip(rows[1:], expected):
+    got = []
+    for row in rows[1:]:
         name, label, score, start, end = row.split(",")
-        assert (name, label) == (vid, det["label"])
-        # repr round-trips
-        assert [float(score), float(start), float(end)] == [det["score"], *det["segment"]]
+        assert name == vid
+        got.append({"label": label, "score": float(score), "segment": [float(start), float(end)]})
+    assert_same_detections(got, expected)          # one video alone: float32 rounding
 
 
 def test_localize_on_arrays_with_models_loaded_once(trained):
@@ -86,11 +97,13 @@ def test_localize_on_arrays_with_models_loaded_once(trained):
     videos = {vid: np.load(trained["features"] / f"{vid}.npy")
               for vid in sorted(trained["expected"])[:3]}
     got = cascade.localize_videos(videos, models, args)
-    assert got == {vid: trained["expected"][vid] for vid in videos}
+    assert list(got) == list(videos)
+    for vid in videos:
+        assert_same_detections(got[vid], trained["expected"][vid])
     vid = next(iter(videos))
-    assert cascade.localize(videos[vid], models, args) == trained["expected"][vid]
-    assert cascade.localize(str(trained["features"] / f"{vid}.npy"), trained["save_dir"],
-                            args) == trained["expected"][vid]
+    assert_same_detections(cascade.localize(videos[vid], models, args), trained["expected"][vid])
+    assert_same_detections(cascade.localize(str(trained["features"] / f"{vid}.npy"),
+                                            trained["save_dir"], args), trained["expected"][vid])
 
 
 def test_cascade_equals_step_by_step_passes(trained):
@@ -163,7 +176,8 @@ def test_fps_and_snippet_frames_set_the_time_base(trained):
     assert got and max(ends) <= len(x) * 8 / 30 + 1e-9 < len(x) * 16 / 25
     defaults = predict_args(trained["save_dir"], ["--frames_per_sec", "25",
                                                   "--segment_frames_num", "16"])
-    assert cascade.localize(x, trained["save_dir"], defaults) == trained["expected"][vid]
+    assert_same_detections(cascade.localize(x, trained["save_dir"], defaults),
+                           trained["expected"][vid])
 
 
 # ----------------------------------------------------------------------------- output filters

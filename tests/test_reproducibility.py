@@ -1,5 +1,6 @@
 """Bit-identical runs on one machine: the same seed gives the same checkpoints whatever the number
-of DataLoader workers, and with --deterministic (on the CPU the flag changes no number)."""
+of DataLoader workers and whether the features are resident, and with --deterministic (on the
+CPU the flag changes no number)."""
 import os
 
 import pytest
@@ -50,8 +51,11 @@ def assert_same_run(a, b):
 
 def test_same_run_with_two_workers(repro_data, tiny_argv, tmp_path, reference):
     """Batch order and each item's random sampling come from the run's generator in the main
-    process, so -j 2 (workers kept between epochs) repeats -j 0 bit for bit."""
-    assert_same_run(reference, run_and_read(tiny_argv(repro_data, tmp_path, "--num_workers", "2")))
+    process, so the features read from disk by a DataLoader with -j 2 (feature_cache_gb 0;
+    workers kept between epochs) repeat the default run (features resident, batches gathered
+    from the store) bit for bit."""
+    assert_same_run(reference, run_and_read(tiny_argv(repro_data, tmp_path, "--num_workers", "2",
+                                                      "--feature_cache_gb", "0")))
 
 
 def test_same_run_twice_and_with_deterministic(repro_data, tiny_argv, tmp_path, reference,
