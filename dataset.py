@@ -249,19 +249,27 @@ class VideoDataset(Dataset):
     def __len__(self):
         return len(self.video_names)
 
-    def _sample(self, vid, x, rng=None):
-        """(features (out_len, D) float32, cum or None, timeline length for the scale)."""
-        T = x.shape[0]
-        plan_fn = (lambda n: random_plan(n, self.num_samples, rng)) if self.sampling == "random" \
-            else (lambda n: uniform_plan(n, self.num_samples))
+    def weights_of(self, vid, T):
+        """The dynamic sampling weights (T,) float64 of video `vid` (ones where none were
+        computed), checked against its length T; None without dynamic sampling."""
         if self.weights is None:
-            return apply_plan(x, plan_fn(T)), None, T
+            return None
         w = self.weights.get(vid)
         w = np.ones(T) if w is None else np.asarray(w, dtype=np.float64)
         if len(w) != T:
             raise DataError(f"dynamic weights of video {vid} have length {len(w)} but "
                             f"{self.paths[vid]} has {T} snippets; the weights belong to another "
                             f"dataset (regenerate them)")
+        return w
+
+    def _sample(self, vid, x, rng=None):
+        """(features (out_len, D) float32, cum or None, timeline length for the scale)."""
+        T = x.shape[0]
+        plan_fn = (lambda n: random_plan(n, self.num_samples, rng)) if self.sampling == "random" \
+            else (lambda n: uniform_plan(n, self.num_samples))
+        w = self.weights_of(vid, T)
+        if w is None:
+            return apply_plan(x, plan_fn(T)), None, T
         if T == 1:
             rows, cum = dynamic_sample(x, w)
             return apply_plan(rows, plan_fn(2)), cum, 1

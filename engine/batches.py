@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, Subset
 from engine.seeding import make_generator
 from engine.timing import timed
 from engine.store import RowPlan, store_of
-from eval.files import DataError
 from sampling import dynamic_positions, random_plan, uniform_plan
 
 ONE_SNIPPET_CUM = np.array([0.0, 0.5, 1.0])     # cum of a one-snippet video (dynamic_sample)
@@ -32,14 +31,9 @@ ONE_SNIPPET_CUM = np.array([0.0, 0.5, 1.0])     # cum of a one-snippet video (dy
 def timeline(data, vid, T):
     """(cum or None, dynamic positions or None, timeline length) of a video under the dataset's
     dynamic weights (as VideoDataset._sample)."""
-    if data.weights is None:
+    w = data.weights_of(vid, T)
+    if w is None:
         return None, None, T
-    w = data.weights.get(vid)
-    w = np.ones(T) if w is None else np.asarray(w, dtype=np.float64)
-    if len(w) != T:
-        raise DataError(f"dynamic weights of video {vid} have length {len(w)} but "
-                        f"{data.paths[vid]} has {T} snippets; the weights belong to another "
-                        f"dataset (regenerate them)")
     if T == 1:
         return ONE_SNIPPET_CUM, None, 1
     cum, pos = dynamic_positions(w)
