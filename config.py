@@ -142,6 +142,10 @@ DEMO_PRESETS = {
     ),
 }
 
+# The final step's best average mAP of each demo as shipped, on any CPU: the demo's last line says
+# whether a run fell inside (CPU code paths and seeds pooled, mean ± 3 std; docs/demo.md)
+DEMO_EXPECTED_MAP = {"THUMOS": (13.1, 16.6), "ActivityNet": (28.0, 29.3)}
+
 # Flags that take no value (released CLI switches and run modes).
 SWITCHES = {
     "test": "evaluate the checkpoints in --checkpoint instead of training",

@@ -172,6 +172,7 @@ def part_iteration(args, device, iters):
         t = [laps.acc[k] / iters for k in ("fwd", "bwd", "opt")]
         rows.append([kind, *t, sum(t)])
         kept[kind] = (model, loss_fn, optimizer)
+        kept[kind + " iteration_s"] = sum(t)
     table(f"(1) one training iteration, B={B} T={T} D={D}, random data on {device}; full model: "
           f"20 proposals/video covering {covered.float().mean():.0%} of snippets; s, mean of "
           f"{iters} after 1 warm-up",
@@ -423,9 +424,14 @@ def videos_per_forward(data, args):
 
 # ----------------------------------------------------------------------------- (5) checkpoints
 def part_checkpoint(args, kept, epochs, epoch_s):
-    """(5) the time the training loop waits in engine.training.save_checkpoints (the engine's
-    own seam: model_latest.pth after every epoch, atomic + fsync) between simulated epochs of
-    epoch_s seconds (sleeping, as a training thread waiting on the GPU)."""
+    """(5) the time the training loop waits for checkpoints per epoch: the hand-over in
+    engine.training.save_checkpoints (the engine's own seam: model_latest.pth after every epoch,
+    written by the background writer, atomic + fsync) plus the wait of the next epoch's first
+    optimizer step for the copy (the writer's step pre-hook), between simulated epochs of
+    epoch_s seconds (sleeping, as a training thread waiting on the device). That step comes one
+    training iteration into the epoch: (1)'s iteration time on this device, at most epoch_s. On
+    a GPU the copies are queued on a side stream and the step waits for them on the GPU; on the
+    CPU the copy thread copies while the iteration computes."""
     from engine import training
     rows, wait = [], {}
     for step, kind in ((0, "base"), (1, "full")):
@@ -437,19 +443,22 @@ def part_checkpoint(args, kept, epochs, epoch_s):
             parts = training.StepParts(step, model, model, optimizer, None, None)
             seconds = []
             for epoch in range(epochs):
-                time.sleep(epoch_s)
                 tic = time.perf_counter()
                 training.save_checkpoints(run, parts, epoch, improved=False)
-                seconds.append(time.perf_counter() - tic)
-            for close in (getattr(run, name, None) for name in ("close", "finish_writes")):
-                if callable(close):                  # a writer that finishes in the background
-                    close()
+                waited = time.perf_counter() - tic
+                first = min(kept[kind + " iteration_s"], epoch_s)
+                time.sleep(first)                            # the next epoch's first iteration
+                tic = time.perf_counter()
+                run.writer.before_step()                     # its optimizer step
+                seconds.append(waited + time.perf_counter() - tic)
+                time.sleep(epoch_s - first)
+            run.writer.wait()                                # the run's end: every file written
             run.scalars.close()
             size = os.path.getsize(os.path.join(folder, "model_latest.pth")) / 2**20
         wait[kind] = float(np.mean(seconds))
         rows.append([kind, f"{size:.0f}", str(epochs), epoch_s, wait[kind]])
-    table("(5) checkpoint wait per epoch: engine.training.save_checkpoints after simulated "
-          "epochs (s)", ["model", "MiB", "epochs", "epoch s", "wait s"], rows)
+    table("(5) checkpoint wait per epoch: hand-over in save_checkpoints + the next step's wait for "
+          "the copy, simulated epochs (s)", ["model", "MiB", "epochs", "epoch s", "wait s"], rows)
     return wait
 
 
@@ -494,8 +503,9 @@ KEYS = {
     "train_gather_ms_per_batch": "the gather + interpolation of a batch where the features are "
     "(the device); the larger of the two steps",
     "train_gather_copy_floor_ms": "one plain copy of the same bytes on the same device",
-    "checkpoint_wait_s_per_epoch": "time the training loop spends in "
-    "engine.training.save_checkpoints per epoch, full model",
+    "checkpoint_wait_s_per_epoch": "time the training loop waits for checkpoints per epoch, "
+    "full model: the hand-over in engine.training.save_checkpoints and the next optimizer "
+    "step's wait for the CPU copy (the writing itself runs in the background)",
     "eval_host_ms_per_video": "per evaluated video, the pass minus its forwards and its gathers "
     "(device work with resident features: detail.eval.*.gather_ms_per_video): plans and output "
     "copies per video, and what a pass spends once (start, main loop, the last batch's "

@@ -16,12 +16,19 @@
 # THUMOS-size training iteration (bench_model.py).
 # Writes one markdown table to stdout and to ${OUT:-gpu_check}/gpu_check.md, every command's
 # output to logs/ beside it. Python: $PYTHON, else python3. Stops within seconds, with one line,
-# when tensorboardX or a cuda device is missing.
+# when tensorboardX (after the carried wheels) or a cuda device is missing.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
 DIR=${OUT:-gpu_check}
 WORK=${GPU_CHECK_WORK:-data/gpu_check}
+
+# a machine without network access: wheels carried in $GPU_CHECK_WHEELS (default wheels/, e.g.
+# `pip download tensorboardX -d wheels`) are installed when tensorboardX is missing
+WHEELS=${GPU_CHECK_WHEELS:-wheels}
+if [ -d "$WHEELS" ] && ! "$PY" -c "import tensorboardX" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" tensorboardX >/dev/null 2>&1
+fi
 
 # the quick checks first (no torch import): the packages are there, a GPU device node exists
 "$PY" - <<'EOF' || exit 1

@@ -118,6 +118,22 @@ def best_per_step_line(best_mAP, final_model):
         if value > float("-inf")) + f" (final model: {final_model})")
 
 
+def demo_check_line(best_mAP, expected, changed_keys):
+    """The demo's last line: its final step's best average mAP against the range the demo gives
+    on any CPU (config.py:DEMO_EXPECTED_MAP, docs/demo.md), or why there is no range."""
+    value = 100 * best_mAP[-1]
+    if changed_keys or expected is None:
+        changed = ", ".join(f"--{key}" for key in sorted(changed_keys))
+        return (f"demo check: no expected range for a demo changed by {changed}" if changed
+                else "demo check: no expected range for this demo")
+    low, high = expected
+    if low <= value <= high:
+        return (f"demo check: final step {value:.2f}, within the expected range for this demo "
+                f"({low:.2f}-{high:.2f} on any CPU)")
+    return (f"demo check: final step {value:.2f}, outside the expected range for this demo "
+            f"({low:.2f}-{high:.2f}): see docs/demo.md")
+
+
 def results_lines(results, num_steps, protocol, held_out):
     """The closing lines of a finished run from its results.json: last-epoch and validation-
     selected mAP per step, and the final step's averages over the reported tIoU ranges."""

@@ -9,7 +9,7 @@ Test mode takes the config of the run in --checkpoint and writes into a folder o
 import os
 import sys
 
-from config import build_args, save_config
+from config import DEMO_EXPECTED_MAP, NON_RESULT_KEYS, build_args, explicit_keys, save_config
 from engine import cascade, distributed, record, reports, run_folder, training
 from engine.precision import deterministic_mode, precision_mode
 from engine.seeding import set_seed
@@ -68,11 +68,15 @@ def run_training_or_test(args, argv):
             lines, best = reports.finished_run_lines(finished, args)
             if args.is_main:
                 print("\n".join(notes + lines), flush=True)
-            return best
-        with precision_mode(args):              # TF32 as the (trained) config states
-            if args.test:
-                return cascade.test_cascade(args, inputs)
-            return training.train(args, inputs)
+        else:
+            with precision_mode(args):          # TF32 as the (trained) config states
+                if args.test:
+                    return cascade.test_cascade(args, inputs)
+                best = training.train(args, inputs)
+        if args.demo and args.is_main:          # a newcomer's check of the install
+            changed = explicit_keys(args.dataset, argv) - {"demo", *NON_RESULT_KEYS}
+            print(reports.demo_check_line(best, DEMO_EXPECTED_MAP.get(args.dataset), changed))
+        return best
     except BaseException:
         if args.is_main:
             guard.undo()

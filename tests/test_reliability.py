@@ -461,3 +461,33 @@ def test_per_class_tables_follow_the_class_list(tiny_run):
     listed = build_args("THUMOS", ["--device", "cpu"]).class_name_lst
     rows = [line.split(",")[0] for line in csv]
     assert rows == [name for name in listed if name in rows]
+
+
+# ----------------------------------------------------------------------------- 13: demo numbers
+def test_demo_check_line_places_the_final_step_against_the_range():
+    line = runner.reports.demo_check_line
+    assert line([0.1, 0.1525], (14.0, 16.0), set()) == (
+        "demo check: final step 15.25, within the expected range for this demo (14.00-16.00 on "
+        "any CPU)")
+    assert line([0.3, 0.125], (14.0, 16.0), set()) == (
+        "demo check: final step 12.50, outside the expected range for this demo (14.00-16.00): "
+        "see docs/demo.md")
+    assert line([0.15], (14.0, 16.0), {"seed", "epochs"}) == (
+        "demo check: no expected range for a demo changed by --epochs, --seed")
+
+
+def test_every_demo_has_an_expected_range_stated_in_its_docs(repo_root):
+    demo_doc = (repo_root / "docs" / "demo.md").read_text()
+    assert set(config.DEMO_EXPECTED_MAP) == set(config.DEMO_PRESETS)
+    for dataset, (low, high) in config.DEMO_EXPECTED_MAP.items():
+        assert 0 < low < high < 100
+        assert f"{low:.2f}-{high:.2f}" in demo_doc, dataset
+
+
+def test_a_changed_demo_ends_with_no_range(small_demo, tmp_path, capsys):
+    argv = ["--demo", "--data_dir", str(small_demo), "--checkpoint_root", str(tmp_path / "runs"),
+            "--epochs", "2", "--epochs_per_step", "1", "--num_steps", "1", "--device", "cpu"]
+    runner.run("THUMOS", argv)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == ("demo check: no expected range for a demo changed by --data_dir, --epochs, "
+                    "--epochs_per_step, --num_steps")
