@@ -160,12 +160,12 @@ def test_writer_saves_the_state_of_the_epoch_end(tmp_path, monkeypatch, small_ar
                 "exp_avg": [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]}
     real_copy, copying, order = checkpoint_files.cpu_copy, threading.Event(), []
 
-    def slow_copy(obj):                          # the whole state, slowly (not each part)
+    def slow_copy(obj, into=None):               # the whole state, slowly (not each part)
         if copying.is_set():
-            return real_copy(obj)
+            return real_copy(obj, into)
         copying.set()
         time.sleep(0.3)
-        copied = real_copy(obj)
+        copied = real_copy(obj, into)
         order.append("copied")
         return copied
 
@@ -301,10 +301,10 @@ def test_hand_over_order_is_kept_when_copies_finish_out_of_order(tmp_path, monke
     real_copy, real_write, written = (checkpoint_files.cpu_copy,
                                       checkpoint_files.write_checkpoint_files, [])
 
-    def copy(obj):
+    def copy(obj, into=None):
         if isinstance(obj, dict) and obj.get("epoch") == 0:
             time.sleep(0.5)
-        return real_copy(obj)
+        return real_copy(obj, into)
 
     def write(folder, names, data):
         written.append((list(names), torch.load(io.BytesIO(data))["epoch"]))
@@ -321,3 +321,33 @@ def test_hand_over_order_is_kept_when_copies_finish_out_of_order(tmp_path, monke
         written == [(["model_step0_best_epoch.pth", "model_latest.pth"], 0),
                     (["model_latest.pth"], 1)]
     assert torch.load(tmp_path / "model_latest.pth", weights_only=True)["epoch"] == 1
+
+
+def test_copies_reuse_the_buffers_of_a_written_checkpoint(tmp_path, monkeypatch):
+    """The second checkpoint is copied into the first one's CPU buffers once that one is
+    serialized: each file still holds the state of its own hand-over."""
+    torch.manual_seed(1)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    real_copy, targets = checkpoint_files.cpu_copy, []
+
+    def copy(obj, into=None):
+        copied = real_copy(obj, into)
+        if isinstance(obj, dict) and "epoch" in obj:          # the whole state (not its parts)
+            targets.append((into is not None, [t.data_ptr() for t in copied["model"].values()]))
+        return copied
+
+    monkeypatch.setattr(checkpoint_files, "cpu_copy", copy)
+    writer = CheckpointWriter(tmp_path)
+    expected = []
+    for epoch, name in enumerate(["first.pth", "second.pth"]):
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        optimizer.step()                              # the parameters move between hand-overs
+        expected.append({k: v.clone() for k, v in model.state_dict().items()})
+        writer.submit({"model": model.state_dict(), "epoch": epoch}, [name], optimizer)
+        writer.wait()
+    assert [given for given, _ in targets] == [False, True]
+    assert targets[0][1] == targets[1][1]             # the same CPU buffers, reused
+    for name, state in zip(["first.pth", "second.pth"], expected):
+        saved = torch.load(tmp_path / name, weights_only=True)["model"]
+        assert all(torch.equal(saved[key], value) for key, value in state.items()), name
