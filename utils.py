@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,6 +53,16 @@ def exit_status(err):
     return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
+QUIET_EXIT_GRACE_S = 3.0    # torchrun: how long a rank >= 1 lets rank 0 print before it exits
+
+
+def quiet_exit(status):
+    """A rank >= 1 stopping without a word: first a moment for rank 0, which stops on the same
+    error and prints it, since torchrun ends every process once one has exited."""
+    time.sleep(QUIET_EXIT_GRACE_S)
+    sys.exit(status)
+
+
 def run_cli(function, argv, write_hint, interrupt_hint=None):
     """Run an entry point: a UserError, or a full / read-only disk, ends with one `error:` line
     and exit 2. --debug in argv shows the traceback instead; Ctrl-C prints interrupt_hint and
@@ -63,20 +74,20 @@ def run_cli(function, argv, write_hint, interrupt_hint=None):
     except PeerStopped as err:
         if "--debug" in argv:
             raise
-        sys.exit(err.status)
+        quiet_exit(err.status)
     except UserError as err:
         if "--debug" in argv:
             raise
         if not quiet:
             print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        quiet_exit(2) if quiet else sys.exit(2)
     except OSError as err:
         if "--debug" in argv or err.errno not in DISK_ERRORS:
             raise
         if not quiet:
             print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
                   file=sys.stderr)
-        sys.exit(2)
+        quiet_exit(2) if quiet else sys.exit(2)
     except KeyboardInterrupt:
         if interrupt_hint is None:
             raise

@@ -268,6 +268,12 @@ extract_features.main({argv!r})
 HINT = "interrupted: rerun the same command to resume; finished videos are kept"
 
 
+def default_sigint():
+    """The child starts with Ctrl-C at its default, as a shell starts a command (an ignored
+    SIGINT would be inherited from this process across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_and_the_workers_stop_quietly(material, tmp_path, repo_root):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while the flow pool
     works (OpenCV's default TV-L1: minutes for this video): the hint alone, exit status 130, no
@@ -287,7 +293,7 @@ def test_ctrl_c_is_one_line_and_the_workers_stop_quietly(material, tmp_path, rep
     process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE.format(root=str(repo_root),
                                                                            argv=argv)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=default_sigint)
     try:
         first = process.stderr.readline()              # the first progress line: flow is running
         assert first.startswith("walk25: "), first + process.stderr.read()
