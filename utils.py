@@ -78,16 +78,18 @@ def run_cli(function, argv, write_hint, interrupt_hint=None):
     except UserError as err:
         if "--debug" in argv:
             raise
-        if not quiet:
-            print(f"error: {err}", file=sys.stderr)
-        quiet_exit(2) if quiet else sys.exit(2)
+        if quiet:
+            quiet_exit(2)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except OSError as err:
         if "--debug" in argv or err.errno not in DISK_ERRORS:
             raise
-        if not quiet:
-            print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
-                  file=sys.stderr)
-        quiet_exit(2) if quiet else sys.exit(2)
+        if quiet:
+            quiet_exit(2)
+        print(f"error: cannot write {err.filename or 'output'}: {err.strerror}; {write_hint}",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         if interrupt_hint is None:
             raise

@@ -61,9 +61,9 @@ def run_training_or_test(args, argv):
         with distributed.rank0_decides():       # under torchrun its error stops every rank
             if args.is_main:
                 inputs, finished = start_run_folder(args, lock, guard, notes)
-        if not args.is_main:                    # after rank 0 made the demo data
-            inputs = read_inputs(args)
         finished = distributed.all_gather_list(finished)[0]
+        if not args.is_main and finished is None:       # after rank 0 made the demo data
+            inputs = read_inputs(args)
         if finished is not None:
             lines, best = reports.finished_run_lines(finished, args)
             if args.is_main:
@@ -97,12 +97,15 @@ def start_run_folder(args, lock, guard, notes):
     if args.demo:
         from synthetic_data import ensure_demo_dataset
         args.demo_data_sha256 = ensure_demo_dataset(args)     # recorded in config.json
-    inputs = read_inputs(args)
+    # the data are checked before the folder is made; a finished run's rerun reads none
+    maybe_finished = not args.test and record.read_results(args.save_dir) is not None
+    inputs = None if maybe_finished else read_inputs(args)
     guard.made = run_folder.check_writable(args.save_dir)
     lock.acquire(write_pid=False)
     notes += run_folder.check_run_folder(args)                # raises before anything is written
     finished = None if args.test else record.finished_results(args)
     if finished is None:
+        inputs = read_inputs(args) if inputs is None else inputs
         lock.write_pid()
         log = reports.Logger(args.log_path)
         for line in notes:

@@ -25,7 +25,7 @@ from synthetic_data import PROFILES as SYNTHETIC
 from synthetic_data import generate_synthetic_dataset
 
 PROFILES = {"THUMOS": "THUMOS14", "ActivityNet": "ActivityNet13"}
-SPECIAL_LENGTHS = (1, 2, 3)         # one-snippet and short videos, edited into the training split
+SHORT_LENGTHS = (1, 2, 3)         # one-snippet and short videos, edited into the training split
 
 
 def bits(tensor):
@@ -60,7 +60,7 @@ def demo_like(request, tmp_path_factory):
                                durations=SYNTHETIC[profile]["durations"])
     names = (root / "split_train.txt").read_text().split()
     S = args.sample_segments_num
-    for vid, T in zip(names, SPECIAL_LENGTHS + (S, 2 * S + 1)):
+    for vid, T in zip(names, SHORT_LENGTHS + (S, 2 * S + 1)):
         x = np.load(root / "train" / f"{vid}.npy")
         np.save(root / "train" / f"{vid}.npy", np.resize(x, (T, 32)))
     ds.clear_feature_cache()
